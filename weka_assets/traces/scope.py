@@ -1,0 +1,443 @@
+"""Proof of the hash-id namespace layout, per trace and per corpus (scope-contract.md).
+
+`analyse_trace` computes every per-trace definition with numpy (no per-id Python); the
+corpus report aggregates them into the figures a reviewer of a scope change asks for, and
+decides whether anything may be decoded. docs/definitions.md pins every interpretation.
+"""
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from weka_assets.errors import Location, TraceError
+from weka_assets.traces.reader import Record
+from weka_assets.traces.schema import Call, Trace
+from weka_assets.traces.timeline import inner_time_convention
+
+Policy = Literal["fail", "exclude"]
+WALKS = ("document", "parent_first")
+HASHING = ("floor", "ceil", "truncated", "over")
+
+
+@dataclass(slots=True)
+class SubagentScope:
+    agent_id: str
+    request: int
+    first_block: int | None
+    reset_signature: bool
+    parent_share: float | None
+    sibling_share: float | None
+    inner_time: str | None
+
+
+@dataclass(slots=True)
+class TraceScope:
+    trace: str
+    file: str
+    line: int | None
+    calls: int
+    ids: int
+    base: int | None
+    max_id: int | None
+    distinct_ids: int
+    fresh_below: dict[str, int]
+    gaps: dict[str, int]
+    minting_order: str
+    perfect: bool
+    holes: int
+    position_violations: int
+    hashing: dict[str, int]
+    subagents: list[SubagentScope]
+    prefix_declared: bool
+    subagents_before_parent: int
+    partial_prefix_events: int
+    convention: str
+    verdict: str = field(default="shared")
+
+
+def _concat(calls: list[Call]) -> np.ndarray:
+    if not calls:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([c.ids for c in calls])
+
+
+def _first_appearance_events(walk: np.ndarray, base: int) -> tuple[int, int]:
+    """(fresh-below, gap) events of the first-appearance sequence of one walk."""
+    if walk.size == 0:
+        return 0, 0
+    _, first = np.unique(walk, return_index=True)
+    seq = walk[np.sort(first)]
+    expected = base + np.arange(seq.size, dtype=np.int64)
+    return int((seq < expected).sum()), int((seq > expected).sum())
+
+
+def _hashing(trace: Trace) -> tuple[dict[str, int], np.ndarray, str]:
+    """Per-call hashing conventions, the `over` mask, and the trace's style (floor/ceil/...)."""
+    n = np.fromiter((c.tokens_in for c in trace.calls), dtype=np.int64, count=len(trace.calls))
+    length = np.fromiter((c.ids.size for c in trace.calls), dtype=np.int64, count=len(trace.calls))
+    bs = trace.block_size
+    floor_n, ceil_n = n // bs, -(-n // bs)
+    over = length > ceil_n
+    floor = ~over & (length == floor_n)
+    ceil = ~over & ~floor & (length == ceil_n)
+    truncated = ~over & ~floor & ~ceil
+    counts = {
+        "floor": int(floor.sum()),
+        "ceil": int(ceil.sum()),
+        "truncated": int(truncated.sum()),
+        "over": int(over.sum()),
+    }
+    partial = n % bs != 0
+    ceil_seen, floor_seen = bool((ceil & partial).any()), bool((floor & partial).any())
+    style = {(True, True): "mixed", (True, False): "ceil", (False, True): "floor"}.get(
+        (ceil_seen, floor_seen), "undetermined"
+    )
+    return counts, over, style
+
+
+def _check_hard_rules(trace: Trace, over: np.ndarray) -> None:
+    if over.any():
+        call = trace.calls[int(np.argmax(over))]
+        ceil_n = -(-call.tokens_in // trace.block_size)
+        raise TraceError(
+            "hash_ids_over",
+            f"{call.ids.size} hash ids for in={call.tokens_in}: more than ceil(in / block_size) = {ceil_n}",
+            Location(trace.file, trace.line, trace.id, call.request, None if call.inner < 0 else call.inner),
+        )
+    for sub in trace.subagents:
+        if inner_time_convention(sub) == "mixed":
+            raise TraceError(
+                "mixed_inner_time",
+                f"subagent {sub.agent_id!r}: some inner t are before its spawn t={sub.t} and some are not",
+                Location(trace.file, trace.line, trace.id, sub.request),
+            )
+
+
+def _partial_prefix_events(trace: Trace) -> int:
+    """Consecutive calls of one conversation whose common prefix reaches into the previous
+    call's hashed partial block (a partial block's id reused: impossible for real hashing)."""
+    events = 0
+    bs = trace.block_size
+    for conv in [trace.parent_calls] + [s.calls for s in trace.subagents]:
+        for prev, cur in zip(conv, conv[1:], strict=False):
+            k = prev.ids.size
+            if k and k > prev.tokens_in // bs and cur.ids.size >= k and np.array_equal(cur.ids[:k], prev.ids):
+                events += 1
+    return events
+
+
+def _convention(base, hashing_style, minting, inner_times) -> str:
+    rel = set(inner_times)
+    if base == 0 and hashing_style in ("ceil", "undetermined") and minting == "document" and rel <= {"absolute"}:
+        return "semianalysis"
+    if base == 1 and hashing_style in ("floor", "undetermined") and minting in ("document", "parent_first") and rel <= {"relative"}:
+        return "kv-cache-tester"
+    return "other"
+
+
+def analyse_trace(trace: Trace) -> TraceScope:
+    """Every per-trace definition of the scope contract; raises `TraceError` on a hard error."""
+    hashing, over, style = _hashing(trace)
+    _check_hard_rules(trace, over)
+
+    doc = _concat(trace.calls)
+    pos = (
+        np.concatenate([np.arange(c.ids.size, dtype=np.int64) for c in trace.calls])
+        if trace.calls
+        else np.empty(0, dtype=np.int64)
+    )
+    subs = trace.subagents
+    if doc.size == 0:
+        base = max_id = None
+        distinct = holes = violations = 0
+        fresh = dict.fromkeys(WALKS, 0)
+        gaps = dict.fromkeys(WALKS, 0)
+    else:
+        uniq, first, inverse = np.unique(doc, return_index=True, return_inverse=True)
+        base, max_id, distinct = int(uniq[0]), int(uniq[-1]), int(uniq.size)
+        holes = max_id - base + 1 - distinct
+        moved = pos != pos[first][inverse]
+        violations = int(np.unique(inverse[moved]).size)
+        seq = doc[np.sort(first)]
+        expected = base + np.arange(seq.size, dtype=np.int64)
+        fresh = {"document": int((seq < expected).sum())}
+        gaps = {"document": int((seq > expected).sum())}
+        if subs:
+            f, g = _first_appearance_events(_concat(trace.parent_first_calls()), base)
+        else:
+            f, g = fresh["document"], gaps["document"]
+        fresh["parent_first"], gaps["parent_first"] = f, g
+
+    if not subs:
+        minting = "document" if fresh["document"] == 0 else "none"
+    else:
+        ok = [w for w in WALKS if fresh[w] == 0]
+        minting = min(ok, key=lambda w: (gaps[w], WALKS.index(w))) if ok else "none"
+    perfect = minting != "none" and gaps[minting] == 0 and doc.size > 0
+
+    parent_set = np.unique(_concat(trace.parent_calls))
+    sub_sets = [np.unique(_concat(s.calls)) for s in subs]
+    multi = np.empty(0, dtype=np.int64)
+    if len(subs) > 1:
+        allsub, counts = np.unique(np.concatenate(sub_sets), return_counts=True)
+        multi = allsub[counts > 1]
+    sub_scopes = []
+    for s, ids in zip(subs, sub_sets, strict=True):
+        first_block = next((int(c.ids[0]) for c in s.calls if c.ids.size), None)
+        reset = bool(
+            ids.size > 1 and base is not None and ids[0] == base and ids[-1] - base + 1 == ids.size
+        )
+        pshare = float(np.isin(ids, parent_set, assume_unique=True).mean()) if ids.size else None
+        sshare = (
+            float(np.isin(ids, multi, assume_unique=True).mean()) if ids.size and len(subs) > 1 else None
+        )
+        sub_scopes.append(
+            SubagentScope(s.agent_id, s.request, first_block, reset, pshare, sshare, inner_time_convention(s))
+        )
+
+    if any(s.reset_signature for s in sub_scopes):
+        verdict = "reset"
+    elif minting == "none":
+        verdict = "ambiguous"
+    else:
+        verdict = "shared"
+
+    first_parent_t = trace.parent_calls[0].t if trace.parent_calls else None
+    before_parent = sum(1 for s in subs if first_parent_t is not None and s.t < first_parent_t)
+
+    return TraceScope(
+        trace=trace.id,
+        file=trace.file,
+        line=trace.line,
+        calls=len(trace.calls),
+        ids=int(doc.size),
+        base=base,
+        max_id=max_id,
+        distinct_ids=distinct,
+        fresh_below=fresh,
+        gaps=gaps,
+        minting_order=minting,
+        perfect=bool(perfect),
+        holes=holes,
+        position_violations=violations,
+        hashing=hashing,
+        subagents=sub_scopes,
+        prefix_declared=(trace.tool_tokens + trace.system_tokens) > 0,
+        subagents_before_parent=before_parent,
+        partial_prefix_events=_partial_prefix_events(trace),
+        convention=_convention(base, style, minting, [s.inner_time for s in sub_scopes if s.inner_time]),
+        verdict=verdict,
+    )
+
+
+class ShareStats(BaseModel):
+    traces_affected: int
+    mean: float | None
+    median: float | None
+
+
+class FirstBlockStats(BaseModel):
+    equal_base: int
+    min: int | None
+    median: float | None
+    p90: float | None
+    max: int | None
+
+
+class ScopeReport(BaseModel):
+    """The corpus report of scope-contract.md, plus the gate's decision."""
+
+    traces: int
+    traces_with_subagents: int
+    subagents: int
+    declared_scope: dict[str, int]
+    hard_errors: list[dict]
+    minting_order: dict[str, int]
+    perfect_traces: int
+    base: dict[str, int]
+    fresh_below_events: dict[str, int]
+    gap_events: dict[str, int]
+    holes_traces: int
+    subagent_first_block: FirstBlockStats
+    reset_signature_subagents: int
+    parent_share: ShareStats
+    sibling_share: ShareStats
+    prefix_declared_traces: int
+    verdict: dict[str, int]
+    position_violations: int
+    hashing: dict[str, int]
+    inner_time: dict[str, int]
+    excluded_traces: list[str]
+    # beyond the contract's list: the gate, the findings, and what a table in the UI shows
+    policy: str
+    passed: bool
+    failure_reasons: list[str]
+    conventions: dict[str, int]
+    null_keys_dropped: int
+    findings: dict[str, int]
+    calls: int
+    ids: int
+    per_trace: list[dict]
+
+    def summary(self) -> str:
+        v = self.verdict
+        ok = v["shared"]
+        total = ok + v["reset"] + v["ambiguous"]
+        mo = self.minting_order
+        head = "PASS" if self.passed else "FAIL"
+        return (
+            f"{head}: {ok}/{total} shared ({v['reset']} reset, {v['ambiguous']} ambiguous), "
+            f"minting document {mo['document']} / parent_first {mo['parent_first']} / none {mo['none']}, "
+            f"{self.perfect_traces} perfect, {len(self.hard_errors)} hard errors"
+        )
+
+
+def _share_stats(values: list[float], affected: int) -> ShareStats:
+    if not values:
+        return ShareStats(traces_affected=affected, mean=None, median=None)
+    arr = np.asarray(values)
+    return ShareStats(traces_affected=affected, mean=float(arr.mean()), median=float(np.median(arr)))
+
+
+def trace_row(s: TraceScope) -> dict:
+    """One row of the per-trace table (what a person scans for traces needing attention)."""
+    return {
+        "trace": s.trace,
+        "file": s.file if s.line is None else f"{s.file}:{s.line}",
+        "verdict": s.verdict,
+        "minting_order": s.minting_order,
+        "perfect": s.perfect,
+        "convention": s.convention,
+        "base": s.base,
+        "calls": s.calls,
+        "ids": s.ids,
+        "subagents": len(s.subagents),
+        "holes": s.holes,
+        "fresh_below_document": s.fresh_below["document"],
+        "fresh_below_parent_first": s.fresh_below["parent_first"],
+        "gaps_document": s.gaps["document"],
+        "gaps_parent_first": s.gaps["parent_first"],
+        "position_violations": s.position_violations,
+        "truncated_calls": s.hashing["truncated"],
+        "reset_subagents": sum(x.reset_signature for x in s.subagents),
+    }
+
+
+def build_report(records: Iterable[Record], policy: Policy = "fail") -> tuple[ScopeReport, list[TraceScope]]:
+    """Analyse every record; returns the corpus report and the per-trace analyses of valid traces."""
+    if policy not in ("fail", "exclude"):
+        raise ValueError(f"unknown policy {policy!r} (fail or exclude)")
+    records_n = 0
+    declared: Counter = Counter()
+    errors: list[TraceError] = []
+    scopes: list[TraceScope] = []
+    seen: dict[str, str] = {}
+    nulls = 0
+    for rec in records:
+        records_n += 1
+        if rec.declared_scope is not None:
+            declared[rec.declared_scope] += 1
+        nulls += rec.null_keys_dropped
+        if rec.error is not None:
+            errors.append(rec.error)
+            continue
+        trace = rec.trace
+        where = trace.location
+        if trace.id in seen:
+            errors.append(
+                TraceError("duplicate_trace_id", f"trace id {trace.id!r} already used at {seen[trace.id]}", where)
+            )
+            continue
+        seen[trace.id] = where.describe()
+        try:
+            scopes.append(analyse_trace(trace))
+        except TraceError as exc:
+            errors.append(exc)
+    return aggregate(scopes, errors, records_n, declared, nulls, policy), scopes
+
+
+def aggregate(
+    scopes: list[TraceScope],
+    errors: list[TraceError],
+    records: int,
+    declared: Counter,
+    nulls: int,
+    policy: Policy,
+) -> ScopeReport:
+    subs = [x for s in scopes for x in s.subagents]
+    firsts = [(x.first_block, s.base) for s in scopes for x in s.subagents if x.first_block is not None]
+    fb = np.asarray([f for f, _ in firsts], dtype=np.float64)
+    first_block = FirstBlockStats(
+        equal_base=sum(1 for f, b in firsts if f == b),
+        min=int(fb.min()) if fb.size else None,
+        median=float(np.median(fb)) if fb.size else None,
+        p90=float(np.percentile(fb, 90)) if fb.size else None,
+        max=int(fb.max()) if fb.size else None,
+    )
+    pshares = [x.parent_share for x in subs if x.parent_share is not None]
+    sshares = [x.sibling_share for x in subs if x.sibling_share is not None]
+    verdict = Counter({"shared": 0, "reset": 0, "ambiguous": 0})
+    verdict.update(s.verdict for s in scopes)
+    excluded = sorted(s.trace for s in scopes if s.verdict != "shared") if policy == "exclude" else []
+    reasons = [f"{len(errors)} hard error(s), first: {errors[0]}"] if errors else []
+    if policy == "fail" and (verdict["reset"] or verdict["ambiguous"]):
+        bad = [s for s in scopes if s.verdict != "shared"]
+        reasons.append(
+            f"{verdict['reset']} reset and {verdict['ambiguous']} ambiguous trace(s) under policy 'fail', "
+            f"first: trace {bad[0].trace!r} ({bad[0].verdict})"
+        )
+    hashing = dict.fromkeys(HASHING, 0)
+    inner = {"absolute": 0, "relative": 0, "mixed": 0}
+    conventions: Counter = Counter()
+    for s in scopes:
+        for k, v in s.hashing.items():
+            hashing[k] += v
+        for x in s.subagents:
+            if x.inner_time:
+                inner[x.inner_time] += 1
+        conventions[s.convention] += 1
+    mo = {"document": 0, "parent_first": 0, "none": 0}
+    mo.update(Counter(s.minting_order for s in scopes))
+    return ScopeReport(
+        traces=records,
+        traces_with_subagents=sum(1 for s in scopes if s.subagents),
+        subagents=len(subs),
+        declared_scope=dict(sorted(declared.items())),
+        hard_errors=[e.as_dict() for e in errors],
+        minting_order=mo,
+        perfect_traces=sum(s.perfect for s in scopes),
+        base={str(k): v for k, v in sorted(Counter(s.base for s in scopes if s.base is not None).items())},
+        fresh_below_events={w: sum(s.fresh_below[w] for s in scopes) for w in WALKS},
+        gap_events={w: sum(s.gaps[w] for s in scopes) for w in WALKS},
+        holes_traces=sum(1 for s in scopes if s.holes),
+        subagent_first_block=first_block,
+        reset_signature_subagents=sum(x.reset_signature for x in subs),
+        parent_share=_share_stats(pshares, sum(1 for s in scopes if any((x.parent_share or 0) > 0 for x in s.subagents))),
+        sibling_share=_share_stats(sshares, sum(1 for s in scopes if any((x.sibling_share or 0) > 0 for x in s.subagents))),
+        prefix_declared_traces=sum(s.prefix_declared for s in scopes),
+        verdict=dict(verdict),
+        position_violations=sum(s.position_violations for s in scopes),
+        hashing=hashing,
+        inner_time=inner,
+        excluded_traces=excluded,
+        policy=policy,
+        passed=not reasons,
+        failure_reasons=reasons,
+        conventions=dict(sorted(conventions.items())),
+        null_keys_dropped=nulls,
+        findings={
+            "fresh_below_events_minting_walk": sum(s.fresh_below[s.minting_order] for s in scopes if s.minting_order != "none"),
+            "gap_events_minting_walk": sum(s.gaps[s.minting_order] for s in scopes if s.minting_order != "none"),
+            "truncated_calls": hashing["truncated"],
+            "subagents_before_parent_first_call": sum(s.subagents_before_parent for s in scopes),
+            "partial_block_prefix_events": sum(s.partial_prefix_events for s in scopes),
+            "traces_with_position_violations": sum(1 for s in scopes if s.position_violations),
+        },
+        calls=sum(s.calls for s in scopes),
+        ids=sum(s.ids for s in scopes),
+        per_trace=[trace_row(s) for s in scopes],
+    )
