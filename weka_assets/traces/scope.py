@@ -39,6 +39,7 @@ class TraceScope:
     trace: str
     file: str
     line: int | None
+    block_size: int
     calls: int
     ids: int
     base: int | None
@@ -213,6 +214,7 @@ def analyse_trace(trace: Trace) -> TraceScope:
         trace=trace.id,
         file=trace.file,
         line=trace.line,
+        block_size=trace.block_size,
         calls=len(trace.calls),
         ids=int(doc.size),
         base=base,
@@ -279,6 +281,7 @@ class ScopeReport(BaseModel):
     conventions: dict[str, int]
     null_keys_dropped: int
     findings: dict[str, int]
+    block_sizes: dict[str, int]
     calls: int
     ids: int
     per_trace: list[dict]
@@ -437,7 +440,55 @@ def aggregate(
             "partial_block_prefix_events": sum(s.partial_prefix_events for s in scopes),
             "traces_with_position_violations": sum(1 for s in scopes if s.position_violations),
         },
+        block_sizes={str(k): v for k, v in sorted(Counter(s.block_size for s in scopes).items())},
         calls=sum(s.calls for s in scopes),
         ids=sum(s.ids for s in scopes),
         per_trace=[trace_row(s) for s in scopes],
     )
+
+
+@dataclass(frozen=True)
+class ContractRule:
+    """One rule of the scope contract, evaluated on a corpus report (one asset check each)."""
+
+    name: str
+    description: str
+    hard: bool  # a hard error stops the corpus; a finding is reported and kept
+    error_rules: tuple[str, ...] = ()  # TraceError rules this check counts
+
+    def evaluate(self, report: "ScopeReport") -> tuple[bool, int, list[dict]]:
+        """(passed, how many violations, up to 20 examples)."""
+        if self.error_rules:
+            bad = [e for e in report.hard_errors if e["rule"] in self.error_rules]
+            return not bad, len(bad), bad[:20]
+        rows = report.per_trace
+        if self.name == "no_reset_traces":
+            bad = [r for r in rows if r["verdict"] == "reset"]
+        elif self.name == "no_ambiguous_traces":
+            bad = [r for r in rows if r["verdict"] == "ambiguous"]
+        elif self.name == "position_consistent":
+            bad = [r for r in rows if r["position_violations"]]
+        elif self.name == "no_truncated_hash_lists":
+            bad = [r for r in rows if r["truncated_calls"]]
+        else:  # pragma: no cover - guarded by the table below
+            raise KeyError(self.name)
+        examples = [{k: r[k] for k in ("trace", "file", "verdict", "minting_order")} for r in bad[:20]]
+        return not bad, len(bad), examples
+
+
+SCHEMA_RULES = (
+    "invalid_json", "truncated_file", "not_an_object", "schema", "missing_field", "negative_number",
+    "not_positive", "not_finite", "unknown_request_type",
+)
+CONTRACT_RULES = (
+    ContractRule("valid_schema", "Every record is valid JSON and follows the trace schema (trace-format.md).", True, SCHEMA_RULES),
+    ContractRule("unique_ids", "Trace ids are unique in the corpus and agent ids unique within a trace.", True, ("duplicate_trace_id", "duplicate_agent_id")),
+    ContractRule("scope_is_local", "Every trace declares hash_id_scope 'local': one namespace per trace.", True, ("scope_not_local",)),
+    ContractRule("hash_lists_not_over", "No call has more hash ids than ceil(in / block_size).", True, ("hash_ids_over",)),
+    ContractRule("subagents_do_not_nest", "No subagent entry inside a subagent.", True, ("nested_subagent",)),
+    ContractRule("inner_time_consistent", "Each subagent's inner times are all absolute or all relative.", True, ("mixed_inner_time",)),
+    ContractRule("no_reset_traces", "No subagent numbers its blocks from the base on its own (reset signature).", True),
+    ContractRule("no_ambiguous_traces", "Every trace has a minting order (document or parent-first).", True),
+    ContractRule("position_consistent", "Each id occurs at one block index only (prefix-chained blocks).", False),
+    ContractRule("no_truncated_hash_lists", "No call has fewer ids than in // block_size.", False),
+)

@@ -1,0 +1,290 @@
+"""The `weka-assets` command line: the chain's plain functions (weka_assets.pipeline), one
+subcommand each.
+
+Exit codes: 0 success; 1 a failed check or bad input (every `WekaError`, printed as one line,
+no traceback); 2 a usage error (argparse's own, or a corpus/dataset PATH that does not exist).
+Unexpected exceptions keep their traceback: they are bugs.
+
+Adding a subcommand: write `_add_NAME(parser)` (its arguments) and `cmd_NAME(args) -> int`
+(what it does; import heavy modules inside it), then add one `Subcommand` row to
+`SUBCOMMANDS`. Nothing at module level imports numpy, pyarrow or Dagster, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROG = "weka-assets"
+MAX_PROBLEM_LINES = 20
+CACHE_ENV = "WEKA_ASSETS_CACHE"
+PATH_HELP = "corpus: a folder of *.json traces, a .json trace, a .jsonl[.gz] file, or builtin:NAME"
+
+
+class UsageError(Exception):
+    """A bad command-line value found after parsing (e.g. a PATH that does not exist): exit 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _err(line: str = "") -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"must be < 2**64, got {value}")
+    return value
+
+
+def cache_dir() -> Path:
+    """Where `builtin:NAME` corpora are generated: $WEKA_ASSETS_CACHE or ~/.cache/weka-assets."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "weka-assets").expanduser()
+
+
+def corpus_path(uri: str) -> Path:
+    """A corpus argument (path or builtin:NAME) -> a local corpus path; UsageError if unusable."""
+    from weka_assets.errors import SourceError
+    from weka_assets.sources import resolve_source
+    from weka_assets.traces.reader import corpus_files
+
+    try:
+        path = resolve_source(uri, cache_dir())
+        corpus_files(path)  # the layout check: folder of *.json, .json, .jsonl[.gz]
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    return path
+
+
+def _problem_lines(hard_errors: Sequence[dict], per_trace: Sequence[dict] = (), excluded: Sequence[str] = ()) -> list[str]:
+    """One line per hard error, then one per reset/ambiguous trace that is not excluded."""
+    from weka_assets.errors import Location
+
+    lines = []
+    for e in hard_errors:
+        loc = Location(e.get("file"), e.get("line"), e.get("trace"), e.get("request"), e.get("inner"))
+        lines.append(f"{loc.describe()}: [{e.get('rule')}] {e.get('message')}")
+    skip = set(excluded)
+    for row in per_trace:
+        if row["verdict"] == "shared" or row["trace"] in skip:
+            continue
+        if row["verdict"] == "reset":
+            why = f"{row['reset_subagents']} subagent(s) number their blocks from the base on their own"
+        else:
+            why = (
+                "no walk mints its ids in order "
+                f"(fresh-below: document {row['fresh_below_document']}, parent_first {row['fresh_below_parent_first']})"
+            )
+        lines.append(f"{row['file']}, trace {row['trace']!r}: [{row['verdict']}] {why}")
+    return lines
+
+
+def _print_capped(lines: list[str]) -> None:
+    for line in lines[:MAX_PROBLEM_LINES]:
+        _err(line)
+    if len(lines) > MAX_PROBLEM_LINES:
+        _err(f"... and {len(lines) - MAX_PROBLEM_LINES} more")
+
+
+# --------------------------------------------------------------------------- synth
+
+
+def _add_synth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", required=True, choices=("semianalysis", "kv-cache-tester"),
+                   help="which published convention the traces follow")
+    p.add_argument("--traces", required=True, type=_positive_int, metavar="N", help="number of traces")
+    p.add_argument("--seed", required=True, type=_non_negative_int, metavar="S", help="random seed")
+    p.add_argument("--size", choices=("small", "full"), default="small",
+                   help="small (fast, for tests) or full (realistic context sizes); default: small")
+    p.add_argument("--out", required=True, type=Path, metavar="PATH",
+                   help="output: a .jsonl, a .jsonl.gz, or a folder (one <id>.json per trace)")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from weka_assets.synthetic import iter_corpus, write_corpus
+
+    out = write_corpus(iter_corpus(args.profile, args.traces, args.seed, args.size), args.out)
+    _err(f"wrote {args.traces} {args.profile} trace(s) (size {args.size}, seed {args.seed})")
+    print(out)
+    return 0
+
+
+# --------------------------------------------------------------------------- scope-report
+
+
+def _add_scope_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    p.add_argument("--policy", choices=("fail", "exclude"), default="fail",
+                   help="reset/ambiguous traces: fail the corpus (default) or exclude and list them")
+    p.add_argument("--json", required=True, type=Path, metavar="OUT", help="write the full report here")
+
+
+def cmd_scope_report(args: argparse.Namespace) -> int:
+    from weka_assets.pipeline import scope_report, write_json
+
+    report = scope_report(corpus_path(args.path), args.policy)
+    write_json(report, args.json)
+    print(report.summary(), flush=True)
+    if report.excluded_traces:
+        _err(f"excluded {len(report.excluded_traces)} trace(s) under policy 'exclude': "
+             + ", ".join(report.excluded_traces[:MAX_PROBLEM_LINES])
+             + (" ..." if len(report.excluded_traces) > MAX_PROBLEM_LINES else ""))
+    if report.passed:
+        return 0
+    _print_capped(_problem_lines(report.hard_errors, report.per_trace, report.excluded_traces))
+    for reason in report.failure_reasons:
+        _err(f"{PROG}: failed: {reason}")
+    return 1
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _add_decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    p.add_argument("--out", required=True, type=Path, metavar="ROOT",
+                   help="datasets root; the dataset goes to ROOT/<decode key>/ (reused if complete)")
+    p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None,
+                   help="built-in name (default: deepseek), local folder, or Hugging Face id")
+    p.add_argument("--scope-policy", choices=("trace", "session"), default="trace",
+                   help="hash-id scope: trace (correct, default) or session (the historic bug)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="N", help="decode seed (default: 0)")
+    p.add_argument("--policy", choices=("fail", "exclude"), default="fail",
+                   help="reset/ambiguous traces: fail the corpus (default) or exclude them")
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from weka_assets.decoding.settings import DecodeSettings
+    from weka_assets.pipeline import decode_corpus
+
+    path = corpus_path(args.path)
+    fields = {"scope_policy": args.scope_policy, "seed": args.seed}
+    if args.tokenizer is not None:
+        fields["tokenizer"] = args.tokenizer
+    outcome = decode_corpus(path, args.out, DecodeSettings(**fields), policy=args.policy)
+    m = outcome.manifest
+    if outcome.reused:
+        _err(f"reused existing dataset {outcome.path}")
+    else:
+        _err(f"decoded {m.get('traces')} traces, {m.get('calls')} calls -> {outcome.path} "
+             f"({outcome.seconds:.1f} s)")
+    print(outcome.path)
+    return 0
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _add_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", help="a decoded dataset folder (printed by decode)")
+    p.add_argument("--json", required=True, type=Path, metavar="OUT", help="write the full result here")
+
+
+def _rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from weka_assets.pipeline import replay, write_json
+
+    dataset = Path(args.dataset).expanduser()
+    if not dataset.exists():
+        raise UsageError(f"{args.dataset}: no such dataset folder")
+    result, _ = replay(dataset)
+    write_json(result, args.json)
+    rows = [("all", result), *result.per_role.items()]
+    print(f"{'role':<9} {'calls':>7} {'blocks':>10} {'theoretical':>11} {'full-block':>10} "
+          f"{'token':>7} {'mismatched':>10}")
+    for name, f in rows:
+        print(f"{name:<9} {f.calls:>7} {f.blocks:>10} {_rate(f.theoretical_hit_rate):>11} "
+              f"{_rate(f.theoretical_full_block_hit_rate):>10} {_rate(f.token_replay_hit_rate):>7} "
+              f"{f.fidelity_mismatched_calls:>10}")
+    return 0
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "synth": Subcommand("write a deterministic synthetic corpus; prints its path",
+                        _add_synth, cmd_synth),
+    "scope-report": Subcommand("check a corpus against the hash-id scope contract; exit 1 if it fails",
+                               _add_scope_report, cmd_scope_report),
+    "decode": Subcommand("decode a corpus into a token dataset (scope-gated); prints its path",
+                         _add_decode, cmd_decode),
+    "replay": Subcommand("unbounded prefix-cache replay of a decoded dataset",
+                         _add_replay, cmd_replay),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Weka agentic-coding traces: scope proof, decoding, prefix-cache replay.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, spec in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        spec.configure(p)
+        p.set_defaults(_run=spec.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+
+    from weka_assets.errors import CorpusRejected, WekaError
+
+    try:
+        return args._run(args)
+    except UsageError as exc:
+        _err(f"{PROG} {args.command}: error: {exc}")
+        return 2
+    except CorpusRejected as exc:
+        _print_capped(_problem_lines(exc.errors))
+        _err(f"{PROG}: error: corpus rejected: {exc}")
+        return 1
+    except WekaError as exc:
+        _err(f"{PROG}: error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _err(f"{PROG}: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
