@@ -29,6 +29,17 @@ class UsageError(Exception):
     """A bad command-line value found after parsing (e.g. a PATH that does not exist): exit 2."""
 
 
+def _write_json(obj, path: Path) -> Path:
+    """`pipeline.write_json`, with an unwritable OUT as one error line (exit 1), not a traceback."""
+    from weka_assets.errors import WekaError
+    from weka_assets.pipeline import write_json
+
+    try:
+        return write_json(obj, path)
+    except OSError as exc:
+        raise WekaError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -126,6 +137,9 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from weka_assets.synthetic import iter_corpus, write_corpus
 
+    name = args.out.name
+    if not name.endswith((".jsonl", ".jsonl.gz")) and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"{args.out}: exists and is not a folder (use .jsonl or .jsonl.gz for a file)")
     out = write_corpus(iter_corpus(args.profile, args.traces, args.seed, args.size), args.out)
     _err(f"wrote {args.traces} {args.profile} trace(s) (size {args.size}, seed {args.seed})")
     print(out)
@@ -143,10 +157,10 @@ def _add_scope_report(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_scope_report(args: argparse.Namespace) -> int:
-    from weka_assets.pipeline import scope_report, write_json
+    from weka_assets.pipeline import scope_report
 
     report = scope_report(corpus_path(args.path), args.policy)
-    write_json(report, args.json)
+    _write_json(report, args.json)
     print(report.summary(), flush=True)
     if report.excluded_traces:
         _err(f"excluded {len(report.excluded_traces)} trace(s) under policy 'exclude': "
@@ -186,6 +200,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
         fields["tokenizer"] = args.tokenizer
     outcome = decode_corpus(path, args.out, DecodeSettings(**fields), policy=args.policy)
     m = outcome.manifest
+    excluded = outcome.material.get("excluded_traces") or []
+    if excluded:
+        _err(f"excluded {len(excluded)} trace(s) under policy 'exclude': " + ", ".join(excluded))
     if outcome.reused:
         _err(f"reused existing dataset {outcome.path}")
     else:
@@ -208,13 +225,18 @@ def _rate(x: float | None) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from weka_assets.pipeline import replay, write_json
+    from weka_assets.pipeline import replay
 
     dataset = Path(args.dataset).expanduser()
     if not dataset.exists():
         raise UsageError(f"{args.dataset}: no such dataset folder")
     result, _ = replay(dataset)
-    write_json(result, args.json)
+    _write_json(result, args.json)
+    _print_rates(result)
+    return 0
+
+
+def _print_rates(result) -> None:
     rows = [("all", result), *result.per_role.items()]
     print(f"{'role':<9} {'calls':>7} {'blocks':>10} {'theoretical':>11} {'full-block':>10} "
           f"{'token':>7} {'mismatched':>10}")
@@ -222,7 +244,70 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{name:<9} {f.calls:>7} {f.blocks:>10} {_rate(f.theoretical_hit_rate):>11} "
               f"{_rate(f.theoretical_full_block_hit_rate):>10} {_rate(f.token_replay_hit_rate):>7} "
               f"{f.fidelity_mismatched_calls:>10}")
-    return 0
+
+
+# --------------------------------------------------------------------------- materialize
+
+
+def _add_materialize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", required=True, metavar="NAME", help="corpus partition (a catalog name, e.g. sample)")
+    p.add_argument("--tokenizer", action="append", metavar="NAME",
+                   help="tokenizer partition(s) to decode with (repeatable; default: all configured)")
+    p.add_argument("--store", metavar="PATH", default="",
+                   help="data folder (default: $WEKA_ASSETS_STORE or ./.weka-store)")
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME, or ./.dagster-home (created with the project's dagster.yaml) when unset."""
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        path = Path(home).expanduser().resolve()
+        if not path.is_dir():
+            raise UsageError(f"DAGSTER_HOME={home} is not a folder")
+        return path
+    path = Path(".dagster-home").resolve()
+    if not path.is_dir():
+        path.mkdir(parents=True)
+        (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        _err(f"DAGSTER_HOME is not set: using {path}")
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    dagster_home()
+    import dagster as dg
+
+    from weka_assets.definitions import resources
+    from weka_assets.defs.materialize import materialize_corpus
+
+    try:
+        with dg.DagsterInstance.get() as instance:
+            steps = materialize_corpus(args.corpus, instance, resources(args.store), args.tokenizer)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    ok = True
+    for step in steps:
+        ok &= step.success
+        _err(f"{'ok    ' if step.success else 'FAILED'} {step.partition}")
+        for line in step.failures + [f"failed check: {c}" for c in step.failed_checks]:
+            _err(f"  {line}")
+        gate = step.outputs.get("trace_scope")
+        if gate is not None:
+            from weka_assets.defs.scope import report_markdown
+            from weka_assets.traces.scope import ScopeReport
+
+            report = ScopeReport.model_validate_json(Path(gate.report_path).read_bytes())
+            print(f"{step.partition}: scope report ({gate.report_path})")
+            print(report_markdown(report).replace("**", ""))
+        ref = step.outputs.get("replay_benchmark")
+        if ref is not None:
+            from weka_assets.replay.unbounded import ReplayResult
+
+            result = ReplayResult.model_validate_json(Path(ref.result_path).read_bytes())
+            print(f"{step.partition}: dataset {ref.decode_key}")
+            _print_rates(result)
+    return 0 if ok else 1
 
 
 # --------------------------------------------------------------------------- the table
@@ -244,6 +329,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                          _add_decode, cmd_decode),
     "replay": Subcommand("unbounded prefix-cache replay of a decoded dataset",
                          _add_replay, cmd_replay),
+    "materialize": Subcommand("materialize the whole chain for one corpus in the Dagster instance at $DAGSTER_HOME",
+                              _add_materialize, cmd_materialize),
 }
 
 

@@ -24,14 +24,14 @@ BUILTIN_CORPORA = {
     "sample": BuiltinCorpus(
         profile="semianalysis",
         traces=12,
-        seed=20260608,
+        seed=4,
         size="full",
         description="12 synthetic traces in the SemiAnalysis convention, realistic sizes (contexts past 100k tokens)",
     ),
     "sample-kvt": BuiltinCorpus(
         profile="kv-cache-tester",
         traces=12,
-        seed=20260608,
+        seed=4,
         size="small",
         description="12 small synthetic traces in the kv-cache-tester convention",
     ),

@@ -49,7 +49,12 @@ def test_real_sample_scope_report(real_report):
     assert r["base"] == {"1": 30}
     assert r["fresh_below_events"]["parent_first"] == 0
     assert r["fresh_below_events"]["document"] > 1000  # document order would say "reset"
-    assert r["hashing"] == {"floor": sum(r["hashing"].values()), "ceil": 0, "truncated": 0, "over": 0}
+    assert r["hashing"] == {
+        "floor": sum(r["hashing"].values()),
+        "ceil": 0,
+        "truncated": 0,
+        "over": 0,
+    }
     assert r["inner_time"] == {"absolute": 0, "relative": r["subagents"], "mixed": 0}
     assert r["reset_signature_subagents"] == 0
     assert r["parent_share"]["traces_affected"] == 0
@@ -168,7 +173,11 @@ def test_swapped_ids_are_ambiguous(tmp_path):
     assert r["perfect_traces"] == 0
     assert r["traces_with_subagents"] == 0
     assert r["subagent_first_block"] == {
-        "equal_base": 0, "min": None, "median": None, "p90": None, "max": None
+        "equal_base": 0,
+        "min": None,
+        "median": None,
+        "p90": None,
+        "max": None,
     }
     assert r["parent_share"] == {"traces_affected": 0, "mean": None, "median": None}
     assert r["sibling_share"] == {"traces_affected": 0, "mean": None, "median": None}
@@ -196,7 +205,11 @@ def test_reset_signature(tmp_path):
         "holes": 0,
     }
     assert r["subagent_first_block"] == {
-        "equal_base": 1, "min": 1, "median": 1.0, "p90": 1.0, "max": 1
+        "equal_base": 1,
+        "min": 1,
+        "median": 1.0,
+        "p90": 1.0,
+        "max": 1,
     }
     assert r["parent_share"] == {"traces_affected": 1, "mean": 1.0, "median": 1.0}
     assert r["sibling_share"] == {"traces_affected": 0, "mean": None, "median": None}

@@ -105,6 +105,7 @@ def resolve_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> TokenizerSpec:
 @cache
 def load_tokenizer(spec: TokenizerSpec):
     """The transformers tokenizer for `spec` (slow import; only for filler and drift)."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found"
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

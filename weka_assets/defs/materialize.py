@@ -27,7 +27,7 @@ class StepOutcome:
     failed_checks: list[str] = field(default_factory=list)
 
 
-def _run(instance, resources, selection, partition_key) -> StepOutcome:
+def _run(instance, resources, selection, partition_key, log_level: str) -> StepOutcome:
     result = dg.materialize(
         ASSETS,
         selection=selection,
@@ -35,6 +35,7 @@ def _run(instance, resources, selection, partition_key) -> StepOutcome:
         instance=instance,
         resources=resources,
         raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         tags={"weka-assets/trigger": "cli"},
     )
     out = StepOutcome(str(partition_key), result.success)
@@ -57,6 +58,7 @@ def materialize_corpus(
     instance: dg.DagsterInstance,
     resources: dict,
     tokenizers: list[str] | None = None,
+    log_level: str = "INFO",
 ) -> list[StepOutcome]:
     """raw_traces + trace_scope for `corpus`, then decoded_dataset + replay_benchmark per tokenizer.
 
@@ -69,9 +71,9 @@ def materialize_corpus(
         raise ValueError(f"tokenizer(s) {unknown} are not partitions (set WEKA_ASSETS_TOKENIZERS)")
     if not instance.has_dynamic_partition(corpus_partitions.name, corpus):
         instance.add_dynamic_partitions(corpus_partitions.name, [corpus])
-    steps = [_run(instance, resources, ["raw_traces", "trace_scope"], corpus)]
+    steps = [_run(instance, resources, ["raw_traces", "trace_scope"], corpus, log_level)]
     if not steps[0].success:
         return steps
     for tok in tokenizers:
-        steps.append(_run(instance, resources, ["decoded_dataset", "replay_benchmark"], multi_key(corpus, tok)))
+        steps.append(_run(instance, resources, ["decoded_dataset", "replay_benchmark"], multi_key(corpus, tok), log_level))
     return steps

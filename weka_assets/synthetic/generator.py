@@ -106,8 +106,15 @@ _SCALES = {
         sub_tool=(6500, 8500),
         sub_system=(900, 2400),
         user=((0, 30), (0.7, 800), (0.95, 4000), (1, 12000)),
-        result=((0, 80), (0.3, 250), (0.6, 700), (0.85, 2000), (0.95, 6000), (0.99, 25000),
-                (1, 60000)),
+        result=(
+            (0, 80),
+            (0.3, 250),
+            (0.6, 700),
+            (0.85, 2000),
+            (0.95, 6000),
+            (0.99, 25000),
+            (1, 60000),
+        ),
         task=((0, 100), (0.9, 1500), (1, 5000)),
         sub_result=((0, 200), (0.8, 2500), (1, 8000)),
         limit=(120000, 200000),
@@ -117,6 +124,7 @@ _SCALES = {
 
 
 # --- exact randomness helpers: every draw is one rnd.random() plus arithmetic ---------------
+
 
 def _draw(rnd: random.Random, knots: Knots) -> float:
     u = rnd.random()
@@ -156,6 +164,7 @@ def _trace_rng(seed: int, size: str, index: int) -> random.Random:
 
 # --- abstract blocks ------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class _Ctx:
     """A prompt's content: its token count and its full blocks (len == tokens // BLOCK_SIZE)."""
@@ -193,6 +202,7 @@ class _Blocks:
 
 
 # --- plan: one trace's conversations, profile-independent -----------------------------------
+
 
 @dataclass(slots=True)
 class _Call:
@@ -248,24 +258,48 @@ class _Agent:
     tps: float
 
 
-def _make_call(rnd, blocks: _Blocks, agent: _Agent, t: float, think: float, ctx: _Ctx,
-               arr: np.ndarray, input_types: list[str], stop: str) -> _Call:
+def _make_call(
+    rnd,
+    agent: _Agent,
+    t: float,
+    think: float,
+    ctx: _Ctx,
+    arr: np.ndarray,
+    input_types: list[str],
+    stop: str,
+) -> _Call:
     n_out = max(1, _idraw(rnd, _OUT))
     latency = 0.6 + 1.8 * rnd.random() + ctx.tokens / 60000.0
     api = round(latency + n_out / agent.tps, 2)
     kind = "s" if rnd.random() < agent.streaming else "n"
     if stop == "tool_use":
-        output_types = _pick(rnd, ((["tool_use"], 0.2), (["text", "tool_use"], 0.55),
-                                   (["thinking", "text", "tool_use"], 0.25)))
+        output_types = _pick(
+            rnd,
+            (
+                (["tool_use"], 0.2),
+                (["text", "tool_use"], 0.55),
+                (["thinking", "text", "tool_use"], 0.25),
+            ),
+        )
         tool_uses = _pick(rnd, ((1, 0.6), (2, 0.25), (3, 0.1), (4, 0.05)))
     else:
         output_types = _pick(rnd, ((["text"], 0.7), (["thinking", "text"], 0.3)))
         tool_uses = 0
     return _Call(
-        t=t, kind=kind, model=agent.model, n_in=ctx.tokens, n_out=n_out, blocks=arr,
-        has_partial=len(arr) > len(ctx.nodes), input_types=input_types,
-        output_types=list(output_types), stop=stop, api_time=api, think_time=think,
-        ttft=round(latency, 2) if kind == "s" else None, tool_uses=tool_uses,
+        t=t,
+        kind=kind,
+        model=agent.model,
+        n_in=ctx.tokens,
+        n_out=n_out,
+        blocks=arr,
+        has_partial=len(arr) > len(ctx.nodes),
+        input_types=input_types,
+        output_types=list(output_types),
+        stop=stop,
+        api_time=api,
+        think_time=think,
+        ttft=round(latency, 2) if kind == "s" else None,
+        tool_uses=tool_uses,
     )
 
 
@@ -295,7 +329,7 @@ def _run_subagent(rnd, sc: _Scale, blocks: _Blocks, agent: _Agent, first: tuple)
             input_types = ["text"] if compacted else ["tool_result"]
             think = round(_draw(rnd, _TOOL_WAIT), 3)
             t = round(prev.t + prev.api_time + think, 3)
-        calls.append(_make_call(rnd, blocks, agent, t, think, ctx, arr, input_types, stop))
+        calls.append(_make_call(rnd, agent, t, think, ctx, arr, input_types, stop))
     return calls
 
 
@@ -334,7 +368,7 @@ def _plan_trace(rnd: random.Random, sc: _Scale) -> tuple[_Plan, _Blocks]:
             extra = groups.pop()
             groups[-1] += extra
         chosen = sorted(rnd.sample(slots, len(groups)))
-        for k, g in zip(chosen, groups):
+        for k, g in zip(chosen, groups, strict=True):
             spawn_at[k] = g
 
     type_prefixes: dict[str, tuple[_Ctx, int, int]] = {}
@@ -359,7 +393,7 @@ def _plan_trace(rnd: random.Random, sc: _Scale) -> tuple[_Plan, _Blocks]:
             start = max(prev_end + wait, wait_until + _uniform(rnd, 0.5, 5.0))
             t = round(start, 3)
             think = round(t - prev_end, 3)
-        call = _make_call(rnd, blocks, parent, t, think, ctx, arr, input_types, stops[k])
+        call = _make_call(rnd, parent, t, think, ctx, arr, input_types, stops[k])
         items.append(call)
         prev = call
         pending_add = 0
@@ -389,8 +423,9 @@ def _plan_trace(rnd: random.Random, sc: _Scale) -> tuple[_Plan, _Blocks]:
                         type_prefixes[stype] = (tp, st, ss)
                     sub_prefix, sub_tool, sub_system = type_prefixes[stype]
                     first = blocks.derive(sub_prefix, sub_prefix.tokens, _idraw(rnd, sc.task))
-                agent = _Agent(sub_model, sub_prefix, limit, streaming,
-                               _uniform(rnd, *_OUTPUT_TPS[sub_model]))
+                agent = _Agent(
+                    sub_model, sub_prefix, limit, streaming, _uniform(rnd, *_OUTPUT_TPS[sub_model])
+                )
                 calls = _run_subagent(rnd, sc, blocks, agent, first)
                 last = calls[-1]
                 # kv-cache-tester writes inner times relative to the spawn and a reader tells
@@ -398,9 +433,14 @@ def _plan_trace(rnd: random.Random, sc: _Scale) -> tuple[_Plan, _Blocks]:
                 spawn = round(max(spawn, last.t + 1.0 + rnd.random()), 3)
                 end = spawn + last.t + last.api_time
                 sub = _Sub(
-                    t=spawn, agent_id=f"agent_{len(subs) + 1:03d}", subagent_type=sub_type,
-                    background=background, model=sub_model, tool_tokens=sub_tool,
-                    system_tokens=sub_system, calls=calls,
+                    t=spawn,
+                    agent_id=f"agent_{len(subs) + 1:03d}",
+                    subagent_type=sub_type,
+                    background=background,
+                    model=sub_model,
+                    tool_tokens=sub_tool,
+                    system_tokens=sub_system,
+                    calls=calls,
                     duration_ms=int((end - spawn) * 1000.0 + 0.5),
                     total_tokens=last.n_in + last.n_out,
                     tool_use_count=sum(c.tool_uses for c in calls),
@@ -418,6 +458,7 @@ def _plan_trace(rnd: random.Random, sc: _Scale) -> tuple[_Plan, _Blocks]:
 
 
 # --- render: mint ids in the profile's order and write the profile's keys -------------------
+
 
 def _mint(walk: Iterable[_Call], n_blocks: int, base: int, floor_hashing: bool) -> None:
     """Give each block base + (distinct blocks met so far) on its first appearance."""
@@ -486,9 +527,7 @@ def _render(plan: _Plan, blocks: _Blocks, profile: str, trace_id: str) -> dict:
         if kvt:
             entry["tool_tokens"] = it.tool_tokens
             entry["system_tokens"] = it.system_tokens
-        entry["requests"] = [
-            _call_dict(c, c.t if kvt else round(it.t + c.t, 3)) for c in it.calls
-        ]
+        entry["requests"] = [_call_dict(c, c.t if kvt else round(it.t + c.t, 3)) for c in it.calls]
         requests.append(entry)
 
     trace = {
@@ -516,6 +555,7 @@ def _render(plan: _Plan, blocks: _Blocks, profile: str, trace_id: str) -> dict:
 
 
 # --- public API -----------------------------------------------------------------------------
+
 
 def _check_args(profile: str, traces: int, seed: int, size: str) -> None:
     if profile not in PROFILES:
@@ -570,8 +610,9 @@ def write_corpus(trace_iter: Iterable[dict], out: Path | str) -> Path:
         try:
             with open(tmp, "wb") as raw:
                 if name.endswith(".gz"):
-                    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                       compresslevel=6) as gz:
+                    with gzip.GzipFile(
+                        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
+                    ) as gz:
                         for trace in trace_iter:
                             gz.write(orjson.dumps(trace) + b"\n")
                 else:
@@ -584,7 +625,9 @@ def write_corpus(trace_iter: Iterable[dict], out: Path | str) -> Path:
         return out
 
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory (use .jsonl or .jsonl.gz for a file)")
+        raise ValueError(
+            f"{out} exists and is not a directory (use .jsonl or .jsonl.gz for a file)"
+        )
     tmp = _temp_beside(out, directory=True)
     try:
         seen: set[str] = set()

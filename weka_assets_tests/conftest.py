@@ -1,0 +1,19 @@
+"""Shared test setup: no network (Hugging Face offline) and the real kv-cache-tester sample."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before anything imports huggingface_hub: it reads the variable once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-traces" / "kv-cache-tester-sample"
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The 30 real kv-cache-tester traces (read-only; copy before mutating)."""
+    if not REAL_SAMPLE.is_dir():
+        pytest.skip(f"real kv-cache-tester sample not found at {REAL_SAMPLE}")
+    return REAL_SAMPLE

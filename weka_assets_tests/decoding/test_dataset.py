@@ -1,0 +1,98 @@
+"""Storage: decode keys, reuse, datasets side by side, atomic publication, drift measurement."""
+
+import numpy as np
+import pytest
+
+from weka_assets.decoding.dataset import is_complete, open_dataset
+from weka_assets.decoding.prf import block_offsets, tail_offset
+from weka_assets.decoding.settings import DecodeSettings
+from weka_assets.errors import CorpusRejected, DecodeError
+from weka_assets.pipeline import decode_corpus
+from weka_assets_tests.corpora import synthetic
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return synthetic("semianalysis", traces=4, seed=5)
+
+
+def test_same_key_is_reused_and_different_keys_sit_side_by_side(tmp_path, corpus):
+    first = decode_corpus(corpus, tmp_path, measure_drift=False)
+    again = decode_corpus(corpus, tmp_path, measure_drift=False)
+    assert not first.reused and again.reused and again.path == first.path
+    seeded = decode_corpus(corpus, tmp_path, DecodeSettings(seed=1), measure_drift=False)
+    session = decode_corpus(corpus, tmp_path, DecodeSettings(scope_policy="session"), measure_drift=False)
+    bumped = decode_corpus(corpus, tmp_path, manifest_version=999, measure_drift=False)
+    keys = {first.key, seeded.key, session.key, bumped.key}
+    assert len(keys) == 4 and all(is_complete(tmp_path / k) for k in keys)
+    assert open_dataset(bumped.path).manifest["manifest_version"] == 999
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(keys)
+
+
+def test_key_covers_corpus_content(tmp_path, corpus):
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(corpus.read_bytes().replace(b'"out":', b'"out": ', 1))
+    a = decode_corpus(corpus, tmp_path / "s", measure_drift=False)
+    b = decode_corpus(other, tmp_path / "s", measure_drift=False)
+    assert a.key != b.key and a.material["corpus_digest"] != b.material["corpus_digest"]
+
+
+def test_no_half_written_dataset_is_ever_visible(tmp_path, corpus, monkeypatch):
+    import weka_assets.decoding.dataset as dataset
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset.pq, "write_table", boom)
+    with pytest.raises(OSError):
+        decode_corpus(corpus, tmp_path, measure_drift=False)
+    assert list(tmp_path.glob("*/manifest.json")) == []
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_stored_files_carry_checksums(tmp_path, corpus):
+    out = decode_corpus(corpus, tmp_path, measure_drift=False)
+    open_dataset(out.path, verify=True)
+    with open(out.path / "block_offsets.npy", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\xff\xff\xff\xff")
+    with pytest.raises(DecodeError, match="checksum"):
+        open_dataset(out.path, verify=True)
+
+
+def test_failing_corpus_is_never_decoded(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(synthetic("semianalysis", traces=2, seed=5).read_text().replace('"local"', '"global"', 1))
+    with pytest.raises(CorpusRejected, match="hard error"):
+        decode_corpus(bad, tmp_path / "out", measure_drift=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*/manifest.json"))
+
+
+def test_expansion_matches_the_documented_construction(tmp_path, corpus):
+    """Rebuild a few calls' tokens from the PRF formula alone and compare with expand_call."""
+    ds = open_dataset(decode_corpus(corpus, tmp_path, measure_drift=False).path)
+    f, n = np.asarray(ds.filler), ds.filler.size
+    for i in range(0, ds.n_calls, max(1, ds.n_calls // 15)):
+        c = {k: int(v[i]) for k, v in ds.calls.items()}
+        scope = ds.traces[c["trace"]]["id"]
+        expected = []
+        for h in ds.call_ids(i)[: c["n_full"] + (1 if c["partial_len"] else 0)]:
+            offs = block_offsets(0, scope, np.array([h]), 4, n)[0]
+            block = np.concatenate([f[(o + np.arange(16)) % n] for o in offs])
+            expected.append(block)
+        tokens = np.concatenate(expected) if expected else np.empty(0, np.int32)
+        tokens = tokens[: c["n_full"] * 64 + c["partial_len"]]
+        if c["tail_len"]:
+            conv_calls = [j for j in range(ds.n_calls) if ds.calls["trace"][j] == c["trace"] and ds.calls["conv"][j] == c["conv"]]
+            ordinal = sorted(conv_calls, key=lambda j: (ds.calls["request"][j], ds.calls["inner"][j])).index(i)
+            t0 = tail_offset(0, scope, c["conv"], ordinal, n)
+            tokens = np.concatenate([tokens, f[(t0 + np.arange(c["tail_len"])) % n]])
+        assert (ds.expand_call(i) == tokens).all(), i
+
+
+def test_retokenisation_drift_is_measured_and_reported(tmp_path, corpus):
+    out = decode_corpus(corpus, tmp_path)
+    drift = out.manifest["retokenization_drift"]
+    assert drift["calls_checked"] > 0 and drift["tokens_checked"] > 0
+    assert 0 <= drift["mismatch_fraction"] <= 1
+    assert open_dataset(out.path).manifest["retokenization_drift"] == drift
