@@ -90,13 +90,17 @@ def corpus_path(uri: str) -> Path:
     return path
 
 
-def _problem_lines(hard_errors: Sequence[dict], per_trace: Sequence[dict] = (), excluded: Sequence[str] = ()) -> list[str]:
+def _problem_lines(
+    hard_errors: Sequence[dict], per_trace: Sequence[dict] = (), excluded: Sequence[str] = ()
+) -> list[str]:
     """One line per hard error, then one per reset/ambiguous trace that is not excluded."""
     from weka_assets.errors import Location
 
     lines = []
     for e in hard_errors:
-        loc = Location(e.get("file"), e.get("line"), e.get("trace"), e.get("request"), e.get("inner"))
+        loc = Location(
+            e.get("file"), e.get("line"), e.get("trace"), e.get("request"), e.get("inner")
+        )
         lines.append(f"{loc.describe()}: [{e.get('rule')}] {e.get('message')}")
     skip = set(excluded)
     for row in per_trace:
@@ -124,14 +128,29 @@ def _print_capped(lines: list[str]) -> None:
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", required=True, choices=("semianalysis", "kv-cache-tester"),
-                   help="which published convention the traces follow")
-    p.add_argument("--traces", required=True, type=_positive_int, metavar="N", help="number of traces")
+    p.add_argument(
+        "--profile",
+        required=True,
+        choices=("semianalysis", "kv-cache-tester"),
+        help="which published convention the traces follow",
+    )
+    p.add_argument(
+        "--traces", required=True, type=_positive_int, metavar="N", help="number of traces"
+    )
     p.add_argument("--seed", required=True, type=_non_negative_int, metavar="S", help="random seed")
-    p.add_argument("--size", choices=("small", "full"), default="small",
-                   help="small (fast, for tests) or full (realistic context sizes); default: small")
-    p.add_argument("--out", required=True, type=Path, metavar="PATH",
-                   help="output: a .jsonl, a .jsonl.gz, or a folder (one <id>.json per trace)")
+    p.add_argument(
+        "--size",
+        choices=("small", "full"),
+        default="small",
+        help="small (fast, for tests) or full (realistic context sizes); default: small",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="output: a .jsonl, a .jsonl.gz, or a folder (one <id>.json per trace)",
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -139,7 +158,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     name = args.out.name
     if not name.endswith((".jsonl", ".jsonl.gz")) and args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"{args.out}: exists and is not a folder (use .jsonl or .jsonl.gz for a file)")
+        raise UsageError(
+            f"{args.out}: exists and is not a folder (use .jsonl or .jsonl.gz for a file)"
+        )
     out = write_corpus(iter_corpus(args.profile, args.traces, args.seed, args.size), args.out)
     _err(f"wrote {args.traces} {args.profile} trace(s) (size {args.size}, seed {args.seed})")
     print(out)
@@ -151,9 +172,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _add_scope_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help=PATH_HELP)
-    p.add_argument("--policy", choices=("fail", "exclude"), default="fail",
-                   help="reset/ambiguous traces: fail the corpus (default) or exclude and list them")
-    p.add_argument("--json", required=True, type=Path, metavar="OUT", help="write the full report here")
+    p.add_argument(
+        "--policy",
+        choices=("fail", "exclude"),
+        default="fail",
+        help="reset/ambiguous traces: fail the corpus (default) or exclude and list them",
+    )
+    p.add_argument(
+        "--json", required=True, type=Path, metavar="OUT", help="write the full report here"
+    )
 
 
 def cmd_scope_report(args: argparse.Namespace) -> int:
@@ -163,9 +190,11 @@ def cmd_scope_report(args: argparse.Namespace) -> int:
     _write_json(report, args.json)
     print(report.summary(), flush=True)
     if report.excluded_traces:
-        _err(f"excluded {len(report.excluded_traces)} trace(s) under policy 'exclude': "
-             + ", ".join(report.excluded_traces[:MAX_PROBLEM_LINES])
-             + (" ..." if len(report.excluded_traces) > MAX_PROBLEM_LINES else ""))
+        _err(
+            f"excluded {len(report.excluded_traces)} trace(s) under policy 'exclude': "
+            + ", ".join(report.excluded_traces[:MAX_PROBLEM_LINES])
+            + (" ..." if len(report.excluded_traces) > MAX_PROBLEM_LINES else "")
+        )
     if report.passed:
         return 0
     _print_capped(_problem_lines(report.hard_errors, report.per_trace, report.excluded_traces))
@@ -179,15 +208,32 @@ def cmd_scope_report(args: argparse.Namespace) -> int:
 
 def _add_decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help=PATH_HELP)
-    p.add_argument("--out", required=True, type=Path, metavar="ROOT",
-                   help="datasets root; the dataset goes to ROOT/<decode key>/ (reused if complete)")
-    p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None,
-                   help="built-in name (default: deepseek), local folder, or Hugging Face id")
-    p.add_argument("--scope-policy", choices=("trace", "session"), default="trace",
-                   help="hash-id scope: trace (correct, default) or session (the historic bug)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="ROOT",
+        help="datasets root; the dataset goes to ROOT/<decode key>/ (reused if complete)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="NAME_OR_PATH",
+        default=None,
+        help="built-in name (default: deepseek), local folder, or Hugging Face id",
+    )
+    p.add_argument(
+        "--scope-policy",
+        choices=("trace", "session"),
+        default="trace",
+        help="hash-id scope: trace (correct, default) or session (the historic bug)",
+    )
     p.add_argument("--seed", type=_seed, default=0, metavar="N", help="decode seed (default: 0)")
-    p.add_argument("--policy", choices=("fail", "exclude"), default="fail",
-                   help="reset/ambiguous traces: fail the corpus (default) or exclude them")
+    p.add_argument(
+        "--policy",
+        choices=("fail", "exclude"),
+        default="fail",
+        help="reset/ambiguous traces: fail the corpus (default) or exclude them",
+    )
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -206,8 +252,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if outcome.reused:
         _err(f"reused existing dataset {outcome.path}")
     else:
-        _err(f"decoded {m.get('traces')} traces, {m.get('calls')} calls -> {outcome.path} "
-             f"({outcome.seconds:.1f} s)")
+        _err(
+            f"decoded {m.get('traces')} traces, {m.get('calls')} calls -> {outcome.path} "
+            f"({outcome.seconds:.1f} s)"
+        )
     print(outcome.path)
     return 0
 
@@ -216,8 +264,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _add_replay(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", metavar="DATASET", help="a decoded dataset folder (printed by decode)")
-    p.add_argument("--json", required=True, type=Path, metavar="OUT", help="write the full result here")
+    p.add_argument(
+        "dataset", metavar="DATASET", help="a decoded dataset folder (printed by decode)"
+    )
+    p.add_argument(
+        "--json", required=True, type=Path, metavar="OUT", help="write the full result here"
+    )
 
 
 def _rate(x: float | None) -> str:
@@ -238,23 +290,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _print_rates(result) -> None:
     rows = [("all", result), *result.per_role.items()]
-    print(f"{'role':<9} {'calls':>7} {'blocks':>10} {'theoretical':>11} {'full-block':>10} "
-          f"{'token':>7} {'mismatched':>10}")
+    print(
+        f"{'role':<9} {'calls':>7} {'blocks':>10} {'theoretical':>11} {'full-block':>10} "
+        f"{'token':>7} {'mismatched':>10}"
+    )
     for name, f in rows:
-        print(f"{name:<9} {f.calls:>7} {f.blocks:>10} {_rate(f.theoretical_hit_rate):>11} "
-              f"{_rate(f.theoretical_full_block_hit_rate):>10} {_rate(f.token_replay_hit_rate):>7} "
-              f"{f.fidelity_mismatched_calls:>10}")
+        print(
+            f"{name:<9} {f.calls:>7} {f.blocks:>10} {_rate(f.theoretical_hit_rate):>11} "
+            f"{_rate(f.theoretical_full_block_hit_rate):>10} {_rate(f.token_replay_hit_rate):>7} "
+            f"{f.fidelity_mismatched_calls:>10}"
+        )
 
 
 # --------------------------------------------------------------------------- materialize
 
 
 def _add_materialize(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", required=True, metavar="NAME", help="corpus partition (a catalog name, e.g. sample)")
-    p.add_argument("--tokenizer", action="append", metavar="NAME",
-                   help="tokenizer partition(s) to decode with (repeatable; default: all configured)")
-    p.add_argument("--store", metavar="PATH", default="",
-                   help="data folder (default: $WEKA_ASSETS_STORE or ./.weka-store)")
+    p.add_argument(
+        "--corpus",
+        required=True,
+        metavar="NAME",
+        help="corpus partition (a catalog name, e.g. sample)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        metavar="NAME",
+        help="tokenizer partition(s) to decode with (repeatable; default: all configured)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        default="",
+        help="data folder (default: $WEKA_ASSETS_STORE or ./.weka-store)",
+    )
 
 
 def dagster_home() -> Path:
@@ -321,16 +390,27 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "synth": Subcommand("write a deterministic synthetic corpus; prints its path",
-                        _add_synth, cmd_synth),
-    "scope-report": Subcommand("check a corpus against the hash-id scope contract; exit 1 if it fails",
-                               _add_scope_report, cmd_scope_report),
-    "decode": Subcommand("decode a corpus into a token dataset (scope-gated); prints its path",
-                         _add_decode, cmd_decode),
-    "replay": Subcommand("unbounded prefix-cache replay of a decoded dataset",
-                         _add_replay, cmd_replay),
-    "materialize": Subcommand("materialize the whole chain for one corpus in the Dagster instance at $DAGSTER_HOME",
-                              _add_materialize, cmd_materialize),
+    "synth": Subcommand(
+        "write a deterministic synthetic corpus; prints its path", _add_synth, cmd_synth
+    ),
+    "scope-report": Subcommand(
+        "check a corpus against the hash-id scope contract; exit 1 if it fails",
+        _add_scope_report,
+        cmd_scope_report,
+    ),
+    "decode": Subcommand(
+        "decode a corpus into a token dataset (scope-gated); prints its path",
+        _add_decode,
+        cmd_decode,
+    ),
+    "replay": Subcommand(
+        "unbounded prefix-cache replay of a decoded dataset", _add_replay, cmd_replay
+    ),
+    "materialize": Subcommand(
+        "materialize the whole chain for one corpus in the Dagster instance at $DAGSTER_HOME",
+        _add_materialize,
+        cmd_materialize,
+    ),
 }
 
 

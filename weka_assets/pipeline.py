@@ -48,7 +48,9 @@ class DecodeOutcome:
     manifest: dict = field(default_factory=dict)
 
 
-def retokenization_drift(ds: DecodedDataset, tokenizer, calls: int = 8, max_tokens: int = 2048) -> dict:
+def retokenization_drift(
+    ds: DecodedDataset, tokenizer, calls: int = 8, max_tokens: int = 2048
+) -> dict:
     """How far encode(decode(tokens)) drifts from the tokens: what a text-based client would see."""
     checked = identical = tokens = 0
     deltas, mismatched = [], 0
@@ -61,7 +63,9 @@ def retokenization_drift(ds: DecodedDataset, tokenizer, calls: int = 8, max_toke
         tokens += len(ids)
         identical += back == ids
         deltas.append(len(back) - len(ids))
-        mismatched += sum(a != b for a, b in zip(ids, back, strict=False)) + abs(len(back) - len(ids))
+        mismatched += sum(a != b for a, b in zip(ids, back, strict=False)) + abs(
+            len(back) - len(ids)
+        )
     return {
         "calls_checked": checked,
         "tokens_checked": tokens,

@@ -60,7 +60,9 @@ def resolve_source(uri: str, cache_dir: Path | str) -> Path:
     if uri.startswith("file://"):
         uri = uri.removeprefix("file://")
     if "://" in uri:
-        raise SourceError(f"{uri}: unsupported source (use a local path, file://PATH or builtin:NAME)")
+        raise SourceError(
+            f"{uri}: unsupported source (use a local path, file://PATH or builtin:NAME)"
+        )
     path = Path(uri).expanduser()
     if not path.exists():
         raise SourceError(f"{uri}: no such file or folder")

@@ -8,7 +8,9 @@ import pytest
 # Before anything imports huggingface_hub: it reads the variable once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-traces" / "kv-cache-tester-sample"
+REAL_SAMPLE = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "real-traces" / "kv-cache-tester-sample"
+)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.pipeline import decode_corpus
 from weka_assets.synthetic import iter_corpus, write_corpus
 
-REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-traces" / "kv-cache-tester-sample"
+REAL_SAMPLE = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "real-traces" / "kv-cache-tester-sample"
+)
 WORK = Path(tempfile.mkdtemp(prefix="weka-tests-"))
 atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
@@ -23,12 +25,18 @@ atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 @cache
 def synthetic(profile: str, traces: int = 6, seed: int = 7, size: str = "small") -> Path:
     """A synthetic corpus as one .jsonl file."""
-    return write_corpus(iter_corpus(profile, traces, seed, size), WORK / "corpora" / f"{profile}-{traces}-{seed}-{size}.jsonl")
+    return write_corpus(
+        iter_corpus(profile, traces, seed, size),
+        WORK / "corpora" / f"{profile}-{traces}-{seed}-{size}.jsonl",
+    )
 
 
 @cache
 def decoded(corpus: Path, scope_policy: str = "trace", seed: int = 0) -> DecodedDataset:
     out = decode_corpus(
-        corpus, WORK / "datasets", DecodeSettings(scope_policy=scope_policy, seed=seed), measure_drift=False
+        corpus,
+        WORK / "datasets",
+        DecodeSettings(scope_policy=scope_policy, seed=seed),
+        measure_drift=False,
     )
     return open_dataset(out.path)

@@ -110,8 +110,12 @@ def decoded(real_sample, tmp_path_factory):
         rep = root / f"replay-{policy}.json"
         replayed = cli("replay", dataset, "--json", rep)
         assert replayed.rc == 0, replayed.err
-        out[policy] = {"dataset": dataset, "decode": run, "replay_run": replayed,
-                       "replay": json.loads(rep.read_text())}
+        out[policy] = {
+            "dataset": dataset,
+            "decode": run,
+            "replay_run": replayed,
+            "replay": json.loads(rep.read_text()),
+        }
     return out
 
 
@@ -141,7 +145,10 @@ def test_session_scope_reproduces_the_historic_bug(decoded):
     assert decoded["session"]["dataset"] != decoded["trace"]["dataset"]
     assert session["fidelity_mismatched_calls"] > 0
     assert session["per_role"]["parent"]["fidelity_mismatched_calls"] == 0
-    assert session["per_role"]["subagent"]["fidelity_mismatched_calls"] == session["fidelity_mismatched_calls"]
+    assert (
+        session["per_role"]["subagent"]["fidelity_mismatched_calls"]
+        == session["fidelity_mismatched_calls"]
+    )
     assert session["token_replay_hit_rate"] < trace["token_replay_hit_rate"]
     assert session["theoretical_hit_rate"] == trace["theoretical_hit_rate"]  # ids are unchanged
 
@@ -202,20 +209,41 @@ def _nested(real_sample, folder):
 
 # name: (builder, expected hard error (rule, trace, request, inner) or verdict, stderr fragments)
 BROKEN = {
-    "reset": (_reset, {"verdict": "reset", "trace": "trace_0277"},
-              [WITH_SUBAGENTS, "trace 'trace_0277'", "[reset]"]),
-    "ambiguous": (_ambiguous, {"verdict": "ambiguous", "trace": "trace_0460"},
-                  [SMALL, "trace 'trace_0460'", "[ambiguous]"]),
-    "scope_global": (_scope_global, {"rule": "scope_not_local", "trace": "trace_0460"},
-                     [SMALL, "trace 'trace_0460'", "[scope_not_local]", "'global'"]),
-    "cut_jsonl": (_cut_jsonl, {"rule": "invalid_json", "line": 2},
-                  ["traces.jsonl:2", "[invalid_json]"]),
-    "missing_in": (_missing_in, {"rule": "missing_field", "trace": "trace_0460", "request": 3},
-                   [SMALL, "trace 'trace_0460', request 3", "[missing_field]", "in"]),
-    "duplicate_id": (_duplicate_id, {"rule": "duplicate_trace_id", "trace": "trace_0460"},
-                     ["trace 'trace_0460'", "[duplicate_trace_id]", "already used"]),
-    "nested": (_nested, {"rule": "nested_subagent", "trace": "trace_0277", "request": 1, "inner": 4},
-               [WITH_SUBAGENTS, "trace 'trace_0277', request 1, inner 4", "[nested_subagent]"]),
+    "reset": (
+        _reset,
+        {"verdict": "reset", "trace": "trace_0277"},
+        [WITH_SUBAGENTS, "trace 'trace_0277'", "[reset]"],
+    ),
+    "ambiguous": (
+        _ambiguous,
+        {"verdict": "ambiguous", "trace": "trace_0460"},
+        [SMALL, "trace 'trace_0460'", "[ambiguous]"],
+    ),
+    "scope_global": (
+        _scope_global,
+        {"rule": "scope_not_local", "trace": "trace_0460"},
+        [SMALL, "trace 'trace_0460'", "[scope_not_local]", "'global'"],
+    ),
+    "cut_jsonl": (
+        _cut_jsonl,
+        {"rule": "invalid_json", "line": 2},
+        ["traces.jsonl:2", "[invalid_json]"],
+    ),
+    "missing_in": (
+        _missing_in,
+        {"rule": "missing_field", "trace": "trace_0460", "request": 3},
+        [SMALL, "trace 'trace_0460', request 3", "[missing_field]", "in"],
+    ),
+    "duplicate_id": (
+        _duplicate_id,
+        {"rule": "duplicate_trace_id", "trace": "trace_0460"},
+        ["trace 'trace_0460'", "[duplicate_trace_id]", "already used"],
+    ),
+    "nested": (
+        _nested,
+        {"rule": "nested_subagent", "trace": "trace_0277", "request": 1, "inner": 4},
+        [WITH_SUBAGENTS, "trace 'trace_0277', request 1, inner 4", "[nested_subagent]"],
+    ),
 }
 
 
@@ -288,7 +316,9 @@ def test_decode_rejects_a_failing_corpus(case, real_sample, tmp_path):
 # --------------------------------------------------------------------------- 5. synth
 
 
-@pytest.mark.parametrize(("profile", "name"), [("semianalysis", "c.jsonl"), ("kv-cache-tester", "c.jsonl.gz")])
+@pytest.mark.parametrize(
+    ("profile", "name"), [("semianalysis", "c.jsonl"), ("kv-cache-tester", "c.jsonl.gz")]
+)
 def test_synth_is_deterministic_and_passes_the_scope_report(profile, name, tmp_path):
     args = ["synth", "--profile", profile, "--traces", 6, "--seed", 5, "--size", "small"]
     first = cli(*args, "--out", tmp_path / "a" / name)
@@ -303,7 +333,17 @@ def test_synth_is_deterministic_and_passes_the_scope_report(profile, name, tmp_p
 
 
 def test_synth_folder_output(tmp_path):
-    run = cli("synth", "--profile", "kv-cache-tester", "--traces", 2, "--seed", 1, "--out", tmp_path / "corpus")
+    run = cli(
+        "synth",
+        "--profile",
+        "kv-cache-tester",
+        "--traces",
+        2,
+        "--seed",
+        1,
+        "--out",
+        tmp_path / "corpus",
+    )
     assert run.rc == 0, run.err
     assert len(list(Path(run.last).glob("*.json"))) == 2
 
@@ -324,7 +364,17 @@ def test_synth_folder_output(tmp_path):
         ["decode", "{real}", "--out", "{tmp}", "--scope-policy", "global"],
         ["replay", "{tmp}"],  # --json missing
         ["synth", "--profile", "other", "--traces", "1", "--seed", "1", "--out", "{tmp}/c.jsonl"],
-        ["synth", "--profile", "semianalysis", "--traces", "0", "--seed", "1", "--out", "{tmp}/c.jsonl"],
+        [
+            "synth",
+            "--profile",
+            "semianalysis",
+            "--traces",
+            "0",
+            "--seed",
+            "1",
+            "--out",
+            "{tmp}/c.jsonl",
+        ],
         ["synth", "--profile", "semianalysis", "--seed", "1", "--out", "{tmp}/c.jsonl"],
     ],
 )
@@ -357,9 +407,21 @@ def test_bad_input_is_one_error_line(real_sample, tmp_path):
     (tmp_path / "not-a-dataset").mkdir()
     cases = [
         (["replay", tmp_path / "not-a-dataset", "--json", tmp_path / "r.json"], "manifest.json"),
-        (["scope-report", real_sample / SMALL, "--json", tmp_path], "cannot write"),  # OUT is a folder
-        (["decode", real_sample / SMALL, "--out", tmp_path / "d", "--tokenizer", "no-such-tokenizer"],
-         "unknown tokenizer"),
+        (
+            ["scope-report", real_sample / SMALL, "--json", tmp_path],
+            "cannot write",
+        ),  # OUT is a folder
+        (
+            [
+                "decode",
+                real_sample / SMALL,
+                "--out",
+                tmp_path / "d",
+                "--tokenizer",
+                "no-such-tokenizer",
+            ],
+            "unknown tokenizer",
+        ),
     ]
     for argv, fragment in cases:
         run = cli(*argv)
@@ -370,7 +432,17 @@ def test_bad_input_is_one_error_line(real_sample, tmp_path):
 
 def test_synth_refuses_to_replace_a_file_with_a_folder(tmp_path):
     (tmp_path / "taken").write_text("keep me")
-    run = cli("synth", "--profile", "semianalysis", "--traces", 1, "--seed", 1, "--out", tmp_path / "taken")
+    run = cli(
+        "synth",
+        "--profile",
+        "semianalysis",
+        "--traces",
+        1,
+        "--seed",
+        1,
+        "--out",
+        tmp_path / "taken",
+    )
     assert run.rc == 2 and "exists and is not a folder" in run.err
     assert (tmp_path / "taken").read_text() == "keep me"
 
@@ -392,8 +464,13 @@ def test_console_script_entry_point(real_sample, tmp_path):
         pytest.skip("the weka-assets console script is not installed")
     corpus = _scope_global(real_sample, tmp_path / "corpus")
     out = tmp_path / "report.json"
-    proc = subprocess.run([script, "scope-report", str(corpus), "--json", str(out)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [script, "scope-report", str(corpus), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.strip().startswith("FAIL: 1/1 shared")
     assert "[scope_not_local]" in proc.stderr and "Traceback" not in proc.stderr

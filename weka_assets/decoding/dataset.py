@@ -122,7 +122,9 @@ class DecodedDataset:
         if full:
             out[: full * bs] = self.block_tokens(rows[:full], bs).ravel()
         if partial:
-            out[full * bs : full * bs + partial] = self.block_tokens(rows[full : full + 1], bs)[0, :partial]
+            out[full * bs : full * bs + partial] = self.block_tokens(rows[full : full + 1], bs)[
+                0, :partial
+            ]
         if tail:
             start = full * bs + partial
             idx = (int(c["tail_offset"][i]) + np.arange(tail, dtype=np.int64)) % self.filler.size
@@ -152,13 +154,17 @@ class DecodedDataset:
                 p = tmp / f"{name}.npy"
                 np.save(p, np.ascontiguousarray(getattr(self, name)))
                 files[p.name] = _sha256(p)
-            table = pa.table({k: pa.array(np.asarray(v, dtype=CALL_COLUMNS[k])) for k, v in self.calls.items()})
+            table = pa.table(
+                {k: pa.array(np.asarray(v, dtype=CALL_COLUMNS[k])) for k, v in self.calls.items()}
+            )
             pq.write_table(table, tmp / "calls.parquet")
             pq.write_table(pa.Table.from_pylist(self.traces), tmp / "traces.parquet")
             for p in ("calls.parquet", "traces.parquet"):
                 files[p] = _sha256(tmp / p)
             manifest = dict(self.manifest, files=files)
-            (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+            (tmp / "manifest.json").write_bytes(
+                orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+            )
             _fsync_dir(tmp)
             try:
                 os.rename(tmp, final)
@@ -204,7 +210,9 @@ def open_dataset(path: Path | str, verify: bool = False) -> DecodedDataset:
     if verify:
         for name, digest in manifest.get("files", {}).items():
             if _sha256(path / name) != digest:
-                raise DecodeError(f"{path / name}: checksum mismatch; the stored dataset is corrupt")
+                raise DecodeError(
+                    f"{path / name}: checksum mismatch; the stored dataset is corrupt"
+                )
     try:
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
         calls_t = pq.read_table(path / "calls.parquet")

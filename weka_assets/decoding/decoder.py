@@ -105,7 +105,9 @@ class _Builder:
 
     def build(self, manifest: dict) -> DecodedDataset:
         def cat(parts, dtype, shape=(0,)):
-            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(shape, dtype)
+            return (
+                np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(shape, dtype)
+            )
 
         s = self.settings.sub_blocks
         return DecodedDataset(

@@ -49,7 +49,9 @@ def array_sha256(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
 
 
-def build_filler(spec: TokenizerSpec, text_path: str | None = None, cache_dir: Path | None = None) -> Filler:
+def build_filler(
+    spec: TokenizerSpec, text_path: str | None = None, cache_dir: Path | None = None
+) -> Filler:
     text = filler_text(text_path)
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
     cached = None
@@ -62,7 +64,9 @@ def build_filler(spec: TokenizerSpec, text_path: str | None = None, cache_dir: P
     ids = load_tokenizer(spec).encode(text, add_special_tokens=False)
     tokens = np.asarray(ids, dtype=np.int32)
     if tokens.size < MIN_FILLER_TOKENS:
-        raise DecodeError(f"filler text encodes to {tokens.size} tokens; need at least {MIN_FILLER_TOKENS}")
+        raise DecodeError(
+            f"filler text encodes to {tokens.size} tokens; need at least {MIN_FILLER_TOKENS}"
+        )
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")

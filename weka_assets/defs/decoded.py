@@ -47,7 +47,9 @@ def decoded_dataset(
         raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
     m = out.manifest
     verb = "reused existing" if out.reused else "decoded new"
-    context.log.info(f"{verb} dataset {out.key} ({m.get('calls')} calls, {m.get('blocks')} blocks) in {out.seconds:.2f}s")
+    context.log.info(
+        f"{verb} dataset {out.key} ({m.get('calls')} calls, {m.get('blocks')} blocks) in {out.seconds:.2f}s"
+    )
     return dg.Output(
         DatasetRef(
             corpus=corpus,

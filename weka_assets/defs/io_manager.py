@@ -15,11 +15,18 @@ from weka_assets.pipeline import write_json
 
 
 class DescriptorIOManager(dg.ConfigurableIOManager):
-    base_path: str = Field(default="", description="Store folder; empty: $WEKA_ASSETS_STORE or ./.weka-store")
+    base_path: str = Field(
+        default="", description="Store folder; empty: $WEKA_ASSETS_STORE or ./.weka-store"
+    )
 
     def _path(self, asset_key: dg.AssetKey, partition: str | None):
         name = (partition or "__all__").replace("|", "__")
-        return resolve_base_path(self.base_path) / "descriptors" / "/".join(asset_key.path) / f"{name}.json"
+        return (
+            resolve_base_path(self.base_path)
+            / "descriptors"
+            / "/".join(asset_key.path)
+            / f"{name}.json"
+        )
 
     @staticmethod
     def _partition(context) -> str | None:
@@ -27,15 +34,22 @@ class DescriptorIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: BaseModel) -> None:
         if not isinstance(obj, BaseModel):
-            raise TypeError(f"{context.asset_key}: expected a pydantic descriptor, got {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key}: expected a pydantic descriptor, got {type(obj).__name__}"
+            )
         cls = type(obj)
-        body = {"model": f"{cls.__module__}:{cls.__qualname__}", "data": obj.model_dump(mode="json")}
+        body = {
+            "model": f"{cls.__module__}:{cls.__qualname__}",
+            "data": obj.model_dump(mode="json"),
+        }
         write_json(body, self._path(context.asset_key, self._partition(context)))
 
     def load_input(self, context: dg.InputContext) -> BaseModel:
         path = self._path(context.asset_key, self._partition(context))
         if not path.is_file():
-            raise dg.Failure(f"{context.asset_key.to_user_string()} [{self._partition(context)}] has not been materialized ({path} missing)")
+            raise dg.Failure(
+                f"{context.asset_key.to_user_string()} [{self._partition(context)}] has not been materialized ({path} missing)"
+            )
         body = orjson.loads(path.read_bytes())
         module, _, name = body["model"].partition(":")
         if not module.startswith("weka_assets."):

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from weka_assets.defs.decoded import decoded_dataset
-from weka_assets.defs.partitions import configured_tokenizers, corpus_partitions, multi_key, validate_key
+from weka_assets.defs.partitions import (
+    configured_tokenizers,
+    corpus_partitions,
+    multi_key,
+    validate_key,
+)
 from weka_assets.defs.raw import raw_traces
 from weka_assets.defs.replay import replay_benchmark
 from weka_assets.defs.scope import trace_scope
@@ -46,7 +51,9 @@ def _run(instance, resources, selection, partition_key, log_level: str) -> StepO
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
             if not ev.passed:
-                out.failed_checks.append(f"{ev.asset_key.to_user_string()}.{ev.check_name} ({ev.severity.value})")
+                out.failed_checks.append(
+                    f"{ev.asset_key.to_user_string()}.{ev.check_name} ({ev.severity.value})"
+                )
     if result.success:
         for name in selection:
             out.outputs[name] = result.output_for_node(name)
@@ -75,5 +82,13 @@ def materialize_corpus(
     if not steps[0].success:
         return steps
     for tok in tokenizers:
-        steps.append(_run(instance, resources, ["decoded_dataset", "replay_benchmark"], multi_key(corpus, tok), log_level))
+        steps.append(
+            _run(
+                instance,
+                resources,
+                ["decoded_dataset", "replay_benchmark"],
+                multi_key(corpus, tok),
+                log_level,
+            )
+        )
     return steps

@@ -14,7 +14,11 @@ def table(rows: list[dict], limit: int = 500) -> dg.MetadataValue:
     types = {}
     for c in columns:
         kinds = {type(r[c]) for r in rows if r.get(c) is not None}
-        types[c] = _TYPES[kinds.pop()] if len(kinds) == 1 and next(iter(kinds), None) in _TYPES else "string"
+        types[c] = (
+            _TYPES[kinds.pop()]
+            if len(kinds) == 1 and next(iter(kinds), None) in _TYPES
+            else "string"
+        )
     records = []
     for r in rows:
         rec = {}

@@ -11,6 +11,7 @@ from weka_assets.decoding.tokenizers import DEFAULT_TOKENIZER
 # separator), `,` (breaks UI backfills) or `/` (nested storage paths).
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
+
 def validate_key(name: str, what: str = "corpus") -> str:
     if not KEY_RE.fullmatch(name):
         raise ValueError(
@@ -18,7 +19,6 @@ def validate_key(name: str, what: str = "corpus") -> str:
             "starting with a letter or digit"
         )
     return name
-
 
 
 corpus_partitions = dg.DynamicPartitionsDefinition(name="corpus")

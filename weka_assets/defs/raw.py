@@ -51,7 +51,9 @@ def snapshot(local: Path, target: Path) -> Path:
     owners=["team:weka-assets"],
     io_manager_key="descriptor_io_manager",
 )
-def raw_traces(context: dg.AssetExecutionContext, store: WekaStore, catalog: CorpusCatalog) -> dg.Output[RawCorpus]:
+def raw_traces(
+    context: dg.AssetExecutionContext, store: WekaStore, catalog: CorpusCatalog
+) -> dg.Output[RawCorpus]:
     """The corpus's trace files, copied into the store under their content digest.
 
     The data version is that digest: an unchanged source leaves everything downstream fresh.
@@ -70,9 +72,19 @@ def raw_traces(context: dg.AssetExecutionContext, store: WekaStore, catalog: Cor
     records = _count_records(path)
     files = [{"name": d.name, "sha256": d.sha256, "bytes": d.bytes} for d in digests]
     total = sum(d.bytes for d in digests)
-    context.log.info(f"{corpus}: {records} traces, {total:,} bytes, digest {digest[:16]} from {source}")
+    context.log.info(
+        f"{corpus}: {records} traces, {total:,} bytes, digest {digest[:16]} from {source}"
+    )
     return dg.Output(
-        RawCorpus(corpus=corpus, source=source, path=str(path), digest=digest, files=files, bytes=total, records=records),
+        RawCorpus(
+            corpus=corpus,
+            source=source,
+            path=str(path),
+            digest=digest,
+            files=files,
+            bytes=total,
+            records=records,
+        ),
         data_version=dg.DataVersion(digest),
         metadata={
             "dagster/row_count": records,

@@ -24,7 +24,9 @@ from weka_assets.pipeline import replay, write_json
     owners=["team:weka-assets"],
     io_manager_key="descriptor_io_manager",
 )
-def replay_benchmark(context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore) -> dg.Output[ReplayRef]:
+def replay_benchmark(
+    context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore
+) -> dg.Output[ReplayRef]:
     """Theoretical and token-level prefix-cache hit rates (unbounded cache), per corpus, role
     and trace; the token replay's hits must equal the theoretical full-block hits call by call."""
     ds = open_dataset(decoded_dataset.path)
@@ -33,10 +35,17 @@ def replay_benchmark(context: dg.AssetExecutionContext, decoded_dataset: Dataset
     result_path = write_json(result, out_dir / "result.json")
     per_call = pa.table(
         {
-            "trace": ds.calls["trace"], "conv": ds.calls["conv"], "request": ds.calls["request"],
-            "inner": ds.calls["inner"], "role": ds.calls["role"], "ids": cf.total, "hits": cf.hits,
-            "full_blocks": cf.full_total, "full_hits": cf.full_hits,
-            "token_blocks": cf.token_total, "token_hits": cf.token_hits,
+            "trace": ds.calls["trace"],
+            "conv": ds.calls["conv"],
+            "request": ds.calls["request"],
+            "inner": ds.calls["inner"],
+            "role": ds.calls["role"],
+            "ids": cf.total,
+            "hits": cf.hits,
+            "full_blocks": cf.full_total,
+            "full_hits": cf.full_hits,
+            "token_blocks": cf.token_total,
+            "token_hits": cf.token_hits,
         }
     )
     per_call_path = out_dir / "per_call.parquet"

@@ -16,13 +16,17 @@ DEFAULT_STORE = ".weka-store"
 
 def resolve_base_path(value: str) -> Path:
     """Configured path, else $WEKA_ASSETS_STORE, else ./.weka-store (absolute)."""
-    return Path(value or os.environ.get("WEKA_ASSETS_STORE") or DEFAULT_STORE).expanduser().resolve()
+    return (
+        Path(value or os.environ.get("WEKA_ASSETS_STORE") or DEFAULT_STORE).expanduser().resolve()
+    )
 
 
 class WekaStore(dg.ConfigurableResource):
     """One base folder for everything the assets write; content-addressed below it."""
 
-    base_path: str = Field(default="", description="Folder for all data; empty: $WEKA_ASSETS_STORE or ./.weka-store")
+    base_path: str = Field(
+        default="", description="Folder for all data; empty: $WEKA_ASSETS_STORE or ./.weka-store"
+    )
 
     @property
     def root(self) -> Path:
@@ -41,11 +45,15 @@ class CorpusCatalog(dg.ConfigurableResource):
         default_factory=lambda: {name: f"builtin:{name}" for name in BUILTIN_CORPORA},
         description="name -> source (local path, file://PATH or builtin:NAME)",
     )
-    scope_policy: str = Field(default="fail", description="fail: reject the corpus; exclude: drop and list those traces")
+    scope_policy: str = Field(
+        default="fail", description="fail: reject the corpus; exclude: drop and list those traces"
+    )
 
     def source(self, corpus: str) -> str:
         if corpus not in self.corpora:
-            raise dg.Failure(f"corpus {corpus!r} is not in the catalog (known: {', '.join(sorted(self.corpora))})")
+            raise dg.Failure(
+                f"corpus {corpus!r} is not in the catalog (known: {', '.join(sorted(self.corpora))})"
+            )
         return self.corpora[corpus]
 
     def names(self) -> list[str]:

@@ -18,15 +18,38 @@ from weka_assets.pipeline import scope_report, write_json
 from weka_assets.traces.scope import CONTRACT_RULES, ScopeReport
 
 CHECK_SPECS = [
-    dg.AssetCheckSpec(rule.name, asset="trace_scope", description=rule.description, partitions_def=corpus_partitions)
+    dg.AssetCheckSpec(
+        rule.name,
+        asset="trace_scope",
+        description=rule.description,
+        partitions_def=corpus_partitions,
+    )
     for rule in CONTRACT_RULES
 ]
 
 REPORT_FIGURES = (
-    "traces", "traces_with_subagents", "subagents", "declared_scope", "minting_order", "perfect_traces",
-    "base", "fresh_below_events", "gap_events", "holes_traces", "subagent_first_block",
-    "reset_signature_subagents", "parent_share", "sibling_share", "prefix_declared_traces", "verdict",
-    "position_violations", "hashing", "inner_time", "conventions", "findings", "null_keys_dropped",
+    "traces",
+    "traces_with_subagents",
+    "subagents",
+    "declared_scope",
+    "minting_order",
+    "perfect_traces",
+    "base",
+    "fresh_below_events",
+    "gap_events",
+    "holes_traces",
+    "subagent_first_block",
+    "reset_signature_subagents",
+    "parent_share",
+    "sibling_share",
+    "prefix_declared_traces",
+    "verdict",
+    "position_violations",
+    "hashing",
+    "inner_time",
+    "conventions",
+    "findings",
+    "null_keys_dropped",
 )
 
 
@@ -53,8 +76,13 @@ def report_markdown(report: ScopeReport) -> str:
 def attention_rows(report: ScopeReport) -> list[dict]:
     """Per-trace rows a person should look at: not perfect, holes, truncated, violations."""
     return [
-        r for r in report.per_trace
-        if r["verdict"] != "shared" or not r["perfect"] or r["holes"] or r["truncated_calls"] or r["position_violations"]
+        r
+        for r in report.per_trace
+        if r["verdict"] != "shared"
+        or not r["perfect"]
+        or r["holes"]
+        or r["truncated_calls"]
+        or r["position_violations"]
     ]
 
 
@@ -66,7 +94,12 @@ def attention_rows(report: ScopeReport) -> list[dict]:
     owners=["team:weka-assets"],
     io_manager_key="descriptor_io_manager",
 )
-def trace_scope(context: dg.AssetExecutionContext, raw_traces: RawCorpus, store: WekaStore, catalog: CorpusCatalog):
+def trace_scope(
+    context: dg.AssetExecutionContext,
+    raw_traces: RawCorpus,
+    store: WekaStore,
+    catalog: CorpusCatalog,
+):
     """Proof of the hash-id namespace layout (scope-contract.md), per trace and per corpus.
 
     Fails the partition, and so stops decoding, when the corpus breaks the contract.
@@ -75,7 +108,11 @@ def trace_scope(context: dg.AssetExecutionContext, raw_traces: RawCorpus, store:
     path = write_json(report, store.dir("scope") / f"{raw_traces.digest}-{report.policy}.json")
     for rule in CONTRACT_RULES:
         passed, count, examples = rule.evaluate(report)
-        severity = dg.AssetCheckSeverity.ERROR if rule.hard and report.policy == "fail" else dg.AssetCheckSeverity.WARN
+        severity = (
+            dg.AssetCheckSeverity.ERROR
+            if rule.hard and report.policy == "fail"
+            else dg.AssetCheckSeverity.WARN
+        )
         if rule.error_rules:  # hard errors always stop the corpus
             severity = dg.AssetCheckSeverity.ERROR
         yield dg.AssetCheckResult(
@@ -83,7 +120,10 @@ def trace_scope(context: dg.AssetExecutionContext, raw_traces: RawCorpus, store:
             passed=passed,
             severity=severity,
             description=rule.description,
-            metadata={"violations": count, "examples": table(examples) if examples else dg.MetadataValue.md("_none_")},
+            metadata={
+                "violations": count,
+                "examples": table(examples) if examples else dg.MetadataValue.md("_none_"),
+            },
         )
     metadata = {
         "summary": dg.MetadataValue.md(report_markdown(report)),
@@ -97,10 +137,13 @@ def trace_scope(context: dg.AssetExecutionContext, raw_traces: RawCorpus, store:
     }
     if not report.passed:
         raise dg.Failure(
-            description=f"corpus {raw_traces.corpus!r} fails the scope contract: " + "; ".join(report.failure_reasons),
+            description=f"corpus {raw_traces.corpus!r} fails the scope contract: "
+            + "; ".join(report.failure_reasons),
             metadata=metadata,
         )
-    version = hashlib.sha256(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+    version = hashlib.sha256(
+        orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()[:24]
     context.log.info(report.summary())
     yield dg.Output(
         ScopeGate(

@@ -7,7 +7,9 @@ from weka_assets.defs.resources import CorpusCatalog
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def corpus_registry_sensor(context: dg.SensorEvaluationContext, catalog: CorpusCatalog) -> dg.SensorResult:
+def corpus_registry_sensor(
+    context: dg.SensorEvaluationContext, catalog: CorpusCatalog
+) -> dg.SensorResult:
     """Add a corpus partition for each catalog entry that has none yet."""
     known = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
     new = [name for name in catalog.names() if name not in known]

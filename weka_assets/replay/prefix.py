@@ -71,7 +71,9 @@ def chain_keys(content: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 @cache
 def _token_weights(bs: int) -> np.ndarray:
-    return mix64(np.arange(1, bs + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)) | np.uint64(1)
+    return mix64(np.arange(1, bs + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)) | np.uint64(
+        1
+    )
 
 
 def token_block_hash(tokens: np.ndarray) -> np.ndarray:

@@ -60,7 +60,10 @@ def _rate(hits: int, total: int) -> float | None:
 
 
 def figures(cf: CallFigures, mask: np.ndarray | slice = slice(None)) -> HitFigures:
-    s = {k: int(getattr(cf, k)[mask].sum()) for k in ("total", "hits", "full_total", "full_hits", "token_total", "token_hits")}
+    s = {
+        k: int(getattr(cf, k)[mask].sum())
+        for k in ("total", "hits", "full_total", "full_hits", "token_total", "token_hits")
+    }
     return HitFigures(
         calls=int(cf.total[mask].size),
         blocks=s["total"],
@@ -91,7 +94,9 @@ def row_content_hashes(ds: DecodedDataset) -> np.ndarray:
 def _flat_prefix(ds: DecodedDataset, calls: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The first counts[i] block rows of each call in `calls`, concatenated."""
     starts = ds.calls["rows_start"][calls]
-    idx = np.repeat(starts, counts) + (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
+    idx = np.repeat(starts, counts) + (
+        np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    )
     return np.asarray(ds.call_rows)[idx]
 
 

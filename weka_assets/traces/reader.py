@@ -43,7 +43,9 @@ def corpus_files(path: Path | str) -> list[Path]:
         raise SourceError(f"{path}: no such file or folder")
     if path.name.endswith(JSONL_SUFFIXES) or path.suffix == ".json":
         return [path]
-    raise SourceError(f"{path}: expected a folder of *.json traces, a .json trace or a .jsonl[.gz] file")
+    raise SourceError(
+        f"{path}: expected a folder of *.json traces, a .json trace or a .jsonl[.gz] file"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,13 @@ def iter_records(path: Path | str) -> Iterator[Record]:
                     if line.strip():
                         yield _record(line, name, lineno)
         except (EOFError, gzip.BadGzipFile, OSError) as exc:
-            yield Record(name, None, error=TraceError("truncated_file", f"cannot read to the end: {exc}", Location(name)))
+            yield Record(
+                name,
+                None,
+                error=TraceError(
+                    "truncated_file", f"cannot read to the end: {exc}", Location(name)
+                ),
+            )
 
 
 def iter_traces(path: Path | str) -> Iterator[Trace]:

@@ -235,7 +235,9 @@ def parse_trace(raw: Any, file: str, line: int | None = None) -> tuple[Trace, in
     """Validate one decoded JSON value and build a `Trace`; returns it with the null keys dropped."""
     base = Location(file=file, line=line)
     if not isinstance(raw, dict):
-        raise TraceError("not_an_object", f"a trace must be a JSON object, got {type(raw).__name__}", base)
+        raise TraceError(
+            "not_an_object", f"a trace must be a JSON object, got {type(raw).__name__}", base
+        )
     dropped = _prescan(raw, base)
     try:
         model = TraceModel.model_validate(raw)
@@ -279,8 +281,15 @@ def _build(model: TraceModel, file: str, line: int | None) -> Trace:
             calls.append(call)
         subagents.append(
             Subagent(
-                conv, i, req.agent_id, req.subagent_type, req.status, req.t, inner_calls,
-                req.tool_tokens, req.system_tokens,
+                conv,
+                i,
+                req.agent_id,
+                req.subagent_type,
+                req.status,
+                req.t,
+                inner_calls,
+                req.tool_tokens,
+                req.system_tokens,
             )
         )
     return Trace(

@@ -107,7 +107,13 @@ def _check_hard_rules(trace: Trace, over: np.ndarray) -> None:
         raise TraceError(
             "hash_ids_over",
             f"{call.ids.size} hash ids for in={call.tokens_in}: more than ceil(in / block_size) = {ceil_n}",
-            Location(trace.file, trace.line, trace.id, call.request, None if call.inner < 0 else call.inner),
+            Location(
+                trace.file,
+                trace.line,
+                trace.id,
+                call.request,
+                None if call.inner < 0 else call.inner,
+            ),
         )
     for sub in trace.subagents:
         if inner_time_convention(sub) == "mixed":
@@ -126,16 +132,31 @@ def _partial_prefix_events(trace: Trace) -> int:
     for conv in [trace.parent_calls] + [s.calls for s in trace.subagents]:
         for prev, cur in zip(conv, conv[1:], strict=False):
             k = prev.ids.size
-            if k and k > prev.tokens_in // bs and cur.ids.size >= k and np.array_equal(cur.ids[:k], prev.ids):
+            if (
+                k
+                and k > prev.tokens_in // bs
+                and cur.ids.size >= k
+                and np.array_equal(cur.ids[:k], prev.ids)
+            ):
                 events += 1
     return events
 
 
 def _convention(base, hashing_style, minting, inner_times) -> str:
     rel = set(inner_times)
-    if base == 0 and hashing_style in ("ceil", "undetermined") and minting == "document" and rel <= {"absolute"}:
+    if (
+        base == 0
+        and hashing_style in ("ceil", "undetermined")
+        and minting == "document"
+        and rel <= {"absolute"}
+    ):
         return "semianalysis"
-    if base == 1 and hashing_style in ("floor", "undetermined") and minting in ("document", "parent_first") and rel <= {"relative"}:
+    if (
+        base == 1
+        and hashing_style in ("floor", "undetermined")
+        and minting in ("document", "parent_first")
+        and rel <= {"relative"}
+    ):
         return "kv-cache-tester"
     return "other"
 
@@ -194,10 +215,14 @@ def analyse_trace(trace: Trace) -> TraceScope:
         )
         pshare = float(np.isin(ids, parent_set, assume_unique=True).mean()) if ids.size else None
         sshare = (
-            float(np.isin(ids, multi, assume_unique=True).mean()) if ids.size and len(subs) > 1 else None
+            float(np.isin(ids, multi, assume_unique=True).mean())
+            if ids.size and len(subs) > 1
+            else None
         )
         sub_scopes.append(
-            SubagentScope(s.agent_id, s.request, first_block, reset, pshare, sshare, inner_time_convention(s))
+            SubagentScope(
+                s.agent_id, s.request, first_block, reset, pshare, sshare, inner_time_convention(s)
+            )
         )
 
     if any(s.reset_signature for s in sub_scopes):
@@ -231,7 +256,9 @@ def analyse_trace(trace: Trace) -> TraceScope:
         prefix_declared=(trace.tool_tokens + trace.system_tokens) > 0,
         subagents_before_parent=before_parent,
         partial_prefix_events=_partial_prefix_events(trace),
-        convention=_convention(base, style, minting, [s.inner_time for s in sub_scopes if s.inner_time]),
+        convention=_convention(
+            base, style, minting, [s.inner_time for s in sub_scopes if s.inner_time]
+        ),
         verdict=verdict,
     )
 
@@ -303,7 +330,9 @@ def _share_stats(values: list[float], affected: int) -> ShareStats:
     if not values:
         return ShareStats(traces_affected=affected, mean=None, median=None)
     arr = np.asarray(values)
-    return ShareStats(traces_affected=affected, mean=float(arr.mean()), median=float(np.median(arr)))
+    return ShareStats(
+        traces_affected=affected, mean=float(arr.mean()), median=float(np.median(arr))
+    )
 
 
 def trace_row(s: TraceScope) -> dict:
@@ -330,7 +359,9 @@ def trace_row(s: TraceScope) -> dict:
     }
 
 
-def build_report(records: Iterable[Record], policy: Policy = "fail") -> tuple[ScopeReport, list[TraceScope]]:
+def build_report(
+    records: Iterable[Record], policy: Policy = "fail"
+) -> tuple[ScopeReport, list[TraceScope]]:
     """Analyse every record; returns the corpus report and the per-trace analyses of valid traces."""
     if policy not in ("fail", "exclude"):
         raise ValueError(f"unknown policy {policy!r} (fail or exclude)")
@@ -352,7 +383,11 @@ def build_report(records: Iterable[Record], policy: Policy = "fail") -> tuple[Sc
         where = trace.location
         if trace.id in seen:
             errors.append(
-                TraceError("duplicate_trace_id", f"trace id {trace.id!r} already used at {seen[trace.id]}", where)
+                TraceError(
+                    "duplicate_trace_id",
+                    f"trace id {trace.id!r} already used at {seen[trace.id]}",
+                    where,
+                )
             )
             continue
         seen[trace.id] = where.describe()
@@ -372,7 +407,9 @@ def aggregate(
     policy: Policy,
 ) -> ScopeReport:
     subs = [x for s in scopes for x in s.subagents]
-    firsts = [(x.first_block, s.base) for s in scopes for x in s.subagents if x.first_block is not None]
+    firsts = [
+        (x.first_block, s.base) for s in scopes for x in s.subagents if x.first_block is not None
+    ]
     fb = np.asarray([f for f, _ in firsts], dtype=np.float64)
     first_block = FirstBlockStats(
         equal_base=sum(1 for f, b in firsts if f == b),
@@ -385,7 +422,9 @@ def aggregate(
     sshares = [x.sibling_share for x in subs if x.sibling_share is not None]
     verdict = Counter({"shared": 0, "reset": 0, "ambiguous": 0})
     verdict.update(s.verdict for s in scopes)
-    excluded = sorted(s.trace for s in scopes if s.verdict != "shared") if policy == "exclude" else []
+    excluded = (
+        sorted(s.trace for s in scopes if s.verdict != "shared") if policy == "exclude" else []
+    )
     reasons = [f"{len(errors)} hard error(s), first: {errors[0]}"] if errors else []
     if policy == "fail" and (verdict["reset"] or verdict["ambiguous"]):
         bad = [s for s in scopes if s.verdict != "shared"]
@@ -413,14 +452,21 @@ def aggregate(
         hard_errors=[e.as_dict() for e in errors],
         minting_order=mo,
         perfect_traces=sum(s.perfect for s in scopes),
-        base={str(k): v for k, v in sorted(Counter(s.base for s in scopes if s.base is not None).items())},
+        base={
+            str(k): v
+            for k, v in sorted(Counter(s.base for s in scopes if s.base is not None).items())
+        },
         fresh_below_events={w: sum(s.fresh_below[w] for s in scopes) for w in WALKS},
         gap_events={w: sum(s.gaps[w] for s in scopes) for w in WALKS},
         holes_traces=sum(1 for s in scopes if s.holes),
         subagent_first_block=first_block,
         reset_signature_subagents=sum(x.reset_signature for x in subs),
-        parent_share=_share_stats(pshares, sum(1 for s in scopes if any((x.parent_share or 0) > 0 for x in s.subagents))),
-        sibling_share=_share_stats(sshares, sum(1 for s in scopes if any((x.sibling_share or 0) > 0 for x in s.subagents))),
+        parent_share=_share_stats(
+            pshares, sum(1 for s in scopes if any((x.parent_share or 0) > 0 for x in s.subagents))
+        ),
+        sibling_share=_share_stats(
+            sshares, sum(1 for s in scopes if any((x.sibling_share or 0) > 0 for x in s.subagents))
+        ),
         prefix_declared_traces=sum(s.prefix_declared for s in scopes),
         verdict=dict(verdict),
         position_violations=sum(s.position_violations for s in scopes),
@@ -433,8 +479,12 @@ def aggregate(
         conventions=dict(sorted(conventions.items())),
         null_keys_dropped=nulls,
         findings={
-            "fresh_below_events_minting_walk": sum(s.fresh_below[s.minting_order] for s in scopes if s.minting_order != "none"),
-            "gap_events_minting_walk": sum(s.gaps[s.minting_order] for s in scopes if s.minting_order != "none"),
+            "fresh_below_events_minting_walk": sum(
+                s.fresh_below[s.minting_order] for s in scopes if s.minting_order != "none"
+            ),
+            "gap_events_minting_walk": sum(
+                s.gaps[s.minting_order] for s in scopes if s.minting_order != "none"
+            ),
             "truncated_calls": hashing["truncated"],
             "subagents_before_parent_first_call": sum(s.subagents_before_parent for s in scopes),
             "partial_block_prefix_events": sum(s.partial_prefix_events for s in scopes),
@@ -472,23 +522,69 @@ class ContractRule:
             bad = [r for r in rows if r["truncated_calls"]]
         else:  # pragma: no cover - guarded by the table below
             raise KeyError(self.name)
-        examples = [{k: r[k] for k in ("trace", "file", "verdict", "minting_order")} for r in bad[:20]]
+        examples = [
+            {k: r[k] for k in ("trace", "file", "verdict", "minting_order")} for r in bad[:20]
+        ]
         return not bad, len(bad), examples
 
 
 SCHEMA_RULES = (
-    "invalid_json", "truncated_file", "not_an_object", "schema", "missing_field", "negative_number",
-    "not_positive", "not_finite", "unknown_request_type",
+    "invalid_json",
+    "truncated_file",
+    "not_an_object",
+    "schema",
+    "missing_field",
+    "negative_number",
+    "not_positive",
+    "not_finite",
+    "unknown_request_type",
 )
 CONTRACT_RULES = (
-    ContractRule("valid_schema", "Every record is valid JSON and follows the trace schema (trace-format.md).", True, SCHEMA_RULES),
-    ContractRule("unique_ids", "Trace ids are unique in the corpus and agent ids unique within a trace.", True, ("duplicate_trace_id", "duplicate_agent_id")),
-    ContractRule("scope_is_local", "Every trace declares hash_id_scope 'local': one namespace per trace.", True, ("scope_not_local",)),
-    ContractRule("hash_lists_not_over", "No call has more hash ids than ceil(in / block_size).", True, ("hash_ids_over",)),
-    ContractRule("subagents_do_not_nest", "No subagent entry inside a subagent.", True, ("nested_subagent",)),
-    ContractRule("inner_time_consistent", "Each subagent's inner times are all absolute or all relative.", True, ("mixed_inner_time",)),
-    ContractRule("no_reset_traces", "No subagent numbers its blocks from the base on its own (reset signature).", True),
-    ContractRule("no_ambiguous_traces", "Every trace has a minting order (document or parent-first).", True),
-    ContractRule("position_consistent", "Each id occurs at one block index only (prefix-chained blocks).", False),
+    ContractRule(
+        "valid_schema",
+        "Every record is valid JSON and follows the trace schema (trace-format.md).",
+        True,
+        SCHEMA_RULES,
+    ),
+    ContractRule(
+        "unique_ids",
+        "Trace ids are unique in the corpus and agent ids unique within a trace.",
+        True,
+        ("duplicate_trace_id", "duplicate_agent_id"),
+    ),
+    ContractRule(
+        "scope_is_local",
+        "Every trace declares hash_id_scope 'local': one namespace per trace.",
+        True,
+        ("scope_not_local",),
+    ),
+    ContractRule(
+        "hash_lists_not_over",
+        "No call has more hash ids than ceil(in / block_size).",
+        True,
+        ("hash_ids_over",),
+    ),
+    ContractRule(
+        "subagents_do_not_nest", "No subagent entry inside a subagent.", True, ("nested_subagent",)
+    ),
+    ContractRule(
+        "inner_time_consistent",
+        "Each subagent's inner times are all absolute or all relative.",
+        True,
+        ("mixed_inner_time",),
+    ),
+    ContractRule(
+        "no_reset_traces",
+        "No subagent numbers its blocks from the base on its own (reset signature).",
+        True,
+    ),
+    ContractRule(
+        "no_ambiguous_traces", "Every trace has a minting order (document or parent-first).", True
+    ),
+    ContractRule(
+        "position_consistent",
+        "Each id occurs at one block index only (prefix-chained blocks).",
+        False,
+    ),
     ContractRule("no_truncated_hash_lists", "No call has fewer ids than in // block_size.", False),
 )

@@ -21,7 +21,9 @@ def test_same_key_is_reused_and_different_keys_sit_side_by_side(tmp_path, corpus
     again = decode_corpus(corpus, tmp_path, measure_drift=False)
     assert not first.reused and again.reused and again.path == first.path
     seeded = decode_corpus(corpus, tmp_path, DecodeSettings(seed=1), measure_drift=False)
-    session = decode_corpus(corpus, tmp_path, DecodeSettings(scope_policy="session"), measure_drift=False)
+    session = decode_corpus(
+        corpus, tmp_path, DecodeSettings(scope_policy="session"), measure_drift=False
+    )
     bumped = decode_corpus(corpus, tmp_path, manifest_version=999, measure_drift=False)
     keys = {first.key, seeded.key, session.key, bumped.key}
     assert len(keys) == 4 and all(is_complete(tmp_path / k) for k in keys)
@@ -62,7 +64,9 @@ def test_stored_files_carry_checksums(tmp_path, corpus):
 
 def test_failing_corpus_is_never_decoded(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(synthetic("semianalysis", traces=2, seed=5).read_text().replace('"local"', '"global"', 1))
+    bad.write_text(
+        synthetic("semianalysis", traces=2, seed=5).read_text().replace('"local"', '"global"', 1)
+    )
     with pytest.raises(CorpusRejected, match="hard error"):
         decode_corpus(bad, tmp_path / "out", measure_drift=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*/manifest.json"))
@@ -83,8 +87,14 @@ def test_expansion_matches_the_documented_construction(tmp_path, corpus):
         tokens = np.concatenate(expected) if expected else np.empty(0, np.int32)
         tokens = tokens[: c["n_full"] * 64 + c["partial_len"]]
         if c["tail_len"]:
-            conv_calls = [j for j in range(ds.n_calls) if ds.calls["trace"][j] == c["trace"] and ds.calls["conv"][j] == c["conv"]]
-            ordinal = sorted(conv_calls, key=lambda j: (ds.calls["request"][j], ds.calls["inner"][j])).index(i)
+            conv_calls = [
+                j
+                for j in range(ds.n_calls)
+                if ds.calls["trace"][j] == c["trace"] and ds.calls["conv"][j] == c["conv"]
+            ]
+            ordinal = sorted(
+                conv_calls, key=lambda j: (ds.calls["request"][j], ds.calls["inner"][j])
+            ).index(i)
             t0 = tail_offset(0, scope, c["conv"], ordinal, n)
             tokens = np.concatenate([tokens, f[(t0 + np.arange(c["tail_len"])) % n]])
         assert (ds.expand_call(i) == tokens).all(), i

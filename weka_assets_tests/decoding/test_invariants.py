@@ -45,7 +45,11 @@ def test_every_call_expands_to_exactly_in_tokens():
 
 @pytest.mark.parametrize("profile", PROFILES)
 @given(order=st.randoms(use_true_random=False), split=st.integers(1, 5))
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 def test_same_seed_scope_id_same_tokens_in_any_order_or_partitioning(profile, order, split):
     """Invariant 1: decoding a shuffled corpus in two shards gives every call the same tokens."""
     corpus = synthetic(profile, traces=6, seed=1)
@@ -53,7 +57,9 @@ def test_same_seed_scope_id_same_tokens_in_any_order_or_partitioning(profile, or
     traces = list(iter_traces(corpus))
     order.shuffle(traces)
     filler = Filler(whole.filler, array_sha256(whole.filler))
-    shards = [decode_traces(part, DecodeSettings(), filler) for part in (traces[:split], traces[split:])]
+    shards = [
+        decode_traces(part, DecodeSettings(), filler) for part in (traces[:split], traces[split:])
+    ]
     by_trace = {t["id"]: (ds, k) for ds in shards for k, t in enumerate(ds.traces)}
     for k, sl in enumerate(whole.trace_slices()):
         ds, j = by_trace[whole.traces[k]["id"]]
@@ -62,7 +68,11 @@ def test_same_seed_scope_id_same_tokens_in_any_order_or_partitioning(profile, or
             assert (whole.expand_call(a) == ds.expand_call(b)).all()
 
 
-@given(a=st.text(min_size=1, max_size=20), b=st.text(min_size=1, max_size=20), ids=st.lists(st.integers(0, 10**9), min_size=1, max_size=50, unique=True))
+@given(
+    a=st.text(min_size=1, max_size=20),
+    b=st.text(min_size=1, max_size=20),
+    ids=st.lists(st.integers(0, 10**9), min_size=1, max_size=50, unique=True),
+)
 @PROPS
 def test_different_scopes_give_different_blocks(a, b, ids):
     """Invariant 2 (and distinct ids -> distinct blocks within a scope)."""
@@ -119,7 +129,9 @@ def test_shared_leading_blocks_share_exactly_those_tokens(corpus_index):
         fa, fb = full_ids(ds, a), full_ids(ds, b)
         blocks_a = ta[: fa.size * bs].reshape(-1, bs)
         blocks_b = tb[: fb.size * bs].reshape(-1, bs)
-        same_rows = (blocks_a[: min(fa.size, fb.size)] == blocks_b[: min(fa.size, fb.size)]).all(axis=1)
+        same_rows = (blocks_a[: min(fa.size, fb.size)] == blocks_b[: min(fa.size, fb.size)]).all(
+            axis=1
+        )
         same_blocks = int(np.argmin(same_rows)) if not same_rows.all() else same_rows.size
         if ds.calls["trace"][a] == ds.calls["trace"][b]:
             assert same_blocks == common_prefix(fa, fb)

@@ -7,7 +7,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weka_assets.decoding.prf import BLOCK_DOMAIN, MASK, block_offsets, mix64, mix64_int, scope_word, tail_offset
+from weka_assets.decoding.prf import (
+    BLOCK_DOMAIN,
+    MASK,
+    block_offsets,
+    mix64,
+    mix64_int,
+    scope_word,
+    tail_offset,
+)
 
 ids_st = st.lists(st.integers(0, 2**62), min_size=1, max_size=200)
 
@@ -27,7 +35,12 @@ def test_mix64_matches_splitmix64_known_values():
     assert mix64(xs).tolist() == [mix64_int(int(x)) for x in xs]
 
 
-@given(seed=st.integers(0, 2**64 - 1), scope=st.text(min_size=1, max_size=30), ids=ids_st, n=st.integers(1000, 10**6))
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    scope=st.text(min_size=1, max_size=30),
+    ids=ids_st,
+    n=st.integers(1000, 10**6),
+)
 @settings(max_examples=60, deadline=None)
 def test_vectorised_offsets_follow_the_documented_formula(seed, scope, ids, n):
     got = block_offsets(seed, scope, np.array(ids, dtype=np.int64), 4, n)
@@ -43,7 +56,9 @@ def test_offsets_do_not_depend_on_order_or_batching(ids, data):
     perm = np.array(data.draw(st.permutations(range(arr.size))))
     assert (block_offsets(3, "t", arr[perm], 4, 99991) == whole[perm]).all()
     cut = data.draw(st.integers(0, arr.size))
-    parts = np.concatenate([block_offsets(3, "t", arr[:cut], 4, 99991), block_offsets(3, "t", arr[cut:], 4, 99991)])
+    parts = np.concatenate(
+        [block_offsets(3, "t", arr[:cut], 4, 99991), block_offsets(3, "t", arr[cut:], 4, 99991)]
+    )
     assert (parts == whole).all()
 
 
@@ -54,7 +69,9 @@ def test_offsets_are_the_same_in_another_process():
         "import numpy as np, sys;from weka_assets.decoding.prf import block_offsets;"
         "sys.stdout.write(block_offsets(11,'trace-x',np.arange(0,5000,7),4,123457).tobytes().hex())"
     )
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert bytes.fromhex(other) == here.tobytes()
 
 

@@ -16,7 +16,14 @@ def call(ids, n=None, t=0.0, **kw):
 
 
 def trace(requests, tid="tr", **kw):
-    return {"id": tid, "models": ["m"], "block_size": 64, "hash_id_scope": "local", "requests": requests, **kw}
+    return {
+        "id": tid,
+        "models": ["m"],
+        "block_size": 64,
+        "hash_id_scope": "local",
+        "requests": requests,
+        **kw,
+    }
 
 
 def error_of(raw) -> TraceError:
@@ -26,11 +33,23 @@ def error_of(raw) -> TraceError:
 
 
 def test_valid_trace_builds_calls_in_document_order():
-    sub = {"t": 5.0, "type": "subagent", "agent_id": "a1", "subagent_type": "Explore", "status": "completed",
-           "models": ["m"], "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)]}
+    sub = {
+        "t": 5.0,
+        "type": "subagent",
+        "agent_id": "a1",
+        "subagent_type": "Explore",
+        "status": "completed",
+        "models": ["m"],
+        "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)],
+    }
     tr, dropped = parse_trace(trace([call([0]), sub, call([0, 3], t=9.0)]), "f", None)
     assert dropped == 0
-    assert [(c.conv, c.request, c.inner) for c in tr.calls] == [(0, 0, -1), (1, 1, 0), (1, 1, 1), (0, 2, -1)]
+    assert [(c.conv, c.request, c.inner) for c in tr.calls] == [
+        (0, 0, -1),
+        (1, 1, 0),
+        (1, 1, 1),
+        (0, 2, -1),
+    ]
     assert [c.doc_index for c in tr.calls] == [0, 1, 2, 3]
     assert tr.calls[2].ids.tolist() == [0, 1, 2]
     assert [c.request for c in tr.parent_first_calls()] == [0, 2, 1, 1]
@@ -49,13 +68,25 @@ def test_valid_trace_builds_calls_in_document_order():
         (lambda t: t["requests"][2]["requests"][1].pop("in"), "missing_field", 2, 1),
         (lambda t: t.__setitem__("block_size", 0), "not_positive", None, None),
         (lambda t: t.__setitem__("hash_id_scope", "global"), "scope_not_local", None, None),
-        (lambda t: t["requests"][2]["requests"].append(dict(t["requests"][2])), "nested_subagent", 2, 2),
+        (
+            lambda t: t["requests"][2]["requests"].append(dict(t["requests"][2])),
+            "nested_subagent",
+            2,
+            2,
+        ),
         (lambda t: t["requests"].append(dict(t["requests"][2])), "duplicate_agent_id", 3, None),
     ],
 )
 def test_hard_errors_name_location_and_rule(mutate, rule, req, inner):
-    sub = {"t": 5.0, "type": "subagent", "agent_id": "a1", "subagent_type": "Explore", "status": "completed",
-           "models": ["m"], "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)]}
+    sub = {
+        "t": 5.0,
+        "type": "subagent",
+        "agent_id": "a1",
+        "subagent_type": "Explore",
+        "status": "completed",
+        "models": ["m"],
+        "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)],
+    }
     raw = trace([call([0]), call([0, 1], t=1.0), sub])
     mutate(raw)
     err = error_of(raw)
@@ -91,7 +122,9 @@ def test_reader_reports_every_bad_line_and_keeps_going(tmp_path):
 
 
 def test_gzip_cut_short_is_an_error_not_a_crash(tmp_path):
-    body = gzip.compress(b"\n".join(orjson.dumps(trace([call([0, 1])], tid=str(i))) for i in range(50)))
+    body = gzip.compress(
+        b"\n".join(orjson.dumps(trace([call([0, 1])], tid=str(i))) for i in range(50))
+    )
     path = tmp_path / "c.jsonl.gz"
     path.write_bytes(body[: len(body) // 2])
     recs = list(iter_records(path))

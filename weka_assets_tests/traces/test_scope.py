@@ -9,10 +9,25 @@ from weka_assets_tests.corpora import REAL_SAMPLE, synthetic
 from weka_assets_tests.reference import reference_scope_report
 
 COMPARED = (
-    "traces", "traces_with_subagents", "subagents", "declared_scope", "minting_order", "perfect_traces",
-    "base", "fresh_below_events", "gap_events", "holes_traces", "subagent_first_block",
-    "reset_signature_subagents", "parent_share", "sibling_share", "prefix_declared_traces", "verdict",
-    "position_violations", "hashing", "inner_time",
+    "traces",
+    "traces_with_subagents",
+    "subagents",
+    "declared_scope",
+    "minting_order",
+    "perfect_traces",
+    "base",
+    "fresh_below_events",
+    "gap_events",
+    "holes_traces",
+    "subagent_first_block",
+    "reset_signature_subagents",
+    "parent_share",
+    "sibling_share",
+    "prefix_declared_traces",
+    "verdict",
+    "position_violations",
+    "hashing",
+    "inner_time",
 )
 
 
@@ -31,9 +46,13 @@ def assert_matches_reference(path):
         assert _close(ours[key], ref[key]), f"{key}: product {ours[key]} != reference {ref[key]}"
     per = {r["trace"]: r for r in ours["per_trace"]}
     for tid, r in ref["per_trace"].items():
-        assert (per[tid]["minting_order"], per[tid]["perfect"], per[tid]["verdict"], per[tid]["base"], per[tid]["holes"]) == (
-            r["minting_order"], r["perfect"], r["verdict"], r["base"], r["holes"]
-        ), tid
+        assert (
+            per[tid]["minting_order"],
+            per[tid]["perfect"],
+            per[tid]["verdict"],
+            per[tid]["base"],
+            per[tid]["holes"],
+        ) == (r["minting_order"], r["perfect"], r["verdict"], r["base"], r["holes"]), tid
 
 
 def test_real_sample_reproduces_the_contract_figures():
@@ -41,7 +60,11 @@ def test_real_sample_reproduces_the_contract_figures():
         pytest.skip(f"real sample missing at {REAL_SAMPLE}")
     r = scope_report(REAL_SAMPLE)
     assert r.passed and r.traces == 30 and r.verdict == {"shared": 30, "reset": 0, "ambiguous": 0}
-    assert r.traces_with_subagents == 8 and r.minting_order == {"document": 22, "parent_first": 8, "none": 0}
+    assert r.traces_with_subagents == 8 and r.minting_order == {
+        "document": 22,
+        "parent_first": 8,
+        "none": 0,
+    }
     assert r.perfect_traces == 28 and r.holes_traces == 2 and r.base == {"1": 30}
     assert r.hashing == {"floor": 1950, "ceil": 0, "truncated": 0, "over": 0}
     assert r.inner_time == {"absolute": 0, "relative": 24, "mixed": 0}
@@ -63,10 +86,13 @@ def test_synthetic_corpora_match_reference(profile, seed):
     assert_matches_reference(synthetic(profile, traces=8, seed=seed))
 
 
-@pytest.mark.parametrize("profile, convention, minting", [
-    ("semianalysis", "semianalysis", "document"),
-    ("kv-cache-tester", "kv-cache-tester", "parent_first"),
-])
+@pytest.mark.parametrize(
+    "profile, convention, minting",
+    [
+        ("semianalysis", "semianalysis", "document"),
+        ("kv-cache-tester", "kv-cache-tester", "parent_first"),
+    ],
+)
 def test_synthetic_profiles_are_detected(profile, convention, minting):
     r = scope_report(synthetic(profile, traces=8, seed=1))
     assert r.passed and r.conventions == {convention: 8}
@@ -79,7 +105,10 @@ def test_synthetic_profiles_are_detected(profile, convention, minting):
 
 
 def _broken(tmp_path, mutate):
-    lines = [json.loads(x) for x in synthetic("kv-cache-tester", traces=8, seed=1).read_text().splitlines()]
+    lines = [
+        json.loads(x)
+        for x in synthetic("kv-cache-tester", traces=8, seed=1).read_text().splitlines()
+    ]
     target = next(t for t in lines if any(r["type"] == "subagent" for r in t["requests"]))
     mutate(target, lines)
     path = tmp_path / "broken.jsonl"
@@ -112,6 +141,7 @@ def test_duplicate_trace_id_and_over_hashing_are_hard_errors(tmp_path):
         lines.append(dict(lines[0]))
         c = next(r for r in t["requests"] if r["type"] != "subagent")
         c["hash_ids"] = c["hash_ids"] + [10**9, 10**9 + 1]
+
     path, tid = _broken(tmp_path, mutate)
     r = scope_report(path)
     rules = {e["rule"]: e for e in r.hard_errors}

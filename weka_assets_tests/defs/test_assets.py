@@ -1,0 +1,162 @@
+"""All four assets materialized for small corpora in a test instance: metadata, per-partition
+checks, the hard gate, reuse, and the registry sensor."""
+
+import json
+
+import dagster as dg
+import pytest
+from dagster import AssetCheckKey, AssetKey
+
+from weka_assets.definitions import resources
+from weka_assets.defs.materialize import ASSETS, materialize_corpus
+from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.defs.sensors import corpus_registry_sensor
+from weka_assets.traces.scope import CONTRACT_RULES
+from weka_assets.versions import MANIFEST_VERSION
+from weka_assets_tests.corpora import synthetic
+
+
+@pytest.fixture
+def corpora(tmp_path):
+    good = synthetic("kv-cache-tester", traces=5, seed=2)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(good.read_text().replace('"local"', '"global"', 1))
+    return {"tiny": str(good), "broken": str(broken)}
+
+
+@pytest.fixture
+def env(tmp_path, corpora):
+    res = resources(str(tmp_path / "store"))
+    res["catalog"] = CorpusCatalog(corpora=corpora)
+    with dg.instance_for_test() as instance:
+        yield instance, res
+
+
+def latest(instance, asset, partition):
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    assert records, f"{asset} [{partition}] not materialized"
+    assert event is not None
+    return records[0].asset_materialization
+
+
+def check_status(instance, name, partition):
+    recs = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(AssetKey("trace_scope"), name), limit=20
+    )
+    for r in recs:
+        ev = r.event.dagster_event.event_specific_data
+        if ev.partition == partition:
+            return ev.passed
+    return None
+
+
+def test_whole_chain_materializes_with_useful_metadata(env):
+    instance, res = env
+    steps = materialize_corpus("tiny", instance, res)
+    assert [s.success for s in steps] == [True, True] and steps[1].partition == "tiny|deepseek"
+    raw = latest(instance, "raw_traces", "tiny")
+    assert raw.metadata["dagster/row_count"].value == 5 and len(raw.metadata["digest"].value) == 64
+    scope = latest(instance, "trace_scope", "tiny")
+    assert "PASS: 5/5 shared" in scope.metadata["summary"].value
+    assert scope.metadata["per_trace"].value.records and scope.metadata["passed"].value is True
+    key = dg.MultiPartitionKey({"corpus": "tiny", "tokenizer": "deepseek"})
+    dec = latest(instance, "decoded_dataset", key)
+    assert dec.metadata["manifest_version"].value == MANIFEST_VERSION
+    assert dec.metadata["dagster/row_count"].value > 0 and dec.metadata["reused"].value is False
+    rep = latest(instance, "replay_benchmark", key)
+    assert rep.metadata["fidelity_mismatched_calls"].value == 0
+    assert 0 < rep.metadata["token_replay_hit_rate"].value <= 1
+    assert rep.metadata["decode_key"].value == dec.metadata["decode_key"].value
+    assert {r.data["role"] for r in rep.metadata["per_role"].value.records} == {
+        "all",
+        "parent",
+        "subagent",
+    }
+    for rule in CONTRACT_RULES:
+        assert check_status(instance, rule.name, "tiny") is True, rule.name
+
+
+def test_rematerializing_reuses_the_dataset_and_keeps_data_versions(env):
+    instance, res = env
+    materialize_corpus("tiny", instance, res)
+    key = dg.MultiPartitionKey({"corpus": "tiny", "tokenizer": "deepseek"})
+    first = latest(instance, "decoded_dataset", key)
+    materialize_corpus("tiny", instance, res)
+    second = latest(instance, "decoded_dataset", key)
+    assert second.metadata["reused"].value is True
+    assert second.tags["dagster/data_version"] == first.tags["dagster/data_version"]
+
+
+def test_a_corpus_that_breaks_the_contract_stops_the_chain(env):
+    instance, res = env
+    steps = materialize_corpus("broken", instance, res)
+    assert len(steps) == 1 and not steps[0].success
+    assert any("scope_not_local" in f for f in steps[0].failures)
+    assert check_status(instance, "scope_is_local", "broken") is False
+    assert check_status(instance, "valid_schema", "broken") is True
+    assert not instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=AssetKey("trace_scope"), asset_partitions=["broken"]),
+        limit=1,
+    ).records
+    # and a direct attempt to decode it fails at the input: nothing decoded
+    instance.add_dynamic_partitions("corpus", ["broken"])
+    result = dg.materialize(
+        ASSETS,
+        selection=["decoded_dataset"],
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
+        partition_key=dg.MultiPartitionKey({"corpus": "broken", "tokenizer": "deepseek"}),
+    )
+    assert not result.success
+
+
+def test_checks_report_per_partition(env):
+    instance, res = env
+    materialize_corpus("tiny", instance, res)
+    materialize_corpus("broken", instance, res)
+    assert check_status(instance, "scope_is_local", "tiny") is True
+    assert check_status(instance, "scope_is_local", "broken") is False
+
+
+def test_registry_sensor_adds_catalogued_corpora(env, corpora):
+    instance, res = env
+    ctx = dg.build_sensor_context(instance=instance, resources={"catalog": res["catalog"]})
+    result = corpus_registry_sensor(ctx)
+    added = [k for req in result.dynamic_partitions_requests for k in req.partition_keys]
+    assert sorted(added) == sorted(corpora)
+    instance.add_dynamic_partitions("corpus", added)
+    again = corpus_registry_sensor(
+        dg.build_sensor_context(instance=instance, resources={"catalog": res["catalog"]})
+    )
+    assert not again.dynamic_partitions_requests
+
+
+def test_invalid_corpus_names_are_rejected(env):
+    instance, res = env
+    for bad in ["a|b", "a,b", "a/b", "../x", ""]:
+        with pytest.raises(ValueError, match="invalid corpus name"):
+            materialize_corpus(bad, instance, res)
+
+
+def test_descriptor_io_manager_round_trip(tmp_path):
+    from weka_assets.defs.io_manager import DescriptorIOManager
+    from weka_assets.defs.outputs import DatasetRef
+
+    io = DescriptorIOManager(base_path=str(tmp_path))
+    ref = DatasetRef(
+        corpus="c", tokenizer="t", path="/p", decode_key="k", manifest_version=3, reused=False
+    )
+    key = dg.MultiPartitionKey({"corpus": "c", "tokenizer": "t"})
+    io.handle_output(
+        dg.build_output_context(asset_key=AssetKey("decoded_dataset"), partition_key=key), ref
+    )
+    stored = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    assert stored["data"]["decode_key"] == "k"
+    loaded = io.load_input(
+        dg.build_input_context(asset_key=AssetKey("decoded_dataset"), partition_key=key)
+    )
+    assert loaded == ref

@@ -1,0 +1,144 @@
+"""Unbounded-cache figures: the contract's number on real traces, the independent reference
+call by call, a token replay keyed by real token bytes, and the historic bug's blast radius."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from weka_assets.replay.prefix import leading_hits
+from weka_assets.replay.unbounded import replay_unbounded
+from weka_assets_tests.corpora import REAL_SAMPLE, WORK, decoded, synthetic
+from weka_assets_tests.reference import reference_theoretical
+
+needs_real = pytest.mark.skipif(
+    not REAL_SAMPLE.is_dir(), reason=f"real sample missing at {REAL_SAMPLE}"
+)
+
+
+def call_keys(ds):
+    return [
+        (ds.traces[int(t)]["id"], int(c), int(r), int(i))
+        for t, c, r, i in zip(
+            ds.calls["trace"], ds.calls["conv"], ds.calls["request"], ds.calls["inner"], strict=True
+        )
+    ]
+
+
+@needs_real
+def test_real_sample_hit_rate_and_fidelity():
+    result, cf = replay_unbounded(decoded(REAL_SAMPLE))
+    assert result.theoretical_hit_rate == 0.9513143509888292
+    assert result.blocks == 2_853_880 and result.calls == 1950
+    assert result.fidelity_mismatched_calls == 0 and result.cross_trace_shared_blocks == 0
+    assert result.token_replay_hit_rate == result.theoretical_full_block_hit_rate
+
+
+@pytest.mark.parametrize("corpus", ["real", "semianalysis", "kv-cache-tester"])
+def test_per_call_figures_match_the_reference(corpus):
+    if corpus == "real":
+        if not REAL_SAMPLE.is_dir():
+            pytest.skip("real sample missing")
+        path = REAL_SAMPLE
+    else:
+        path = synthetic(corpus, traces=10, seed=3)
+    ds = decoded(path)
+    result, cf = replay_unbounded(ds)
+    ref = reference_theoretical(path)
+    assert result.theoretical_hit_rate == pytest.approx(ref["theoretical_hit_rate"], abs=1e-15)
+    assert result.theoretical_full_block_hit_rate == pytest.approx(
+        ref["theoretical_full_block_hit_rate"], abs=1e-15
+    )
+    for role in ("parent", "subagent"):
+        assert result.per_role[role].hits == ref["per_role"][role]["hits"]
+    for k, key in enumerate(call_keys(ds)):
+        assert (cf.hits[k], cf.total[k], cf.full_hits[k], cf.full_total[k]) == ref["per_call"][
+            key
+        ], key
+    assert result.fidelity_mismatched_calls == 0
+
+
+def token_keyed_replay(ds):
+    """Slow and obvious: expand every call, key each full block by blake2b(parent key, token
+    bytes), one dict for the whole corpus. Returns hits per call."""
+    cache, hits = set(), []
+    for sl in ds.trace_slices():
+        for i in range(sl.start, sl.stop):
+            tokens = ds.expand_call(i)
+            bs = int(ds.calls["block_size"][i])
+            parent, keys = b"", []
+            for b in range(tokens.size // bs):
+                parent = hashlib.blake2b(
+                    parent + tokens[b * bs : (b + 1) * bs].tobytes(), digest_size=16
+                ).digest()
+                keys.append(parent)
+            run = 0
+            while run < len(keys) and keys[run] in cache:
+                run += 1
+            hits.append(run)
+            cache.update(keys)
+    return np.array(hits)
+
+
+def _truncated_corpus():
+    """A synthetic corpus with some hash lists cut short (unhashed tails of whole blocks)."""
+    lines = synthetic("kv-cache-tester", traces=4, seed=9).read_text().splitlines()
+    out = []
+    for k, line in enumerate(lines):
+        t = json.loads(line)
+        for r in t["requests"][1::3]:
+            if r["type"] != "subagent" and len(r["hash_ids"]) > 4:
+                r["hash_ids"] = r["hash_ids"][: len(r["hash_ids"]) - 2 - k % 3]
+        out.append(json.dumps(t))
+    path = WORK / "corpora" / "truncated.jsonl"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("which", ["semianalysis", "kv-cache-tester", "truncated", "session"])
+def test_token_replay_equals_a_replay_keyed_by_token_bytes(which):
+    if which == "truncated":
+        ds = decoded(_truncated_corpus())
+        assert (ds.calls["tail_len"] >= 64).any()
+    elif which == "session":
+        ds = decoded(synthetic("semianalysis", traces=6, seed=4), "session")
+    else:
+        ds = decoded(synthetic(which, traces=6, seed=4))
+    _, cf = replay_unbounded(ds)
+    assert (cf.token_hits == token_keyed_replay(ds)).all()
+
+
+def per_conversation_full_hits(ds):
+    """Theoretical full-block hits with one seen-set per conversation instead of per trace."""
+    out = np.zeros(ds.n_calls, dtype=np.int64)
+    for sl in ds.trace_slices():
+        idx = np.arange(sl.start, sl.stop)
+        for conv in np.unique(ds.calls["conv"][idx]):
+            calls = idx[ds.calls["conv"][idx] == conv]
+            ids = [ds.call_ids(i)[: int(ds.calls["n_full"][i])] for i in calls]
+            out[calls] = leading_hits(np.concatenate(ids), np.array([x.size for x in ids]))
+    return out
+
+
+@pytest.mark.parametrize("corpus", ["real", "semianalysis"])
+def test_session_policy_loses_exactly_the_cross_conversation_hits(corpus):
+    if corpus == "real":
+        if not REAL_SAMPLE.is_dir():
+            pytest.skip("real sample missing")
+        path = REAL_SAMPLE
+    else:
+        path = synthetic("semianalysis", traces=12, seed=4)
+    good, gcf = replay_unbounded(decoded(path))
+    bad, bcf = replay_unbounded(decoded(path, "session"))
+    per_conv = per_conversation_full_hits(decoded(path))
+    # the session policy's token hits are the per-conversation theoretical hits, call by call
+    assert (bcf.token_hits == per_conv).all()
+    # it mismatches exactly on the calls whose leading run reaches a block another
+    # conversation of the trace sent first, all of them subagent calls
+    expected = np.flatnonzero(per_conv != gcf.full_hits)
+    assert expected.size > 0 and (np.flatnonzero(bcf.mismatched()) == expected).all()
+    assert (decoded(path).calls["role"][expected] == 1).all()
+    assert bad.fidelity_mismatched_calls == expected.size and good.fidelity_mismatched_calls == 0
+    assert bad.token_replay_hit_rate < good.token_replay_hit_rate
+    assert bad.theoretical_hit_rate == good.theoretical_hit_rate
