@@ -15,7 +15,7 @@ from weka_assets.defs.outputs import RawCorpus, ScopeGate
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.pipeline import scope_report, write_json
-from weka_assets.traces.scope import CONTRACT_RULES, ScopeReport
+from weka_assets.traces.scope import CONTRACT_FIGURES, CONTRACT_RULES, ScopeReport
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -27,30 +27,7 @@ CHECK_SPECS = [
     for rule in CONTRACT_RULES
 ]
 
-REPORT_FIGURES = (
-    "traces",
-    "traces_with_subagents",
-    "subagents",
-    "declared_scope",
-    "minting_order",
-    "perfect_traces",
-    "base",
-    "fresh_below_events",
-    "gap_events",
-    "holes_traces",
-    "subagent_first_block",
-    "reset_signature_subagents",
-    "parent_share",
-    "sibling_share",
-    "prefix_declared_traces",
-    "verdict",
-    "position_violations",
-    "hashing",
-    "inner_time",
-    "conventions",
-    "findings",
-    "null_keys_dropped",
-)
+REPORT_FIGURES = (*CONTRACT_FIGURES, "conventions", "findings", "null_keys_dropped")
 
 
 def report_markdown(report: ScopeReport) -> str:

@@ -21,6 +21,13 @@ from weka_assets.traces.timeline import inner_time_convention
 Policy = Literal["fail", "exclude"]
 WALKS = ("document", "parent_first")
 HASHING = ("floor", "ceil", "truncated", "over")
+# The figures of scope-contract.md's corpus report, in the order a reviewer reads them.
+CONTRACT_FIGURES = (
+    "traces", "traces_with_subagents", "subagents", "declared_scope", "minting_order",
+    "perfect_traces", "base", "fresh_below_events", "gap_events", "holes_traces",
+    "subagent_first_block", "reset_signature_subagents", "parent_share", "sibling_share",
+    "prefix_declared_traces", "verdict", "position_violations", "hashing", "inner_time",
+)  # fmt: skip
 
 
 @dataclass(slots=True)

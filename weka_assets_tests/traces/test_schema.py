@@ -26,6 +26,18 @@ def trace(requests, tid="tr", **kw):
     }
 
 
+def subagent(agent_id="a1"):
+    return {
+        "t": 5.0,
+        "type": "subagent",
+        "agent_id": agent_id,
+        "subagent_type": "Explore",
+        "status": "completed",
+        "models": ["m"],
+        "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)],
+    }
+
+
 def error_of(raw) -> TraceError:
     with pytest.raises(TraceError) as info:
         parse_trace(raw, "f.jsonl", 7)
@@ -33,15 +45,7 @@ def error_of(raw) -> TraceError:
 
 
 def test_valid_trace_builds_calls_in_document_order():
-    sub = {
-        "t": 5.0,
-        "type": "subagent",
-        "agent_id": "a1",
-        "subagent_type": "Explore",
-        "status": "completed",
-        "models": ["m"],
-        "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)],
-    }
+    sub = subagent()
     tr, dropped = parse_trace(trace([call([0]), sub, call([0, 3], t=9.0)]), "f", None)
     assert dropped == 0
     assert [(c.conv, c.request, c.inner) for c in tr.calls] == [
@@ -78,15 +82,7 @@ def test_valid_trace_builds_calls_in_document_order():
     ],
 )
 def test_hard_errors_name_location_and_rule(mutate, rule, req, inner):
-    sub = {
-        "t": 5.0,
-        "type": "subagent",
-        "agent_id": "a1",
-        "subagent_type": "Explore",
-        "status": "completed",
-        "models": ["m"],
-        "requests": [call([0, 1], t=6.0), call([0, 1, 2], t=7.0)],
-    }
+    sub = subagent()
     raw = trace([call([0]), call([0, 1], t=1.0), sub])
     mutate(raw)
     err = error_of(raw)

@@ -3,32 +3,15 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from weka_assets.pipeline import scope_report
+from weka_assets.traces.scope import CONTRACT_FIGURES
 from weka_assets_tests.corpora import REAL_SAMPLE, synthetic
 from weka_assets_tests.reference import reference_scope_report
 
-COMPARED = (
-    "traces",
-    "traces_with_subagents",
-    "subagents",
-    "declared_scope",
-    "minting_order",
-    "perfect_traces",
-    "base",
-    "fresh_below_events",
-    "gap_events",
-    "holes_traces",
-    "subagent_first_block",
-    "reset_signature_subagents",
-    "parent_share",
-    "sibling_share",
-    "prefix_declared_traces",
-    "verdict",
-    "position_violations",
-    "hashing",
-    "inner_time",
-)
+COMPARED = CONTRACT_FIGURES  # every figure of the contract's corpus report
 
 
 def _close(a, b):
@@ -148,3 +131,10 @@ def test_duplicate_trace_id_and_over_hashing_are_hard_errors(tmp_path):
     assert set(rules) == {"duplicate_trace_id", "hash_ids_over"} and not r.passed
     assert rules["hash_ids_over"]["trace"] == tid and rules["hash_ids_over"]["request"] is not None
     assert rules["duplicate_trace_id"]["line"] == 9
+
+
+@given(profile=st.sampled_from(["semianalysis", "kv-cache-tester"]), seed=st.integers(100, 10**6))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_corpora_never_seen_before_match_reference(profile, seed):
+    """Fresh seeds each run (hypothesis): the product and the reference agree on all figures."""
+    assert_matches_reference(synthetic(profile, traces=5, seed=seed))
