@@ -347,12 +347,13 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     dagster_home()
     import dagster as dg
 
-    from weka_assets.definitions import resources
+    from weka_assets.definitions import build_defs, resources
     from weka_assets.defs.materialize import materialize_corpus
 
     try:
         with dg.DagsterInstance.get() as instance:
-            steps = materialize_corpus(args.corpus, instance, resources(args.store), args.tokenizer)
+            defs = build_defs(resource_defs=resources(args.store))
+            steps = materialize_corpus(args.corpus, instance, defs, args.tokenizer)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     ok = True
@@ -377,6 +378,99 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             print(f"{step.partition}: dataset {ref.decode_key}")
             _print_rates(result)
     return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- stale / backfill-stale
+
+
+def _add_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help='print {"stale": [{"asset", "partition", "causes"}]}'
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        default="",
+        help="data folder (default: $WEKA_ASSETS_STORE or ./.weka-store)",
+    )
+
+
+def _stale(store: str):
+    import dagster as dg
+
+    from weka_assets.definitions import build_defs, resources
+    from weka_assets.defs.staleness import stale_partitions
+
+    defs = build_defs(resource_defs=resources(store))
+    instance = dg.DagsterInstance.get()
+    return defs, instance, stale_partitions(defs, instance)
+
+
+def cmd_stale(args: argparse.Namespace) -> int:
+    dagster_home()
+    _, instance, stale = _stale(args.store)
+    instance.dispose()
+    if args.json:
+        import json
+
+        print(json.dumps({"stale": [s.as_dict() for s in stale]}, indent=2))
+        return 0
+    if not stale:
+        print("nothing is stale")
+    for s in stale:
+        print(f"{s.asset:<24} {s.partition:<32} {'; '.join(s.causes)}")
+    return 0
+
+
+def _add_backfill_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        default=None,
+        help="webserver to launch one backfill through (default: $WEKA_ASSETS_WEBSERVER or "
+        "http://127.0.0.1:3000 if it answers; otherwise the runs happen in process)",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the backfill; exit 1 if any partition failed"
+    )
+    p.add_argument("--store", metavar="PATH", default="", help="data folder for in-process runs")
+
+
+def cmd_backfill_stale(args: argparse.Namespace) -> int:
+    dagster_home()
+    from weka_assets.defs import staleness
+
+    defs, instance, stale = _stale(args.store)
+    try:
+        if not stale:
+            print("nothing is stale")
+            return 0
+        _err(
+            f"{len(stale)} stale partition(s): "
+            + ", ".join(f"{s.asset}[{s.partition}]" for s in stale)
+        )
+        url = args.url or os.environ.get("WEKA_ASSETS_WEBSERVER")
+        if url is None and staleness.webserver_reachable(staleness.DEFAULT_WEBSERVER):
+            url = staleness.DEFAULT_WEBSERVER
+        if url:
+            try:
+                backfill_id = staleness.launch_backfill(url, stale)
+            except (staleness.WebserverError, OSError) as exc:
+                raise UsageError(f"cannot launch a backfill through {url}: {exc}") from None
+            print(f"backfill {backfill_id}")
+            if not args.wait:
+                return 0
+            status = staleness.wait_backfill(url, backfill_id)
+            _err(f"backfill {backfill_id}: {status['status']}")
+            return 1 if staleness.backfill_failed(status) else 0
+        outcomes = staleness.backfill_in_process(defs, instance, stale)
+        for o in outcomes:
+            print(f"run {o.run_id} {o.partition} {'ok' if o.success else 'FAILED'}")
+            for line in o.failures:
+                _err(f"  {line}")
+        return 0 if all(o.success for o in outcomes) else 1
+    finally:
+        instance.dispose()
 
 
 # --------------------------------------------------------------------------- the table
@@ -405,6 +499,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "replay": Subcommand(
         "unbounded prefix-cache replay of a decoded dataset", _add_replay, cmd_replay
+    ),
+    "stale": Subcommand(
+        "list stale partitions (Dagster's own staleness) in the instance at $DAGSTER_HOME",
+        _add_stale,
+        cmd_stale,
+    ),
+    "backfill-stale": Subcommand(
+        "launch one backfill of every stale partition (webserver, or in process)",
+        _add_backfill_stale,
+        cmd_backfill_stale,
     ),
     "materialize": Subcommand(
         "materialize the whole chain for one corpus in the Dagster instance at $DAGSTER_HOME",

@@ -2,16 +2,26 @@
 
 import dagster as dg
 
-from weka_assets.defs.decoded import decoded_dataset
+from weka_assets.defs.automation import automation_sensor
+from weka_assets.defs.decoded import build_decoded_dataset
 from weka_assets.defs.io_manager import DescriptorIOManager
 from weka_assets.defs.jobs import decode_job, scope_job
 from weka_assets.defs.raw import raw_traces
-from weka_assets.defs.replay import replay_benchmark
+from weka_assets.defs.replay import build_replay_benchmark
 from weka_assets.defs.resources import CorpusCatalog, DecodeOptions, WekaStore
 from weka_assets.defs.scope import trace_scope
 from weka_assets.defs.sensors import corpus_registry_sensor
+from weka_assets.versions import MANIFEST_VERSION
 
-ASSETS = [raw_traces, trace_scope, decoded_dataset, replay_benchmark]
+
+def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefinition]:
+    """The asset graph; the manifest version is injected into every asset that depends on it."""
+    return [
+        raw_traces,
+        trace_scope,
+        build_decoded_dataset(manifest_version),
+        build_replay_benchmark(manifest_version),
+    ]
 
 
 def resources(base_path: str = "") -> dict:
@@ -24,9 +34,15 @@ def resources(base_path: str = "") -> dict:
     }
 
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    jobs=[scope_job, decode_job],
-    sensors=[corpus_registry_sensor],
-    resources=resources(),
-)
+def build_defs(
+    manifest_version: int = MANIFEST_VERSION, resource_defs: dict | None = None
+) -> dg.Definitions:
+    return dg.Definitions(
+        assets=build_assets(manifest_version),
+        jobs=[scope_job, decode_job],
+        sensors=[corpus_registry_sensor, automation_sensor],
+        resources=resource_defs if resource_defs is not None else resources(),
+    )
+
+
+defs = build_defs()

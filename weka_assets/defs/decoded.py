@@ -3,6 +3,7 @@
 import dagster as dg
 
 from weka_assets.decoding.settings import DecodeSettings
+from weka_assets.defs.automation import rebuild_condition
 from weka_assets.defs.metadata import key_values
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ScopeGate
 from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
@@ -10,68 +11,82 @@ from weka_assets.defs.resources import DecodeOptions, WekaStore
 from weka_assets.errors import WekaError
 from weka_assets.pipeline import decode_corpus
 from weka_assets.traces.scope import ScopeReport
-from weka_assets.versions import MANIFEST_VERSION
-
-MANIFEST_CODE_VERSION = f"manifest-v{MANIFEST_VERSION}"
 
 
-@dg.asset(
-    partitions_def=corpus_tokenizer_partitions,
-    ins={
-        "raw_traces": dg.AssetIn(partition_mapping=corpus_mapping),
-        "trace_scope": dg.AssetIn(partition_mapping=corpus_mapping),
-    },
-    code_version=MANIFEST_CODE_VERSION,
-    group_name="decoded",
-    kinds={"python", "numpy", "parquet"},
-    owners=["team:weka-assets"],
-    io_manager_key="descriptor_io_manager",
-)
-def decoded_dataset(
-    context: dg.AssetExecutionContext,
-    raw_traces: RawCorpus,
-    trace_scope: ScopeGate,
-    store: WekaStore,
-    decode: DecodeOptions,
-) -> dg.Output[DatasetRef]:
-    """Hash ids decoded into synthetic tokens: each distinct (scope, id) block once, calls as
-    block lists plus tail specs. Stored at its decode key; an existing key is reused, never
-    rebuilt or overwritten."""
-    keys = context.partition_key.keys_by_dimension
-    corpus, tokenizer = keys["corpus"], keys["tokenizer"]
-    report = ScopeReport.model_validate_json(open(trace_scope.report_path, "rb").read())
-    settings: DecodeSettings = decode.settings(tokenizer)
-    try:
-        out = decode_corpus(raw_traces.path, store.dir("datasets"), settings, report=report)
-    except WekaError as exc:
-        raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
-    m = out.manifest
-    verb = "reused existing" if out.reused else "decoded new"
-    context.log.info(
-        f"{verb} dataset {out.key} ({m.get('calls')} calls, {m.get('blocks')} blocks) in {out.seconds:.2f}s"
-    )
-    return dg.Output(
-        DatasetRef(
-            corpus=corpus,
-            tokenizer=tokenizer,
-            path=str(out.path),
-            decode_key=out.key,
-            manifest_version=m["manifest_version"],
-            reused=out.reused,
-        ),
-        data_version=dg.DataVersion(out.key),
-        metadata={
-            "decode_key": out.key,
-            "manifest_version": m["manifest_version"],
-            "reused": out.reused,
-            "dagster/row_count": m.get("calls", 0),
-            "traces": m.get("traces", 0),
-            "distinct_blocks": m.get("blocks", 0),
-            "hash_ids": m.get("ids", 0),
-            "prompt_tokens": m.get("prompt_tokens", 0),
-            "seconds": round(out.seconds, 3),
-            "dataset_path": dg.MetadataValue.path(str(out.path)),
-            "key_material": dg.MetadataValue.json(out.material),
-            "retokenization_drift": key_values(m.get("retokenization_drift", {})),
+def manifest_code_version(manifest_version: int) -> str:
+    """The code version of every asset whose bytes depend on decoding."""
+    return f"manifest-v{manifest_version}"
+
+
+def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
+    """`decoded_dataset` for one manifest version (injected, so tests can bump it)."""
+
+    @dg.asset(
+        partitions_def=corpus_tokenizer_partitions,
+        ins={
+            "raw_traces": dg.AssetIn(partition_mapping=corpus_mapping),
+            "trace_scope": dg.AssetIn(partition_mapping=corpus_mapping),
         },
+        code_version=manifest_code_version(manifest_version),
+        automation_condition=rebuild_condition(),
+        group_name="decoded",
+        kinds={"python", "numpy", "parquet"},
+        owners=["team:weka-assets"],
+        io_manager_key="descriptor_io_manager",
     )
+    def decoded_dataset(
+        context: dg.AssetExecutionContext,
+        raw_traces: RawCorpus,
+        trace_scope: ScopeGate,
+        store: WekaStore,
+        decode: DecodeOptions,
+    ) -> dg.Output[DatasetRef]:
+        """Hash ids decoded into synthetic tokens: each distinct (scope, id) block once, calls as
+        block lists plus tail specs. Stored at its decode key; an existing key is reused, never
+        rebuilt or overwritten."""
+        keys = context.partition_key.keys_by_dimension
+        corpus, tokenizer = keys["corpus"], keys["tokenizer"]
+        report = ScopeReport.model_validate_json(open(trace_scope.report_path, "rb").read())
+        settings: DecodeSettings = decode.settings(tokenizer)
+        try:
+            out = decode_corpus(
+                raw_traces.path,
+                store.dir("datasets"),
+                settings,
+                report=report,
+                manifest_version=manifest_version,
+            )
+        except WekaError as exc:
+            raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
+        m = out.manifest
+        verb = "reused existing" if out.reused else "decoded new"
+        context.log.info(
+            f"{verb} dataset {out.key} ({m.get('calls')} calls, {m.get('blocks')} blocks) in {out.seconds:.2f}s"
+        )
+        return dg.Output(
+            DatasetRef(
+                corpus=corpus,
+                tokenizer=tokenizer,
+                path=str(out.path),
+                decode_key=out.key,
+                manifest_version=m["manifest_version"],
+                reused=out.reused,
+            ),
+            data_version=dg.DataVersion(out.key),
+            metadata={
+                "decode_key": out.key,
+                "manifest_version": m["manifest_version"],
+                "reused": out.reused,
+                "dagster/row_count": m.get("calls", 0),
+                "traces": m.get("traces", 0),
+                "distinct_blocks": m.get("blocks", 0),
+                "hash_ids": m.get("ids", 0),
+                "prompt_tokens": m.get("prompt_tokens", 0),
+                "seconds": round(out.seconds, 3),
+                "dataset_path": dg.MetadataValue.path(str(out.path)),
+                "key_material": dg.MetadataValue.json(out.material),
+                "retokenization_drift": key_values(m.get("retokenization_drift", {})),
+            },
+        )
+
+    return decoded_dataset

@@ -1,49 +1,54 @@
 """Materialize the whole chain for one corpus in process, against a Dagster instance.
 
-Used by `weka-assets materialize` (scripts, cron, the Quick start): the same assets, checks
-and resources as the UI, recorded in the instance at $DAGSTER_HOME, so staleness and lineage
-are the same whichever way a partition was built.
+Used by `weka-assets materialize` and `backfill-stale` (scripts, cron, the Quick start): the
+same assets, checks and resources as the UI, recorded in the instance at $DAGSTER_HOME, so
+staleness and lineage are the same whichever way a partition was built.
 """
 
 from dataclasses import dataclass, field
 
 import dagster as dg
 
-from weka_assets.defs.decoded import decoded_dataset
 from weka_assets.defs.partitions import (
     configured_tokenizers,
     corpus_partitions,
     multi_key,
     validate_key,
 )
-from weka_assets.defs.raw import raw_traces
-from weka_assets.defs.replay import replay_benchmark
-from weka_assets.defs.scope import trace_scope
 
-ASSETS = [raw_traces, trace_scope, decoded_dataset, replay_benchmark]
+CORPUS_ASSETS = ["raw_traces", "trace_scope"]
 
 
 @dataclass
 class StepOutcome:
     partition: str
     success: bool
+    run_id: str = ""
     outputs: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     failed_checks: list[str] = field(default_factory=list)
 
 
-def _run(instance, resources, selection, partition_key, log_level: str) -> StepOutcome:
+def run_selection(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    selection: list[str],
+    partition_key: str | dg.MultiPartitionKey,
+    log_level: str = "INFO",
+    tags: dict | None = None,
+) -> StepOutcome:
+    """One in-process run of `selection` for one partition; failures collected, not raised."""
     result = dg.materialize(
-        ASSETS,
+        list(defs.assets),
         selection=selection,
         partition_key=partition_key,
         instance=instance,
-        resources=resources,
+        resources=dict(defs.resources),
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        tags={"weka-assets/trigger": "cli"},
+        tags={"weka-assets/trigger": "cli", **(tags or {})},
     )
-    out = StepOutcome(str(partition_key), result.success)
+    out = StepOutcome(str(partition_key), result.success, result.run_id)
     for event in result.all_events:
         if event.is_step_failure:
             err = event.step_failure_data.error
@@ -60,14 +65,21 @@ def _run(instance, resources, selection, partition_key, log_level: str) -> StepO
     return out
 
 
+def decode_assets(defs: dg.Definitions) -> list[str]:
+    """The corpus x tokenizer assets, in graph order."""
+    graph = defs.resolve_asset_graph()
+    keys = graph.toposorted_asset_keys
+    return [k.to_user_string() for k in keys if k.to_user_string() not in CORPUS_ASSETS]
+
+
 def materialize_corpus(
     corpus: str,
     instance: dg.DagsterInstance,
-    resources: dict,
+    defs: dg.Definitions,
     tokenizers: list[str] | None = None,
     log_level: str = "INFO",
 ) -> list[StepOutcome]:
-    """raw_traces + trace_scope for `corpus`, then decoded_dataset + replay_benchmark per tokenizer.
+    """raw_traces + trace_scope for `corpus`, then every corpus x tokenizer asset per tokenizer.
 
     Registers the corpus partition when needed. Stops after the scope step if it fails.
     """
@@ -78,17 +90,11 @@ def materialize_corpus(
         raise ValueError(f"tokenizer(s) {unknown} are not partitions (set WEKA_ASSETS_TOKENIZERS)")
     if not instance.has_dynamic_partition(corpus_partitions.name, corpus):
         instance.add_dynamic_partitions(corpus_partitions.name, [corpus])
-    steps = [_run(instance, resources, ["raw_traces", "trace_scope"], corpus, log_level)]
+    steps = [run_selection(defs, instance, CORPUS_ASSETS, corpus, log_level)]
     if not steps[0].success:
         return steps
     for tok in tokenizers:
         steps.append(
-            _run(
-                instance,
-                resources,
-                ["decoded_dataset", "replay_benchmark"],
-                multi_key(corpus, tok),
-                log_level,
-            )
+            run_selection(defs, instance, decode_assets(defs), multi_key(corpus, tok), log_level)
         )
     return steps

@@ -46,6 +46,7 @@ def snapshot(local: Path, target: Path) -> Path:
 
 @dg.asset(
     partitions_def=corpus_partitions,
+    automation_condition=dg.AutomationCondition.on_missing(),
     group_name="raw",
     kinds={"python", "json"},
     owners=["team:weka-assets"],

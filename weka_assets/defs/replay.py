@@ -1,4 +1,5 @@
-"""`replay_benchmark`: prefix-cache hit rates of a decoded dataset, and their fidelity proof."""
+"""`replay_benchmark`: prefix-cache hit rates of a decoded dataset, their fidelity proof, and
+what the historic per-session scope bug would have reported for the same corpus."""
 
 import hashlib
 
@@ -8,90 +9,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.decoded import MANIFEST_CODE_VERSION
+from weka_assets.defs.automation import rebuild_condition
+from weka_assets.defs.decoded import manifest_code_version
 from weka_assets.defs.metadata import pct, table
-from weka_assets.defs.outputs import DatasetRef, ReplayRef
-from weka_assets.defs.partitions import corpus_tokenizer_partitions
-from weka_assets.defs.resources import WekaStore
-from weka_assets.pipeline import replay, write_json
+from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
+from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
+from weka_assets.defs.resources import DecodeOptions, WekaStore
+from weka_assets.pipeline import decode_corpus, replay, write_json
+from weka_assets.replay.unbounded import HitFigures, ReplayResult
+from weka_assets.traces.scope import ScopeReport
 
 
-@dg.asset(
-    partitions_def=corpus_tokenizer_partitions,
-    code_version=MANIFEST_CODE_VERSION,
-    group_name="replay",
-    kinds={"python"},
-    owners=["team:weka-assets"],
-    io_manager_key="descriptor_io_manager",
-)
-def replay_benchmark(
-    context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore
-) -> dg.Output[ReplayRef]:
-    """Theoretical and token-level prefix-cache hit rates (unbounded cache), per corpus, role
-    and trace; the token replay's hits must equal the theoretical full-block hits call by call."""
-    ds = open_dataset(decoded_dataset.path)
-    result, cf = replay(ds)
-    out_dir = store.dir("replay") / decoded_dataset.decode_key
-    result_path = write_json(result, out_dir / "result.json")
-    per_call = pa.table(
-        {
-            "trace": ds.calls["trace"],
-            "conv": ds.calls["conv"],
-            "request": ds.calls["request"],
-            "inner": ds.calls["inner"],
-            "role": ds.calls["role"],
-            "ids": cf.total,
-            "hits": cf.hits,
-            "full_blocks": cf.full_total,
-            "full_hits": cf.full_hits,
-            "token_blocks": cf.token_total,
-            "token_hits": cf.token_hits,
-        }
-    )
-    per_call_path = out_dir / "per_call.parquet"
-    tmp = out_dir / ".per_call.parquet.tmp"
-    pq.write_table(per_call, tmp)
-    tmp.replace(per_call_path)
-    roles = [
-        {"role": "all", **_rates(result)},
-        *({"role": role, **_rates(f)} for role, f in result.per_role.items()),
-    ]
-    context.log.info(
-        f"theoretical {pct(result.theoretical_hit_rate)}, token replay {pct(result.token_replay_hit_rate)}, "
-        f"{result.fidelity_mismatched_calls} fidelity mismatches over {result.calls} calls"
-    )
-    figures = result.model_dump(mode="json", exclude={"dataset"})
-    version = hashlib.sha256(orjson.dumps(figures, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
-    return dg.Output(
-        ReplayRef(
-            corpus=decoded_dataset.corpus,
-            tokenizer=decoded_dataset.tokenizer,
-            decode_key=decoded_dataset.decode_key,
-            result_path=str(result_path),
-            per_call_path=str(per_call_path),
-            theoretical_hit_rate=result.theoretical_hit_rate,
-            token_replay_hit_rate=result.token_replay_hit_rate,
-            fidelity_mismatched_calls=result.fidelity_mismatched_calls,
-        ),
-        data_version=dg.DataVersion(version),
-        metadata={
-            "theoretical_hit_rate": result.theoretical_hit_rate,
-            "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
-            "token_replay_hit_rate": result.token_replay_hit_rate,
-            "fidelity_mismatched_calls": result.fidelity_mismatched_calls,
-            "cross_trace_shared_blocks": result.cross_trace_shared_blocks,
-            "dagster/row_count": result.calls,
-            "blocks": result.blocks,
-            "per_role": table(roles),
-            "per_trace": table(result.per_trace),
-            "decode_key": decoded_dataset.decode_key,
-            "manifest_version": decoded_dataset.manifest_version,
-            "result_path": dg.MetadataValue.path(str(result_path)),
-        },
-    )
-
-
-def _rates(f) -> dict:
+def _rates(f: HitFigures) -> dict:
     return {
         "calls": f.calls,
         "blocks": f.blocks,
@@ -100,3 +29,131 @@ def _rates(f) -> dict:
         "token_replay_hit_rate": f.token_replay_hit_rate,
         "fidelity_mismatched_calls": f.fidelity_mismatched_calls,
     }
+
+
+def policy_comparison(correct: ReplayResult, legacy: ReplayResult) -> list[dict]:
+    """Token-replay hit rate per role under the contract's `trace` scope and the legacy `session` one."""
+    rows = []
+    for role, ok, bad in [("all", correct, legacy)] + [
+        (r, correct.per_role[r], legacy.per_role[r]) for r in correct.per_role
+    ]:
+        rows.append(
+            {
+                "role": role,
+                "calls": ok.calls,
+                "token_hit_rate_trace_scope": ok.token_replay_hit_rate,
+                "token_hit_rate_session_scope": bad.token_replay_hit_rate,
+                "hits_lost_by_session_scope": ok.token_hits - bad.token_hits,
+                "calls_that_lose_hits": bad.fidelity_mismatched_calls,
+            }
+        )
+    return rows
+
+
+def _write_per_call(ds, cf, path) -> None:
+    c = ds.calls
+    per_call = pa.table(
+        {
+            "trace": c["trace"], "conv": c["conv"], "request": c["request"], "inner": c["inner"],
+            "role": c["role"], "ids": cf.total, "hits": cf.hits, "full_blocks": cf.full_total,
+            "full_hits": cf.full_hits, "token_blocks": cf.token_total, "token_hits": cf.token_hits,
+        }
+    )  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(per_call, tmp)
+    tmp.replace(path)
+
+
+def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
+    """`replay_benchmark` for one manifest version (injected, so tests can bump it)."""
+
+    @dg.asset(
+        partitions_def=corpus_tokenizer_partitions,
+        ins={
+            "raw_traces": dg.AssetIn(partition_mapping=corpus_mapping),
+            "trace_scope": dg.AssetIn(partition_mapping=corpus_mapping),
+        },
+        code_version=manifest_code_version(manifest_version),
+        automation_condition=rebuild_condition(),
+        group_name="replay",
+        kinds={"python"},
+        owners=["team:weka-assets"],
+        io_manager_key="descriptor_io_manager",
+    )
+    def replay_benchmark(
+        context: dg.AssetExecutionContext,
+        decoded_dataset: DatasetRef,
+        raw_traces: RawCorpus,
+        trace_scope: ScopeGate,
+        store: WekaStore,
+        decode: DecodeOptions,
+    ) -> dg.Output[ReplayRef]:
+        """Theoretical and token-level prefix-cache hit rates (unbounded cache), per corpus, role
+        and trace; the token replay's hits must equal the theoretical full-block hits call by
+        call. Beside them, the same corpus decoded with the legacy per-session scope: the hit
+        rate the historic loader bug reported."""
+        ds = open_dataset(decoded_dataset.path)
+        result, cf = replay(ds)
+        out_dir = store.dir("replay") / decoded_dataset.decode_key
+        result_path = write_json(result, out_dir / "result.json")
+        _write_per_call(ds, cf, out_dir / "per_call.parquet")
+
+        report = ScopeReport.model_validate_json(open(trace_scope.report_path, "rb").read())
+        legacy_out = decode_corpus(
+            raw_traces.path,
+            store.dir("datasets"),
+            decode.settings(decoded_dataset.tokenizer, scope_policy="session"),
+            report=report,
+            manifest_version=manifest_version,
+            measure_drift=False,
+        )
+        legacy, _ = replay(legacy_out.path)
+        comparison = policy_comparison(result, legacy)
+        both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
+        write_json({**both, "rows": comparison}, out_dir / "scope_policy_comparison.json")
+
+        context.log.info(
+            f"theoretical {pct(result.theoretical_hit_rate)}, token replay {pct(result.token_replay_hit_rate)}, "
+            f"{result.fidelity_mismatched_calls} fidelity mismatches over {result.calls} calls; "
+            f"legacy session scope: {pct(legacy.token_replay_hit_rate)}"
+        )
+        figures = result.model_dump(mode="json", exclude={"dataset"})
+        version = hashlib.sha256(orjson.dumps(figures, option=orjson.OPT_SORT_KEYS)).hexdigest()[
+            :24
+        ]
+        roles = [
+            {"role": "all", **_rates(result)},
+            *({"role": r, **_rates(f)} for r, f in result.per_role.items()),
+        ]
+        return dg.Output(
+            ReplayRef(
+                corpus=decoded_dataset.corpus,
+                tokenizer=decoded_dataset.tokenizer,
+                decode_key=decoded_dataset.decode_key,
+                result_path=str(result_path),
+                per_call_path=str(out_dir / "per_call.parquet"),
+                theoretical_hit_rate=result.theoretical_hit_rate,
+                token_replay_hit_rate=result.token_replay_hit_rate,
+                fidelity_mismatched_calls=result.fidelity_mismatched_calls,
+            ),
+            data_version=dg.DataVersion(version),
+            metadata={
+                "theoretical_hit_rate": result.theoretical_hit_rate,
+                "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
+                "token_replay_hit_rate": result.token_replay_hit_rate,
+                "token_replay_hit_rate_legacy_session_scope": legacy.token_replay_hit_rate,
+                "fidelity_mismatched_calls": result.fidelity_mismatched_calls,
+                "cross_trace_shared_blocks": result.cross_trace_shared_blocks,
+                "dagster/row_count": result.calls,
+                "blocks": result.blocks,
+                "per_role": table(roles),
+                "scope_policy_comparison": table(comparison),
+                "per_trace": table(result.per_trace),
+                "decode_key": decoded_dataset.decode_key,
+                "legacy_session_decode_key": legacy_out.key,
+                "manifest_version": decoded_dataset.manifest_version,
+                "result_path": dg.MetadataValue.path(str(result_path)),
+            },
+        )
+
+    return replay_benchmark

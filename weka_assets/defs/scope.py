@@ -23,6 +23,7 @@ CHECK_SPECS = [
         asset="trace_scope",
         description=rule.description,
         partitions_def=corpus_partitions,
+        blocking=rule.hard,
     )
     for rule in CONTRACT_RULES
 ]
@@ -66,6 +67,7 @@ def attention_rows(report: ScopeReport) -> list[dict]:
 @dg.asset(
     partitions_def=corpus_partitions,
     check_specs=CHECK_SPECS,
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="scope",
     kinds={"python"},
     owners=["team:weka-assets"],
@@ -83,25 +85,7 @@ def trace_scope(
     """
     report = scope_report(raw_traces.path, catalog.scope_policy)
     path = write_json(report, store.dir("scope") / f"{raw_traces.digest}-{report.policy}.json")
-    for rule in CONTRACT_RULES:
-        passed, count, examples = rule.evaluate(report)
-        severity = (
-            dg.AssetCheckSeverity.ERROR
-            if rule.hard and report.policy == "fail"
-            else dg.AssetCheckSeverity.WARN
-        )
-        if rule.error_rules:  # hard errors always stop the corpus
-            severity = dg.AssetCheckSeverity.ERROR
-        yield dg.AssetCheckResult(
-            check_name=rule.name,
-            passed=passed,
-            severity=severity,
-            description=rule.description,
-            metadata={
-                "violations": count,
-                "examples": table(examples) if examples else dg.MetadataValue.md("_none_"),
-            },
-        )
+    checks = list(check_results(report))
     metadata = {
         "summary": dg.MetadataValue.md(report_markdown(report)),
         "report": key_values({k: _plain(getattr(report, k)) for k in REPORT_FIGURES}),
@@ -113,6 +97,8 @@ def trace_scope(
         "passed": report.passed,
     }
     if not report.passed:
+        # the checks are recorded for this partition, then the step fails: nothing downstream runs
+        yield from checks
         raise dg.Failure(
             description=f"corpus {raw_traces.corpus!r} fails the scope contract: "
             + "; ".join(report.failure_reasons),
@@ -135,6 +121,26 @@ def trace_scope(
         data_version=dg.DataVersion(version),
         metadata=metadata,
     )
+    # after the output, so they target this materialization (blocking-check automation reads that)
+    yield from checks
+
+
+def check_results(report: ScopeReport):
+    """One check result per contract rule; hard rules are errors (warnings for reset/ambiguous
+    traces under policy `exclude`, which drops them instead of failing the corpus)."""
+    for rule in CONTRACT_RULES:
+        passed, count, examples = rule.evaluate(report)
+        hard = bool(rule.error_rules) or (rule.hard and report.policy == "fail")
+        yield dg.AssetCheckResult(
+            check_name=rule.name,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR if hard else dg.AssetCheckSeverity.WARN,
+            description=rule.description,
+            metadata={
+                "violations": count,
+                "examples": table(examples) if examples else dg.MetadataValue.md("_none_"),
+            },
+        )
 
 
 def _plain(v):

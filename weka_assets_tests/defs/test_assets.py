@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 from dagster import AssetCheckKey, AssetKey
 
-from weka_assets.definitions import resources
-from weka_assets.defs.materialize import ASSETS, materialize_corpus
+from weka_assets.definitions import build_defs, resources
+from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.defs.sensors import corpus_registry_sensor
 from weka_assets.traces.scope import CONTRACT_RULES
@@ -29,7 +29,7 @@ def env(tmp_path, corpora):
     res = resources(str(tmp_path / "store"))
     res["catalog"] = CorpusCatalog(corpora=corpora)
     with dg.instance_for_test() as instance:
-        yield instance, res
+        yield instance, build_defs(resource_defs=res)
 
 
 def latest(instance, asset, partition):
@@ -104,10 +104,10 @@ def test_a_corpus_that_breaks_the_contract_stops_the_chain(env):
     # and a direct attempt to decode it fails at the input: nothing decoded
     instance.add_dynamic_partitions("corpus", ["broken"])
     result = dg.materialize(
-        ASSETS,
+        list(res.assets),
         selection=["decoded_dataset"],
         instance=instance,
-        resources=res,
+        resources=dict(res.resources),
         raise_on_error=False,
         partition_key=dg.MultiPartitionKey({"corpus": "broken", "tokenizer": "deepseek"}),
     )
@@ -124,13 +124,15 @@ def test_checks_report_per_partition(env):
 
 def test_registry_sensor_adds_catalogued_corpora(env, corpora):
     instance, res = env
-    ctx = dg.build_sensor_context(instance=instance, resources={"catalog": res["catalog"]})
+    ctx = dg.build_sensor_context(
+        instance=instance, resources={"catalog": res.resources["catalog"]}
+    )
     result = corpus_registry_sensor(ctx)
     added = [k for req in result.dynamic_partitions_requests for k in req.partition_keys]
     assert sorted(added) == sorted(corpora)
     instance.add_dynamic_partitions("corpus", added)
     again = corpus_registry_sensor(
-        dg.build_sensor_context(instance=instance, resources={"catalog": res["catalog"]})
+        dg.build_sensor_context(instance=instance, resources={"catalog": res.resources["catalog"]})
     )
     assert not again.dynamic_partitions_requests
 

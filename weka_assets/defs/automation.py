@@ -1,0 +1,28 @@
+"""Automation: new corpora and manifest-version bumps flow through without anyone clicking,
+but never past a corpus whose scope checks failed."""
+
+import dagster as dg
+
+
+def rebuild_condition() -> dg.AutomationCondition:
+    """For assets whose bytes depend on decoding: rebuild when upstream changed, when the
+    partition is new, or when the manifest version (in the code version) was bumped; and only
+    when every blocking check upstream passed."""
+    bumped = (
+        dg.AutomationCondition.code_version_changed()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.in_progress()
+    )
+    return (
+        (dg.AutomationCondition.eager() | bumped)
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("eager, or manifest version bumped; upstream scope checks passed")
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "weka_automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Requests new and stale partitions (after a manifest-version bump) whose upstream scope checks passed.",
+)
