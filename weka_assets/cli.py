@@ -433,6 +433,11 @@ def _add_backfill_stale(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wait", action="store_true", help="wait for the backfill; exit 1 if any partition failed"
     )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the partitions here even if a webserver answers",
+    )
     p.add_argument("--store", metavar="PATH", default="", help="data folder for in-process runs")
 
 
@@ -449,8 +454,12 @@ def cmd_backfill_stale(args: argparse.Namespace) -> int:
             f"{len(stale)} stale partition(s): "
             + ", ".join(f"{s.asset}[{s.partition}]" for s in stale)
         )
-        url = args.url or os.environ.get("WEKA_ASSETS_WEBSERVER")
-        if url is None and staleness.webserver_reachable(staleness.DEFAULT_WEBSERVER):
+        url = None if args.in_process else (args.url or os.environ.get("WEKA_ASSETS_WEBSERVER"))
+        if (
+            url is None
+            and not args.in_process
+            and staleness.webserver_reachable(staleness.DEFAULT_WEBSERVER)
+        ):
             url = staleness.DEFAULT_WEBSERVER
         if url:
             try:

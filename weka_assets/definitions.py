@@ -3,6 +3,7 @@
 import dagster as dg
 
 from weka_assets.defs.automation import automation_sensor
+from weka_assets.defs.blast_radius import build_manifest_blast_radius
 from weka_assets.defs.decoded import build_decoded_dataset
 from weka_assets.defs.io_manager import DescriptorIOManager
 from weka_assets.defs.jobs import decode_job, scope_job
@@ -21,6 +22,7 @@ def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefi
         trace_scope,
         build_decoded_dataset(manifest_version),
         build_replay_benchmark(manifest_version),
+        build_manifest_blast_radius(manifest_version),
     ]
 
 

@@ -1,6 +1,8 @@
 """Automation: new corpora and manifest-version bumps flow through without anyone clicking,
 but never past a corpus whose scope checks failed."""
 
+import os
+
 import dagster as dg
 
 
@@ -22,7 +24,11 @@ def rebuild_condition() -> dg.AutomationCondition:
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "weka_automation_sensor",
     target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    # running by default; WEKA_ASSETS_AUTOMATION=stopped for instances that must only do what
+    # they are told (tests that drive backfills by hand)
+    default_status=dg.DefaultSensorStatus.STOPPED
+    if os.environ.get("WEKA_ASSETS_AUTOMATION") == "stopped"
+    else dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Requests new and stale partitions (after a manifest-version bump) whose upstream scope checks passed.",
 )

@@ -41,3 +41,13 @@ class ReplayRef(BaseModel):
     theoretical_hit_rate: float | None
     token_replay_hit_rate: float | None
     fidelity_mismatched_calls: int
+
+
+class BlastRef(BaseModel):
+    corpus: str
+    tokenizer: str
+    current_key: str
+    previous_key: str | None
+    path: str
+    calls_tokens_changed: int
+    calls_cache_changed: int

@@ -73,6 +73,7 @@ def test_bump_makes_exactly_the_dependent_partitions_stale_and_backfill_clears_t
     assert {(s.asset, s.partition) for s in stale} == {
         ("decoded_dataset", "alpha|deepseek"),
         ("replay_benchmark", "alpha|deepseek"),
+        ("manifest_blast_radius", "alpha|deepseek"),
     }
     assert all("new code version" in c for s in stale for c in s.causes)
     outcomes = backfill_in_process(v2, instance, stale)

@@ -1,0 +1,71 @@
+"""`manifest_blast_radius`: what the current decoder changed against the previous decode of the
+same corpus and tokenizer (usually the previous manifest version), in calls, blocks and hit rate."""
+
+import dagster as dg
+
+from weka_assets.decoding.dataset import open_dataset
+from weka_assets.defs.automation import rebuild_condition
+from weka_assets.defs.decoded import manifest_code_version
+from weka_assets.defs.metadata import table
+from weka_assets.defs.outputs import BlastRef, DatasetRef
+from weka_assets.defs.partitions import corpus_tokenizer_partitions
+from weka_assets.defs.resources import WekaStore
+from weka_assets.pipeline import write_json
+from weka_assets.replay.blast_radius import blast_radius, find_previous_dataset
+
+
+def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
+    """`manifest_blast_radius` for one manifest version (injected, so tests can bump it)."""
+
+    @dg.asset(
+        partitions_def=corpus_tokenizer_partitions,
+        code_version=manifest_code_version(manifest_version),
+        automation_condition=rebuild_condition(),
+        group_name="replay",
+        kinds={"python"},
+        owners=["team:weka-assets"],
+        io_manager_key="descriptor_io_manager",
+    )
+    def manifest_blast_radius(
+        context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore
+    ) -> dg.Output[BlastRef]:
+        """Calls whose tokens and whose cache behaviour changed against the newest earlier
+        decode of the same corpus and tokenizer under another decode key, by role and by cause
+        (block first sent by the parent, a sibling, or the call's own conversation), and the
+        change in token-replay hit rate. Zero everywhere when a bump changed nothing."""
+        datasets = store.dir("datasets")
+        current = open_dataset(decoded_dataset.path)
+        previous_path = find_previous_dataset(datasets, current)
+        previous = open_dataset(previous_path) if previous_path else None
+        br, _ = blast_radius(current, previous)
+        name = f"{br.current_key}-vs-{br.previous_key or 'none'}.json"
+        path = write_json(br, store.dir("blast_radius") / name)
+        summary = br.markdown()
+        context.log.info(summary.splitlines()[0] if summary else "no change")
+        return dg.Output(
+            BlastRef(
+                corpus=decoded_dataset.corpus,
+                tokenizer=decoded_dataset.tokenizer,
+                current_key=br.current_key,
+                previous_key=br.previous_key,
+                path=str(path),
+                calls_tokens_changed=br.calls_tokens_changed,
+                calls_cache_changed=br.calls_cache_changed,
+            ),
+            metadata={
+                "summary": dg.MetadataValue.md(summary),
+                "by_role_and_cause": table(br.table),
+                "previous_decode_key": br.previous_key or "",
+                "previous_manifest_version": br.previous_manifest_version or 0,
+                "current_decode_key": br.current_key,
+                "manifest_version": manifest_version,
+                "dagster/row_count": br.calls,
+                "calls_tokens_changed": br.calls_tokens_changed,
+                "calls_cache_changed": br.calls_cache_changed,
+                "full_blocks_changed": br.full_blocks_changed,
+                "hit_rate_change": br.hit_rate_change if br.hit_rate_change is not None else 0.0,
+                "blast_radius_path": dg.MetadataValue.path(str(path)),
+            },
+        )
+
+    return manifest_blast_radius

@@ -1,0 +1,144 @@
+"""The README's "After a loader fix" flow, end to end, in a copy of the project whose
+MANIFEST_VERSION literal is raised by one: stale lists exactly the decoding partitions,
+backfill-stale rebuilds them (in process, and as one backfill through a running `dagster dev`),
+then nothing is stale, both datasets exist, and a bump that changed nothing has a zero blast
+radius. Every command is the real CLI in a subprocess against one DAGSTER_HOME."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from weka_assets.versions import MANIFEST_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+DECODING_ASSETS = {"decoded_dataset", "replay_benchmark", "manifest_blast_radius"}
+PARTITION = "sample-kvt|deepseek"
+
+
+def bumped_copy(dest: Path) -> Path:
+    """The project with `MANIFEST_VERSION = N` raised to N + 1 in that single literal."""
+    shutil.copytree(ROOT / "weka_assets", dest / "weka_assets", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("workspace.yaml", "dagster.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    versions = dest / "weka_assets" / "versions.py"
+    text, n = re.subn(r"^MANIFEST_VERSION = (\d+)$", lambda m: f"MANIFEST_VERSION = {int(m[1]) + 1}", versions.read_text(), flags=re.M)
+    assert n == 1, "MANIFEST_VERSION must be written as one literal"
+    versions.write_text(text)
+    return dest
+
+
+@pytest.fixture
+def flow(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        WEKA_ASSETS_STORE=str(tmp_path / "store"),
+        WEKA_ASSETS_AUTOMATION="stopped",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("WEKA_ASSETS_WEBSERVER", None)
+    copy = bumped_copy(tmp_path / "bumped")
+
+    def cli(*args, project: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "weka_assets.cli", *args],
+            cwd=project,
+            env=dict(env, PYTHONPATH=str(project)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if check:
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    cli("materialize", "--corpus", "sample-kvt")
+    return cli, copy, env, tmp_path
+
+
+def stale_pairs(cli, project) -> set[tuple[str, str]]:
+    out = json.loads(cli("stale", "--json", project=project).stdout)
+    return {(s["asset"], s["partition"]) for s in out["stale"]}
+
+
+def assert_rebuilt(cli, copy, tmp_path):
+    assert stale_pairs(cli, copy) == set()
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "store" / "datasets").glob("*/manifest.json")]
+    trace_scoped = sorted(m["manifest_version"] for m in manifests if m["key_material"]["settings"]["scope_policy"] == "trace")
+    assert trace_scoped == [MANIFEST_VERSION, MANIFEST_VERSION + 1]
+    blasts = [json.loads(p.read_text()) for p in (tmp_path / "store" / "blast_radius").glob("*-vs-*.json")]
+    bump = [b for b in blasts if b["previous_manifest_version"] == MANIFEST_VERSION]
+    assert len(bump) == 1 and bump[0]["current_manifest_version"] == MANIFEST_VERSION + 1
+    assert bump[0]["calls_tokens_changed"] == 0 and bump[0]["calls_cache_changed"] == 0 and bump[0]["calls"] > 0
+
+
+def test_bump_stale_backfill_in_process(flow):
+    cli, copy, _, tmp_path = flow
+    assert stale_pairs(cli, ROOT) == set()
+    assert stale_pairs(cli, copy) == {(a, PARTITION) for a in DECODING_ASSETS}
+    done = cli("backfill-stale", "--wait", "--in-process", project=copy)
+    assert re.search(r"^run \S+ sample-kvt\|deepseek ok$", done.stdout, flags=re.M), done.stdout
+    assert_rebuilt(cli, copy, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bump_stale_backfill_through_a_running_webserver(flow):
+    cli, copy, env, tmp_path = flow
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "dagster-dev.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=copy,
+        env=dict(env, PYTHONPATH=str(copy)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so it is stopped by PID with its children
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "dagster-dev.log").read_text()[-3000:]
+            time.sleep(1)
+        launched = cli("backfill-stale", "--url", url, "--wait", project=copy)
+        backfill_id = re.search(r"^backfill (\S+)$", launched.stdout, flags=re.M)[1]
+        listed = httpx.post(
+            f"{url}/graphql",
+            json={"query": "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"},
+            timeout=30,
+        ).json()["data"]["partitionBackfillsOrError"]["results"]
+        assert [b["id"] for b in listed] == [backfill_id]
+        assert listed[0]["status"] in ("COMPLETED", "COMPLETED_SUCCESS")
+        assert_rebuilt(cli, copy, tmp_path)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
