@@ -27,11 +27,18 @@ PARTITION = "sample-kvt|deepseek"
 
 def bumped_copy(dest: Path) -> Path:
     """The project with `MANIFEST_VERSION = N` raised to N + 1 in that single literal."""
-    shutil.copytree(ROOT / "weka_assets", dest / "weka_assets", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "weka_assets", dest / "weka_assets", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name in ("workspace.yaml", "dagster.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
     versions = dest / "weka_assets" / "versions.py"
-    text, n = re.subn(r"^MANIFEST_VERSION = (\d+)$", lambda m: f"MANIFEST_VERSION = {int(m[1]) + 1}", versions.read_text(), flags=re.M)
+    text, n = re.subn(
+        r"^MANIFEST_VERSION = (\d+)$",
+        lambda m: f"MANIFEST_VERSION = {int(m[1]) + 1}",
+        versions.read_text(),
+        flags=re.M,
+    )
     assert n == 1, "MANIFEST_VERSION must be written as one literal"
     versions.write_text(text)
     return dest
@@ -77,13 +84,25 @@ def stale_pairs(cli, project) -> set[tuple[str, str]]:
 
 def assert_rebuilt(cli, copy, tmp_path):
     assert stale_pairs(cli, copy) == set()
-    manifests = [json.loads(p.read_text()) for p in (tmp_path / "store" / "datasets").glob("*/manifest.json")]
-    trace_scoped = sorted(m["manifest_version"] for m in manifests if m["key_material"]["settings"]["scope_policy"] == "trace")
+    manifests = [
+        json.loads(p.read_text()) for p in (tmp_path / "store" / "datasets").glob("*/manifest.json")
+    ]
+    trace_scoped = sorted(
+        m["manifest_version"]
+        for m in manifests
+        if m["key_material"]["settings"]["scope_policy"] == "trace"
+    )
     assert trace_scoped == [MANIFEST_VERSION, MANIFEST_VERSION + 1]
-    blasts = [json.loads(p.read_text()) for p in (tmp_path / "store" / "blast_radius").glob("*-vs-*.json")]
+    blasts = [
+        json.loads(p.read_text()) for p in (tmp_path / "store" / "blast_radius").glob("*-vs-*.json")
+    ]
     bump = [b for b in blasts if b["previous_manifest_version"] == MANIFEST_VERSION]
     assert len(bump) == 1 and bump[0]["current_manifest_version"] == MANIFEST_VERSION + 1
-    assert bump[0]["calls_tokens_changed"] == 0 and bump[0]["calls_cache_changed"] == 0 and bump[0]["calls"] > 0
+    assert (
+        bump[0]["calls_tokens_changed"] == 0
+        and bump[0]["calls_cache_changed"] == 0
+        and bump[0]["calls"] > 0
+    )
 
 
 def test_bump_stale_backfill_in_process(flow):
@@ -107,7 +126,18 @@ def test_bump_stale_backfill_through_a_running_webserver(flow):
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "dagster-dev.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         cwd=copy,
         env=dict(env, PYTHONPATH=str(copy)),
         stdout=log,
@@ -122,13 +152,17 @@ def test_bump_stale_backfill_through_a_running_webserver(flow):
                     break
             except httpx.HTTPError:
                 pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "dagster-dev.log").read_text()[-3000:]
+            assert server.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "dagster-dev.log"
+            ).read_text()[-3000:]
             time.sleep(1)
         launched = cli("backfill-stale", "--url", url, "--wait", project=copy)
         backfill_id = re.search(r"^backfill (\S+)$", launched.stdout, flags=re.M)[1]
         listed = httpx.post(
             f"{url}/graphql",
-            json={"query": "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"},
+            json={
+                "query": "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"
+            },
             timeout=30,
         ).json()["data"]["partitionBackfillsOrError"]["results"]
         assert [b["id"] for b in listed] == [backfill_id]

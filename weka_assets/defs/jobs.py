@@ -9,6 +9,8 @@ scope_job = dg.define_asset_job(
 )
 decode_job = dg.define_asset_job(
     "decode_job",
-    selection=dg.AssetSelection.assets("decoded_dataset", "replay_benchmark"),
-    description="Decode a corpus with one tokenizer and replay it through a prefix cache.",
+    selection=dg.AssetSelection.assets(
+        "decoded_dataset", "replay_benchmark", "manifest_blast_radius"
+    ),
+    description="Decode a corpus with one tokenizer, replay it through a prefix cache, and compare with the previous decode.",
 )

@@ -17,7 +17,13 @@ def test_definitions_are_loadable():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_traces", "trace_scope", "decoded_dataset", "replay_benchmark", "manifest_blast_radius"}
+    assert keys == {
+        "raw_traces",
+        "trace_scope",
+        "decoded_dataset",
+        "replay_benchmark",
+        "manifest_blast_radius",
+    }
     assert graph.get(dg.AssetKey("decoded_dataset")).code_version == f"manifest-v{MANIFEST_VERSION}"
     assert (
         graph.get(dg.AssetKey("replay_benchmark")).code_version == f"manifest-v{MANIFEST_VERSION}"
