@@ -75,6 +75,15 @@ def test_whole_chain_materializes_with_useful_metadata(env):
         "parent",
         "subagent",
     }
+    # the historic bug's figure beside the correct one, per role
+    legacy = rep.metadata["token_replay_hit_rate_legacy_session_scope"].value
+    assert legacy < rep.metadata["token_replay_hit_rate"].value
+    rows = {r.data["role"]: r.data for r in rep.metadata["scope_policy_comparison"].value.records}
+    assert rows["parent"]["hits_lost_by_session_scope"] == 0
+    assert rows["subagent"]["hits_lost_by_session_scope"] > 0
+    blast = latest(instance, "manifest_blast_radius", key)
+    assert blast.metadata["previous_decode_key"].value == ""
+    assert blast.metadata["calls_tokens_changed"].value == 0
     for rule in CONTRACT_RULES:
         assert check_status(instance, rule.name, "tiny") is True, rule.name
 
