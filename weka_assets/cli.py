@@ -76,12 +76,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "weka-assets").expanduser()
 
 
+REMOTE_SCHEMES = ("hf://", "s3://")
+
+
 def corpus_path(uri: str) -> Path:
-    """A corpus argument (path or builtin:NAME) -> a local corpus path; UsageError if unusable."""
+    """A corpus argument (path, builtin:NAME, hf://..., s3://...) -> a local corpus path.
+
+    Remote sources are fetched (revision-pinned, verified) into the cache first. A local path
+    that is missing is a usage error (exit 2); a remote failure is a WekaError (exit 1).
+    """
     from weka_assets.errors import SourceError
-    from weka_assets.sources import resolve_source
+    from weka_assets.sources import fetch, resolve_source
     from weka_assets.traces.reader import corpus_files
 
+    if uri.startswith(REMOTE_SCHEMES):
+        got = fetch(uri, cache_dir() / "fetched")
+        _err(f"fetched {uri} at {got.revision} -> {got.path}")
+        return got.path
     try:
         path = resolve_source(uri, cache_dir())
         corpus_files(path)  # the layout check: folder of *.json, .json, .jsonl[.gz]
@@ -156,6 +167,8 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from weka_assets.synthetic import iter_corpus, write_corpus
 
+    if str(args.out).startswith("s3:/"):
+        return _synth_to_s3(args)
     name = args.out.name
     if not name.endswith((".jsonl", ".jsonl.gz")) and args.out.exists() and not args.out.is_dir():
         raise UsageError(
@@ -164,6 +177,57 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = write_corpus(iter_corpus(args.profile, args.traces, args.seed, args.size), args.out)
     _err(f"wrote {args.traces} {args.profile} trace(s) (size {args.size}, seed {args.seed})")
     print(out)
+    return 0
+
+
+def _synth_to_s3(args: argparse.Namespace) -> int:
+    """Write the corpus locally, then upload it (one object, or one per trace for a prefix)."""
+    import tempfile
+
+    from weka_assets.store import Store
+    from weka_assets.synthetic import iter_corpus, write_corpus
+
+    uri = (
+        str(args.out).replace("s3:/", "s3://", 1)
+        if not str(args.out).startswith("s3://")
+        else str(args.out)
+    )
+    bucket_and_key = uri.removeprefix("s3://")
+    if "/" not in bucket_and_key:
+        raise UsageError(f"{uri}: expected s3://BUCKET/KEY.jsonl[.gz] or s3://BUCKET/PREFIX/")
+    base, name = uri.rstrip("/").rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="weka-synth-") as tmp:
+        store = Store(base, cache_dir=tmp)
+        written = write_corpus(
+            iter_corpus(args.profile, args.traces, args.seed, args.size), store.local(name)
+        )
+        store.push(name)
+    _err(f"wrote {args.traces} {args.profile} trace(s) to {uri} ({written.name})")
+    print(uri)
+    return 0
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def _add_fetch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "uri",
+        metavar="SOURCE_URI",
+        help="hf://datasets/ORG/NAME[@REV][/PATH], s3://BUCKET/KEY or PREFIX/, a path, or builtin:NAME",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="snapshots go to DIR/<sha256>/"
+    )
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    import json
+
+    from weka_assets.sources import fetch
+
+    got = fetch(args.uri, args.out)
+    print(json.dumps(got.as_json(), sort_keys=True))
     return 0
 
 
@@ -356,6 +420,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             steps = materialize_corpus(args.corpus, instance, defs, args.tokenizer)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    store = defs.resources["store"]
     ok = True
     for step in steps:
         ok &= step.success
@@ -367,14 +432,14 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             from weka_assets.defs.scope import report_markdown
             from weka_assets.traces.scope import ScopeReport
 
-            report = ScopeReport.model_validate_json(Path(gate.report_path).read_bytes())
-            print(f"{step.partition}: scope report ({gate.report_path})")
+            report = ScopeReport.model_validate_json(store.read_bytes(gate.report_key))
+            print(f"{step.partition}: scope report ({store.url(gate.report_key)})")
             print(report_markdown(report).replace("**", ""))
         ref = step.outputs.get("replay_benchmark")
         if ref is not None:
             from weka_assets.replay.unbounded import ReplayResult
 
-            result = ReplayResult.model_validate_json(Path(ref.result_path).read_bytes())
+            result = ReplayResult.model_validate_json(store.read_bytes(ref.result_key))
             print(f"{step.partition}: dataset {ref.decode_key}")
             _print_rates(result)
     return 0 if ok else 1
@@ -495,6 +560,11 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "synth": Subcommand(
         "write a deterministic synthetic corpus; prints its path", _add_synth, cmd_synth
+    ),
+    "fetch": Subcommand(
+        "download and verify one corpus source at a pinned revision; prints a JSON line",
+        _add_fetch,
+        cmd_fetch,
     ),
     "scope-report": Subcommand(
         "check a corpus against the hash-id scope contract; exit 1 if it fails",

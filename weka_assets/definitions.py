@@ -11,7 +11,7 @@ from weka_assets.defs.raw import raw_traces
 from weka_assets.defs.replay import build_replay_benchmark
 from weka_assets.defs.resources import CorpusCatalog, DecodeOptions, WekaStore
 from weka_assets.defs.scope import trace_scope
-from weka_assets.defs.sensors import corpus_registry_sensor
+from weka_assets.defs.sensors import corpus_discovery_sensor, corpus_refresh_schedule
 from weka_assets.versions import MANIFEST_VERSION
 
 
@@ -28,11 +28,16 @@ def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefi
 
 def resources(base_path: str = "") -> dict:
     """Resources for one store folder (empty: $WEKA_ASSETS_STORE or ./.weka-store)."""
+    return resources_for(WekaStore(base_path=base_path))
+
+
+def resources_for(store: WekaStore, catalog: CorpusCatalog | None = None) -> dict:
+    """Resources around one store (local folder or S3), sharing it with the IO manager."""
     return {
-        "store": WekaStore(base_path=base_path),
-        "catalog": CorpusCatalog(),
+        "store": store,
+        "catalog": catalog or CorpusCatalog(),
         "decode": DecodeOptions(),
-        "descriptor_io_manager": DescriptorIOManager(base_path=base_path),
+        "descriptor_io_manager": DescriptorIOManager(store=store),
     }
 
 
@@ -42,7 +47,8 @@ def build_defs(
     return dg.Definitions(
         assets=build_assets(manifest_version),
         jobs=[scope_job, decode_job],
-        sensors=[corpus_registry_sensor, automation_sensor],
+        sensors=[corpus_discovery_sensor, automation_sensor],
+        schedules=[corpus_refresh_schedule],
         resources=resource_defs if resource_defs is not None else resources(),
     )
 

@@ -2,6 +2,7 @@
 both call these, so the two can never disagree."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +85,13 @@ def decode_corpus(
     policy: Policy = "fail",
     manifest_version: int = MANIFEST_VERSION,
     measure_drift: bool = True,
+    fetch_existing: Callable[[str], bool] | None = None,
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
     The scope gate is hard: a corpus that fails its report raises `CorpusRejected`.
+    `fetch_existing(key)` is asked when no complete local dataset has that key; it returns
+    True after making one available under `root/<key>/` (a remote store pulls it).
     """
     started = time.perf_counter()
     root = Path(root)
@@ -110,7 +114,9 @@ def decode_corpus(
     )
     key = decode_key(material)
     target = root / key
-    if is_complete(target):
+    if is_complete(target) or (
+        fetch_existing is not None and fetch_existing(key) and is_complete(target)
+    ):
         manifest = orjson.loads((target / "manifest.json").read_bytes())
         return DecodeOutcome(target, key, True, material, time.perf_counter() - started, manifest)
     excluded = set(report.excluded_traces)

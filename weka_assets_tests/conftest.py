@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["weka_assets_tests.servers"]
+
 # Before anything imports huggingface_hub: it reads the variable once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 

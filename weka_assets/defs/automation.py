@@ -6,6 +6,13 @@ import os
 import dagster as dg
 
 
+def on_new_data() -> dg.AutomationCondition:
+    """`eager`, where "a dependency updated" means its data version changed: a nightly refresh
+    that re-fetches identical bytes triggers nothing downstream."""
+    changed = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    return dg.AutomationCondition.eager().replace("any_deps_updated", changed)
+
+
 def rebuild_condition() -> dg.AutomationCondition:
     """For assets whose bytes depend on decoding: rebuild when upstream changed, when the
     partition is new, or when the manifest version (in the code version) was bumped; and only

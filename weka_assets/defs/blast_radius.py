@@ -2,6 +2,7 @@
 same corpus and tokenizer (usually the previous manifest version), in calls, blocks and hit rate."""
 
 import dagster as dg
+import orjson
 
 from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.automation import rebuild_condition
@@ -10,8 +11,7 @@ from weka_assets.defs.metadata import table
 from weka_assets.defs.outputs import BlastRef, DatasetRef
 from weka_assets.defs.partitions import corpus_tokenizer_partitions
 from weka_assets.defs.resources import WekaStore
-from weka_assets.pipeline import write_json
-from weka_assets.replay.blast_radius import blast_radius, find_previous_dataset
+from weka_assets.replay.blast_radius import blast_radius, previous_key
 
 
 def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
@@ -33,13 +33,17 @@ def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
         decode of the same corpus and tokenizer under another decode key, by role and by cause
         (block first sent by the parent, a sibling, or the call's own conversation), and the
         change in token-replay hit rate. Zero everywhere when a bump changed nothing."""
-        datasets = store.dir("datasets")
-        current = open_dataset(decoded_dataset.path)
-        previous_path = find_previous_dataset(datasets, current)
-        previous = open_dataset(previous_path) if previous_path else None
+        current = open_dataset(store.pull(decoded_dataset.key))
+        prev = previous_key(
+            store.manifests("datasets"),
+            {**current.manifest, "decode_key": decoded_dataset.decode_key},
+        )
+        previous = open_dataset(store.pull(f"datasets/{prev}")) if prev else None
         br, _ = blast_radius(current, previous)
-        name = f"{br.current_key}-vs-{br.previous_key or 'none'}.json"
-        path = write_json(br, store.dir("blast_radius") / name)
+        out_key = f"blast_radius/{br.current_key}-vs-{br.previous_key or 'none'}.json"
+        store.write_bytes(
+            out_key, orjson.dumps(br.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+        )
         summary = br.markdown()
         context.log.info(summary.splitlines()[0] if summary else "no change")
         return dg.Output(
@@ -48,7 +52,7 @@ def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
                 tokenizer=decoded_dataset.tokenizer,
                 current_key=br.current_key,
                 previous_key=br.previous_key,
-                path=str(path),
+                key=out_key,
                 calls_tokens_changed=br.calls_tokens_changed,
                 calls_cache_changed=br.calls_cache_changed,
             ),
@@ -64,7 +68,7 @@ def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
                 "calls_cache_changed": br.calls_cache_changed,
                 "full_blocks_changed": br.full_blocks_changed,
                 "hit_rate_change": br.hit_rate_change if br.hit_rate_change is not None else 0.0,
-                "blast_radius_path": dg.MetadataValue.path(str(path)),
+                "blast_radius_path": dg.MetadataValue.path(store.url(out_key)),
             },
         )
 

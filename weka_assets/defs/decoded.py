@@ -18,6 +18,32 @@ def manifest_code_version(manifest_version: int) -> str:
     return f"manifest-v{manifest_version}"
 
 
+def decode_in_store(
+    store: WekaStore,
+    corpus_path,
+    settings: DecodeSettings,
+    report: ScopeReport,
+    manifest_version: int,
+    **kw,
+):
+    """decode_corpus into the store's datasets/: an existing key (also a remote one) is reused;
+    a new dataset is published (its manifest last)."""
+
+    def fetch_existing(key: str) -> bool:
+        if store.exists(f"datasets/{key}/manifest.json"):
+            store.pull(f"datasets/{key}")
+            return True
+        return False
+
+    out = decode_corpus(
+        corpus_path, store.dir("datasets"), settings, report=report, manifest_version=manifest_version,
+        fetch_existing=fetch_existing, **kw,
+    )  # fmt: skip
+    if not out.reused:
+        store.push(f"datasets/{out.key}")
+    return out
+
+
 def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
     """`decoded_dataset` for one manifest version (injected, so tests can bump it)."""
 
@@ -46,15 +72,11 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
         rebuilt or overwritten."""
         keys = context.partition_key.keys_by_dimension
         corpus, tokenizer = keys["corpus"], keys["tokenizer"]
-        report = ScopeReport.model_validate_json(open(trace_scope.report_path, "rb").read())
+        report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
         settings: DecodeSettings = decode.settings(tokenizer)
         try:
-            out = decode_corpus(
-                raw_traces.path,
-                store.dir("datasets"),
-                settings,
-                report=report,
-                manifest_version=manifest_version,
+            out = decode_in_store(
+                store, store.pull(raw_traces.key), settings, report, manifest_version
             )
         except WekaError as exc:
             raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
@@ -67,7 +89,7 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
             DatasetRef(
                 corpus=corpus,
                 tokenizer=tokenizer,
-                path=str(out.path),
+                key=f"datasets/{out.key}",
                 decode_key=out.key,
                 manifest_version=m["manifest_version"],
                 reused=out.reused,
@@ -83,7 +105,7 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
                 "hash_ids": m.get("ids", 0),
                 "prompt_tokens": m.get("prompt_tokens", 0),
                 "seconds": round(out.seconds, 3),
-                "dataset_path": dg.MetadataValue.path(str(out.path)),
+                "dataset_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}")),
                 "key_material": dg.MetadataValue.json(out.material),
                 "retokenization_drift": key_values(m.get("retokenization_drift", {})),
             },

@@ -1,32 +1,27 @@
 """Stores the small pydantic descriptors the assets pass along, as JSON per asset partition.
 
-The heavy data (raw snapshots, datasets, results) is content-addressed under the store and
-written by the assets themselves; this IO manager only keeps the pointer to it.
+The heavy data (raw snapshots, datasets, results) is content-addressed in the store and
+written by the assets themselves; this IO manager only keeps the pointer to it, in the same
+store (a local folder or S3).
 """
 
 import importlib
 
 import dagster as dg
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from weka_assets.defs.resources import resolve_base_path
-from weka_assets.pipeline import write_json
+from weka_assets.defs.resources import WekaStore
+from weka_assets.store import StoreError, key
 
 
 class DescriptorIOManager(dg.ConfigurableIOManager):
-    base_path: str = Field(
-        default="", description="Store folder; empty: $WEKA_ASSETS_STORE or ./.weka-store"
-    )
+    store: WekaStore
 
-    def _path(self, asset_key: dg.AssetKey, partition: str | None):
+    @staticmethod
+    def _key(asset_key: dg.AssetKey, partition: str | None) -> str:
         name = (partition or "__all__").replace("|", "__")
-        return (
-            resolve_base_path(self.base_path)
-            / "descriptors"
-            / "/".join(asset_key.path)
-            / f"{name}.json"
-        )
+        return key("descriptors", *asset_key.path, f"{name}.json")
 
     @staticmethod
     def _partition(context) -> str | None:
@@ -42,17 +37,21 @@ class DescriptorIOManager(dg.ConfigurableIOManager):
             "model": f"{cls.__module__}:{cls.__qualname__}",
             "data": obj.model_dump(mode="json"),
         }
-        write_json(body, self._path(context.asset_key, self._partition(context)))
+        self.store.write_bytes(
+            self._key(context.asset_key, self._partition(context)), orjson.dumps(body)
+        )
 
     def load_input(self, context: dg.InputContext) -> BaseModel:
-        path = self._path(context.asset_key, self._partition(context))
-        if not path.is_file():
+        partition = self._partition(context)
+        where = self._key(context.asset_key, partition)
+        try:
+            body = orjson.loads(self.store.read_bytes(where))
+        except (StoreError, FileNotFoundError):
             raise dg.Failure(
-                f"{context.asset_key.to_user_string()} [{self._partition(context)}] has not been materialized ({path} missing)"
-            )
-        body = orjson.loads(path.read_bytes())
+                f"{context.asset_key.to_user_string()} [{partition}] has not been materialized ({self.store.url(where)} missing)"
+            ) from None
         module, _, name = body["model"].partition(":")
         if not module.startswith("weka_assets."):
-            raise dg.Failure(f"{path}: refusing to load descriptor type {body['model']!r}")
+            raise dg.Failure(f"{where}: refusing to load descriptor type {body['model']!r}")
         cls = getattr(importlib.import_module(module), name)
         return cls.model_validate(body["data"])

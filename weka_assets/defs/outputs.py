@@ -1,4 +1,8 @@
-"""What the assets hand each other: small descriptors of data stored under the store."""
+"""What the assets hand each other: small descriptors of data kept in the store.
+
+Every `*_key` is a store-relative key (`raw/<digest>/traces.jsonl`, `datasets/<decode key>`),
+valid for a local store and for S3 alike; an asset turns it into a local path with `pull`.
+"""
 
 from pydantic import BaseModel
 
@@ -6,7 +10,8 @@ from pydantic import BaseModel
 class RawCorpus(BaseModel):
     corpus: str
     source: str
-    path: str  # pinned local snapshot (content-addressed by digest)
+    revision: str  # immutable: Hub commit sha, S3 etag/version, or sha256 of local bytes
+    key: str  # the pinned snapshot: a file or folder under raw/<digest>/
     digest: str
     files: list[dict]
     bytes: int
@@ -16,7 +21,7 @@ class RawCorpus(BaseModel):
 class ScopeGate(BaseModel):
     corpus: str
     digest: str
-    report_path: str
+    report_key: str
     policy: str
     passed: bool
     excluded_traces: list[str]
@@ -26,7 +31,7 @@ class ScopeGate(BaseModel):
 class DatasetRef(BaseModel):
     corpus: str
     tokenizer: str
-    path: str
+    key: str  # datasets/<decode key>
     decode_key: str
     manifest_version: int
     reused: bool
@@ -36,8 +41,8 @@ class ReplayRef(BaseModel):
     corpus: str
     tokenizer: str
     decode_key: str
-    result_path: str
-    per_call_path: str
+    result_key: str
+    per_call_key: str
     theoretical_hit_rate: float | None
     token_replay_hit_rate: float | None
     fidelity_mismatched_calls: int
@@ -48,6 +53,6 @@ class BlastRef(BaseModel):
     tokenizer: str
     current_key: str
     previous_key: str | None
-    path: str
+    key: str
     calls_tokens_changed: int
     calls_cache_changed: int

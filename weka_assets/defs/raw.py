@@ -1,8 +1,4 @@
-"""`raw_traces`: a pinned, checksummed snapshot of a corpus source."""
-
-import shutil
-import tempfile
-from pathlib import Path
+"""`raw_traces`: a pinned, verified snapshot of a corpus source in the store."""
 
 import dagster as dg
 
@@ -10,43 +6,11 @@ from weka_assets.defs.outputs import RawCorpus
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.errors import WekaError
-from weka_assets.sources import resolve_source
-from weka_assets.traces.reader import JSONL_SUFFIXES, corpus_digest, corpus_files, file_digests
-
-
-def _count_records(path: Path) -> int:
-    files = corpus_files(path)
-    if len(files) == 1 and files[0].name.endswith(JSONL_SUFFIXES):
-        import gzip
-
-        opener = gzip.open if files[0].name.endswith(".gz") else open
-        with opener(files[0], "rb") as fh:
-            return sum(1 for line in fh if line.strip())
-    return len(files)
-
-
-def snapshot(local: Path, target: Path) -> Path:
-    """Copy the corpus files into `target` (atomically: aside, then rename) unless present."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        for f in corpus_files(local):
-            shutil.copy2(f, tmp / f.name)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+from weka_assets.sources import fetch
 
 
 @dg.asset(
     partitions_def=corpus_partitions,
-    automation_condition=dg.AutomationCondition.on_missing(),
     group_name="raw",
     kinds={"python", "json"},
     owners=["team:weka-assets"],
@@ -55,44 +19,51 @@ def snapshot(local: Path, target: Path) -> Path:
 def raw_traces(
     context: dg.AssetExecutionContext, store: WekaStore, catalog: CorpusCatalog
 ) -> dg.Output[RawCorpus]:
-    """The corpus's trace files, copied into the store under their content digest.
+    """The corpus's trace files at an immutable revision (Hub commit, S3 ETag/version, or the
+    sha256 of local bytes), verified and copied into the store under their content digest.
 
-    The data version is that digest: an unchanged source leaves everything downstream fresh.
+    The data version is that digest: an unchanged upstream leaves everything downstream fresh,
+    a changed one makes it stale. A failed download publishes nothing and leaves the previous
+    snapshot readable.
     """
     corpus = context.partition_key
-    source = catalog.source(corpus)
     try:
-        local = resolve_source(source, store.dir("builtin"))
-        digests = file_digests(local)
+        source = catalog.source(corpus)
     except WekaError as exc:
         raise dg.Failure(f"corpus {corpus!r}: {exc}") from None
-    digest = corpus_digest(digests)
-    snap = snapshot(local, store.root / "raw" / digest)
-    single = len(digests) == 1 and digests[0].name.endswith((*JSONL_SUFFIXES, ".json"))
-    path = snap / digests[0].name if single else snap
-    records = _count_records(path)
-    files = [{"name": d.name, "sha256": d.sha256, "bytes": d.bytes} for d in digests]
-    total = sum(d.bytes for d in digests)
+    try:
+        got = fetch(
+            source,
+            store.dir("raw"),
+            token=catalog.hf_token or None,
+            s3_options=catalog.s3_options(),
+        )
+    except WekaError as exc:
+        raise dg.Failure(f"corpus {corpus!r} ({source}): {exc}") from None
+    snapshot = f"raw/{got.sha256}"
+    store.push(snapshot)
     context.log.info(
-        f"{corpus}: {records} traces, {total:,} bytes, digest {digest[:16]} from {source}"
+        f"{corpus}: {got.traces} traces, {got.bytes:,} bytes at {got.revision} from {source}"
     )
     return dg.Output(
         RawCorpus(
             corpus=corpus,
             source=source,
-            path=str(path),
-            digest=digest,
-            files=files,
-            bytes=total,
-            records=records,
+            revision=got.revision,
+            key=store.relative(got.path),
+            digest=got.sha256,
+            files=[{"name": f.name, "sha256": f.sha256, "bytes": f.bytes} for f in got.files],
+            bytes=got.bytes,
+            records=got.traces,
         ),
-        data_version=dg.DataVersion(digest),
+        data_version=dg.DataVersion(got.sha256),
         metadata={
-            "dagster/row_count": records,
+            "dagster/row_count": got.traces,
             "source": source,
-            "digest": digest,
-            "bytes": total,
-            "files": len(files),
-            "snapshot": dg.MetadataValue.path(str(path)),
+            "revision": got.revision,
+            "digest": got.sha256,
+            "bytes": got.bytes,
+            "files": len(got.files),
+            "snapshot": dg.MetadataValue.path(store.url(snapshot)),
         },
     )

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 
 from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.automation import rebuild_condition
-from weka_assets.defs.decoded import manifest_code_version
+from weka_assets.defs.decoded import decode_in_store, manifest_code_version
 from weka_assets.defs.metadata import pct, table
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
 from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
 from weka_assets.defs.resources import DecodeOptions, WekaStore
-from weka_assets.pipeline import decode_corpus, replay, write_json
+from weka_assets.pipeline import replay, write_json
 from weka_assets.replay.unbounded import HitFigures, ReplayResult
 from weka_assets.traces.scope import ScopeReport
 
@@ -92,25 +92,27 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
         and trace; the token replay's hits must equal the theoretical full-block hits call by
         call. Beside them, the same corpus decoded with the legacy per-session scope: the hit
         rate the historic loader bug reported."""
-        ds = open_dataset(decoded_dataset.path)
+        ds = open_dataset(store.pull(decoded_dataset.key))
         result, cf = replay(ds)
-        out_dir = store.dir("replay") / decoded_dataset.decode_key
-        result_path = write_json(result, out_dir / "result.json")
+        result_dir = f"replay/{decoded_dataset.decode_key}"
+        out_dir = store.dir(result_dir)
+        write_json(result, out_dir / "result.json")
         _write_per_call(ds, cf, out_dir / "per_call.parquet")
 
-        report = ScopeReport.model_validate_json(open(trace_scope.report_path, "rb").read())
-        legacy_out = decode_corpus(
-            raw_traces.path,
-            store.dir("datasets"),
+        report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
+        legacy_out = decode_in_store(
+            store,
+            store.pull(raw_traces.key),
             decode.settings(decoded_dataset.tokenizer, scope_policy="session"),
-            report=report,
-            manifest_version=manifest_version,
+            report,
+            manifest_version,
             measure_drift=False,
         )
         legacy, _ = replay(legacy_out.path)
         comparison = policy_comparison(result, legacy)
         both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
         write_json({**both, "rows": comparison}, out_dir / "scope_policy_comparison.json")
+        store.push(result_dir)
 
         context.log.info(
             f"theoretical {pct(result.theoretical_hit_rate)}, token replay {pct(result.token_replay_hit_rate)}, "
@@ -130,8 +132,8 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 corpus=decoded_dataset.corpus,
                 tokenizer=decoded_dataset.tokenizer,
                 decode_key=decoded_dataset.decode_key,
-                result_path=str(result_path),
-                per_call_path=str(out_dir / "per_call.parquet"),
+                result_key=f"{result_dir}/result.json",
+                per_call_key=f"{result_dir}/per_call.parquet",
                 theoretical_hit_rate=result.theoretical_hit_rate,
                 token_replay_hit_rate=result.token_replay_hit_rate,
                 fidelity_mismatched_calls=result.fidelity_mismatched_calls,
@@ -152,7 +154,7 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 "decode_key": decoded_dataset.decode_key,
                 "legacy_session_decode_key": legacy_out.key,
                 "manifest_version": decoded_dataset.manifest_version,
-                "result_path": dg.MetadataValue.path(str(result_path)),
+                "result_path": dg.MetadataValue.path(store.url(f"{result_dir}/result.json")),
             },
         )
 

@@ -1,6 +1,8 @@
 """Resources: where data lives, which corpora exist, how to decode. Chosen per environment in
 `definitions.py`; everything else reads them, never environment variables."""
 
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -9,55 +11,140 @@ from pydantic import Field
 
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.defs.partitions import validate_key
-from weka_assets.sources import BUILTIN_CORPORA
+from weka_assets.sources import CorpusEntry, default_registry_path, load_registry
+from weka_assets.store import Store, s3_options_from_env
 
 DEFAULT_STORE = ".weka-store"
 
 
-def resolve_base_path(value: str) -> Path:
-    """Configured path, else $WEKA_ASSETS_STORE, else ./.weka-store (absolute)."""
-    return (
-        Path(value or os.environ.get("WEKA_ASSETS_STORE") or DEFAULT_STORE).expanduser().resolve()
-    )
+def resolve_base_path(value: str) -> str:
+    """Configured base, else $WEKA_ASSETS_STORE, else ./.weka-store (absolute when local)."""
+    base = value or os.environ.get("WEKA_ASSETS_STORE") or DEFAULT_STORE
+    return base if base.startswith("s3://") else str(Path(base).expanduser().resolve())
+
+
+@functools.cache
+def _open_store(base: str, cache_dir: str, options: str) -> Store:
+    return Store(base, cache_dir or None, json.loads(options) or None)
 
 
 class WekaStore(dg.ConfigurableResource):
-    """One base folder for everything the assets write; content-addressed below it."""
+    """One base location for everything the assets write, content-addressed below it: a local
+    folder or s3://bucket/prefix (then local working copies live in `cache_dir`)."""
 
     base_path: str = Field(
-        default="", description="Folder for all data; empty: $WEKA_ASSETS_STORE or ./.weka-store"
+        default="",
+        description="Folder or s3://bucket/prefix; empty: $WEKA_ASSETS_STORE or ./.weka-store",
+    )
+    cache_dir: str = Field(
+        default="",
+        description="Local working copies of a remote store (default ~/.cache/weka-assets/store)",
+    )
+    endpoint_url: str = Field(
+        default="", description="S3 endpoint (default: $AWS_ENDPOINT_URL or AWS)"
+    )
+    region: str = Field(default="", description="S3 region (default: $AWS_DEFAULT_REGION)")
+    aws_access_key_id: str = Field(
+        default="", description="S3 key id; pass dg.EnvVar, never a literal"
+    )
+    aws_secret_access_key: str = Field(
+        default="", description="S3 secret; pass dg.EnvVar, never a literal"
     )
 
-    @property
-    def root(self) -> Path:
-        return resolve_base_path(self.base_path)
+    def _store(self) -> Store:
+        base = resolve_base_path(self.base_path)
+        opts: dict = {}
+        if base.startswith("s3://"):
+            opts = s3_options_from_env()
+            if self.endpoint_url:
+                opts["endpoint_url"] = self.endpoint_url
+            if self.region:
+                opts["client_kwargs"] = {"region_name": self.region}
+            if self.aws_access_key_id:
+                opts["key"] = self.aws_access_key_id
+            if self.aws_secret_access_key:
+                opts["secret"] = self.aws_secret_access_key
+        return _open_store(base, self.cache_dir, json.dumps(opts, sort_keys=True))
 
     def dir(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self._store().dir(name)
+
+    def local(self, key: str) -> Path:
+        return self._store().local(key)
+
+    def relative(self, path: Path | str) -> str:
+        return self._store().relative(path)
+
+    def url(self, key: str) -> str:
+        return self._store().url(key)
+
+    def pull(self, key: str) -> Path:
+        return self._store().pull(key)
+
+    def push(self, key: str) -> str:
+        return self._store().push(key)
+
+    def exists(self, key: str) -> bool:
+        return self._store().exists(key)
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        return self._store().write_bytes(key, data)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._store().read_bytes(key)
+
+    def manifests(self, prefix: str) -> dict[str, dict]:
+        return self._store().manifests(prefix)
 
 
 class CorpusCatalog(dg.ConfigurableResource):
-    """Corpus name (partition key) -> source URI, and the policy for reset/ambiguous traces."""
+    """The corpora (partition keys), their sources and scope policies: the registry YAML, or an
+    explicit `corpora` mapping (tests, ad-hoc runs) that replaces it."""
 
+    registry_path: str = Field(
+        default="",
+        description="Registry YAML; empty: $WEKA_ASSETS_REGISTRY or the repo's corpora.yaml",
+    )
     corpora: dict[str, str] = Field(
-        default_factory=lambda: {name: f"builtin:{name}" for name in BUILTIN_CORPORA},
-        description="name -> source (local path, file://PATH or builtin:NAME)",
+        default_factory=dict, description="name -> source; when set, used instead of the registry"
     )
     scope_policy: str = Field(
-        default="fail", description="fail: reject the corpus; exclude: drop and list those traces"
+        default="", description="fail | exclude; overrides the registry's per-corpus policy"
+    )
+    hf_token: str = Field(
+        default="", description="Hugging Face token; pass dg.EnvVar('HF_TOKEN'), never a literal"
     )
 
-    def source(self, corpus: str) -> str:
-        if corpus not in self.corpora:
+    def entries(self) -> dict[str, CorpusEntry]:
+        if self.corpora:
+            return {n: CorpusEntry(name=n, source=src) for n, src in self.corpora.items()}
+        path = (
+            self.registry_path
+            or os.environ.get("WEKA_ASSETS_REGISTRY")
+            or str(default_registry_path())
+        )
+        return {e.name: e for e in load_registry(path).corpora}
+
+    def entry(self, corpus: str) -> CorpusEntry:
+        entries = self.entries()
+        if corpus not in entries:
             raise dg.Failure(
-                f"corpus {corpus!r} is not in the catalog (known: {', '.join(sorted(self.corpora))})"
+                f"corpus {corpus!r} is not in the catalog (known: {', '.join(sorted(entries))})"
             )
-        return self.corpora[corpus]
+        return entries[corpus]
+
+    def source(self, corpus: str) -> str:
+        return self.entry(corpus).source
+
+    def policy(self, corpus: str) -> str:
+        return self.scope_policy or self.entry(corpus).scope_policy
 
     def names(self) -> list[str]:
-        return [validate_key(n) for n in sorted(self.corpora)]
+        return [validate_key(n) for n in sorted(self.entries())]
+
+    def s3_options(self) -> dict | None:
+        """None: sources read S3 settings from the standard AWS environment variables."""
+        return None
 
 
 class DecodeOptions(dg.ConfigurableResource):

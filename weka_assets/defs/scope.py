@@ -10,11 +10,12 @@ import hashlib
 import dagster as dg
 import orjson
 
+from weka_assets.defs.automation import on_new_data
 from weka_assets.defs.metadata import key_values, pct, table
 from weka_assets.defs.outputs import RawCorpus, ScopeGate
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
-from weka_assets.pipeline import scope_report, write_json
+from weka_assets.pipeline import scope_report
 from weka_assets.traces.scope import CONTRACT_FIGURES, CONTRACT_RULES, ScopeReport
 
 CHECK_SPECS = [
@@ -67,7 +68,7 @@ def attention_rows(report: ScopeReport) -> list[dict]:
 @dg.asset(
     partitions_def=corpus_partitions,
     check_specs=CHECK_SPECS,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     group_name="scope",
     kinds={"python"},
     owners=["team:weka-assets"],
@@ -83,8 +84,11 @@ def trace_scope(
 
     Fails the partition, and so stops decoding, when the corpus breaks the contract.
     """
-    report = scope_report(raw_traces.path, catalog.scope_policy)
-    path = write_json(report, store.dir("scope") / f"{raw_traces.digest}-{report.policy}.json")
+    report = scope_report(store.pull(raw_traces.key), catalog.policy(raw_traces.corpus))
+    report_key = f"scope/{raw_traces.digest}-{report.policy}.json"
+    store.write_bytes(
+        report_key, orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+    )
     checks = list(check_results(report))
     metadata = {
         "summary": dg.MetadataValue.md(report_markdown(report)),
@@ -92,7 +96,7 @@ def trace_scope(
         "per_trace": table(report.per_trace),
         "needs_attention": table(attention_rows(report)),
         "hard_errors": table(report.hard_errors[:200]),
-        "report_path": dg.MetadataValue.path(str(path)),
+        "report_path": dg.MetadataValue.path(store.url(report_key)),
         "dagster/row_count": report.traces,
         "passed": report.passed,
     }
@@ -112,7 +116,7 @@ def trace_scope(
         ScopeGate(
             corpus=raw_traces.corpus,
             digest=raw_traces.digest,
-            report_path=str(path),
+            report_key=report_key,
             policy=report.policy,
             passed=report.passed,
             excluded_traces=report.excluded_traces,

@@ -123,37 +123,47 @@ def _role_split(br: BlastRadius, field: str) -> str:
 # ---- finding the dataset to compare with -----------------------------------------------------
 
 
-def find_previous_dataset(datasets_root: Path | str, current: DecodedDataset) -> Path | None:
-    """The newest complete dataset under `datasets_root` decoded from the same inputs as
-    `current` (corpus digest, tokenizer, settings, excluded traces) under another decode key.
-
-    Unreadable, partial or foreign folders are skipped, never raised on.
-    """
-    manifest = current.manifest or {}
-    material = manifest.get("key_material")
+def previous_key(candidates: dict[str, dict], current_manifest: dict) -> str | None:
+    """Among `{decode key: manifest}` of complete datasets, the newest decoded from the same
+    inputs as `current_manifest` (corpus digest, tokenizer, settings, excluded traces) under
+    another decode key; None when there is none."""
+    material = current_manifest.get("key_material")
     if not isinstance(material, dict):
         return None
-    current_key = manifest.get("decode_key") or (current.path.name if current.path else None)
-    try:
-        children = sorted(Path(datasets_root).iterdir())
-    except OSError:
-        return None
-    best: tuple[float, str, Path] | None = None
-    for child in children:
-        m = _readable_manifest(child)
-        if m is None:
-            continue
-        km = m.get("key_material")
-        key = m.get("decode_key", child.name)
+    current_key = current_manifest.get("decode_key")
+    best: tuple[float, str] | None = None
+    for key, m in sorted(candidates.items()):
+        km = m.get("key_material") if isinstance(m, dict) else None
         if not isinstance(km, dict) or key == current_key:
             continue
         if any(km.get(f) != material.get(f) for f in SAME_INPUTS):
             continue
         created = m.get("created_unix")
         created = float(created) if isinstance(created, int | float) else float("-inf")
-        if best is None or (created, child.name) > best[:2]:
-            best = (created, child.name, child)
-    return best[2] if best else None
+        if best is None or (created, key) > best:
+            best = (created, key)
+    return best[1] if best else None
+
+
+def find_previous_dataset(datasets_root: Path | str, current: DecodedDataset) -> Path | None:
+    """The newest complete dataset under `datasets_root` decoded from the same inputs as
+    `current` under another decode key (see `previous_key`).
+
+    Unreadable, partial or foreign folders are skipped, never raised on.
+    """
+    manifest = dict(current.manifest or {})
+    manifest.setdefault("decode_key", current.path.name if current.path else None)
+    try:
+        children = sorted(Path(datasets_root).iterdir())
+    except OSError:
+        return None
+    candidates = {}
+    for child in children:
+        m = _readable_manifest(child)
+        if m is not None:
+            candidates[m.get("decode_key", child.name)] = (m, child)
+    key = previous_key({k: m for k, (m, _) in candidates.items()}, manifest)
+    return candidates[key][1] if key else None
 
 
 def _readable_manifest(folder: Path) -> dict | None:

@@ -46,6 +46,7 @@ def graph_snapshot(definitions) -> dict:
         "assets": assets,
         "jobs": sorted(j.name for j in definitions.jobs),
         "sensors": sorted(s.name for s in definitions.sensors),
+        "schedules": sorted(s.name for s in definitions.schedules),
     }
 
 

@@ -10,7 +10,6 @@ from dagster import AssetCheckKey, AssetKey
 from weka_assets.definitions import build_defs, resources
 from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog
-from weka_assets.defs.sensors import corpus_registry_sensor
 from weka_assets.traces.scope import CONTRACT_RULES
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.corpora import synthetic
@@ -131,21 +130,6 @@ def test_checks_report_per_partition(env):
     assert check_status(instance, "scope_is_local", "broken") is False
 
 
-def test_registry_sensor_adds_catalogued_corpora(env, corpora):
-    instance, res = env
-    ctx = dg.build_sensor_context(
-        instance=instance, resources={"catalog": res.resources["catalog"]}
-    )
-    result = corpus_registry_sensor(ctx)
-    added = [k for req in result.dynamic_partitions_requests for k in req.partition_keys]
-    assert sorted(added) == sorted(corpora)
-    instance.add_dynamic_partitions("corpus", added)
-    again = corpus_registry_sensor(
-        dg.build_sensor_context(instance=instance, resources={"catalog": res.resources["catalog"]})
-    )
-    assert not again.dynamic_partitions_requests
-
-
 def test_invalid_corpus_names_are_rejected(env):
     instance, res = env
     for bad in ["a|b", "a,b", "a/b", "../x", ""]:
@@ -156,18 +140,27 @@ def test_invalid_corpus_names_are_rejected(env):
 def test_descriptor_io_manager_round_trip(tmp_path):
     from weka_assets.defs.io_manager import DescriptorIOManager
     from weka_assets.defs.outputs import DatasetRef
+    from weka_assets.defs.resources import WekaStore
 
-    io = DescriptorIOManager(base_path=str(tmp_path))
+    io = DescriptorIOManager(store=WekaStore(base_path=str(tmp_path)))
     ref = DatasetRef(
-        corpus="c", tokenizer="t", path="/p", decode_key="k", manifest_version=3, reused=False
+        corpus="c",
+        tokenizer="t",
+        key="datasets/k",
+        decode_key="k",
+        manifest_version=3,
+        reused=False,
     )
     key = dg.MultiPartitionKey({"corpus": "c", "tokenizer": "t"})
     io.handle_output(
         dg.build_output_context(asset_key=AssetKey("decoded_dataset"), partition_key=key), ref
     )
-    stored = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    stored = json.loads((tmp_path / "descriptors" / "decoded_dataset" / "c__t.json").read_text())
     assert stored["data"]["decode_key"] == "k"
     loaded = io.load_input(
         dg.build_input_context(asset_key=AssetKey("decoded_dataset"), partition_key=key)
     )
     assert loaded == ref
+    missing = dg.build_input_context(asset_key=AssetKey("replay_benchmark"), partition_key=key)
+    with pytest.raises(dg.Failure, match="has not been materialized"):
+        io.load_input(missing)

@@ -78,13 +78,3 @@ def test_bump_makes_exactly_the_dependent_partitions_stale_and_backfill_clears_t
     assert all("new code version" in c for s in stale for c in s.causes)
     outcomes = backfill_in_process(v2, instance, stale)
     assert all(o.success for o in outcomes) and stale_partitions(v2, instance) == []
-
-
-def test_new_corpus_partitions_are_requested(world):
-    instance, defs_for, _ = world
-    before = dg.evaluate_automation_conditions(defs=defs_for(1), instance=instance)
-    instance.add_dynamic_partitions("corpus", ["alpha"])  # what the registry sensor does
-    result = dg.evaluate_automation_conditions(
-        defs=defs_for(1), instance=instance, cursor=before.cursor
-    )
-    assert requested(result, instance) == {("raw_traces", "alpha"), ("trace_scope", "alpha")}
