@@ -38,7 +38,7 @@ def raw_traces(
             token=catalog.hf_token or None,
             s3_options=catalog.s3_options(),
         )
-    except WekaError as exc:
+    except (WekaError, OSError) as exc:
         raise dg.Failure(f"corpus {corpus!r} ({source}): {exc}") from None
     snapshot = f"raw/{got.sha256}"
     store.push(snapshot)
