@@ -67,12 +67,6 @@ class TraceScope:
     verdict: str = field(default="shared")
 
 
-def _concat(calls: list[Call]) -> np.ndarray:
-    if not calls:
-        return np.empty(0, dtype=np.int64)
-    return np.concatenate([c.ids for c in calls])
-
-
 def _first_appearance_events(walk: np.ndarray, base: int) -> tuple[int, int]:
     """(fresh-below, gap) events of the first-appearance sequence of one walk."""
     if walk.size == 0:
@@ -131,22 +125,44 @@ def _check_hard_rules(trace: Trace, over: np.ndarray) -> None:
             )
 
 
-def _partial_prefix_events(trace: Trace) -> int:
-    """Consecutive calls of one conversation whose common prefix reaches into the previous
-    call's hashed partial block (a partial block's id reused: impossible for real hashing)."""
+@dataclass(slots=True)
+class _Tails:
+    """What each call adds to its conversation: the ids after its common prefix with the
+    previous call of the same conversation, with their block indices.
+
+    Every id in a shared prefix already occurred, at the same index, in that previous call,
+    which comes earlier in both walks. So first appearances, their order, the distinct ids,
+    the (id, index) pairs and each conversation's id set are exactly those of the tails,
+    which are a small fraction of all ids: the analysis runs on them.
+    """
+
+    ids: dict[int, np.ndarray]  # id(call) -> tail ids
+    pos: dict[int, np.ndarray]  # id(call) -> their block indices
+    partial_prefix_events: int  # common prefix reaching into the previous call's hashed partial block
+
+
+def _tails(trace: Trace) -> _Tails:
+    ids, pos = {}, {}
     events = 0
-    bs = trace.block_size
-    for conv in [trace.parent_calls] + [s.calls for s in trace.subagents]:
-        for prev, cur in zip(conv, conv[1:], strict=False):
+    prev_of: dict[int, Call] = {}
+    for c in trace.calls:
+        prev = prev_of.get(c.conv)
+        cp = 0
+        if prev is not None and prev.ids.size and c.ids.size:
+            m = min(prev.ids.size, c.ids.size)
+            diff = np.flatnonzero(prev.ids[:m] != c.ids[:m])
+            cp = int(diff[0]) if diff.size else m
             k = prev.ids.size
-            if (
-                k
-                and k > prev.tokens_in // bs
-                and cur.ids.size >= k
-                and np.array_equal(cur.ids[:k], prev.ids)
-            ):
+            if k > prev.tokens_in // trace.block_size and cp == k:
                 events += 1
-    return events
+        ids[id(c)] = c.ids[cp:]
+        pos[id(c)] = np.arange(cp, c.ids.size, dtype=np.int64)
+        prev_of[c.conv] = c
+    return _Tails(ids, pos, events)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def _convention(base, hashing_style, minting, inner_times) -> str:
@@ -173,12 +189,10 @@ def analyse_trace(trace: Trace) -> TraceScope:
     hashing, over, style = _hashing(trace)
     _check_hard_rules(trace, over)
 
-    doc = _concat(trace.calls)
-    pos = (
-        np.concatenate([np.arange(c.ids.size, dtype=np.int64) for c in trace.calls])
-        if trace.calls
-        else np.empty(0, dtype=np.int64)
-    )
+    tails = _tails(trace)
+    doc = _cat([tails.ids[id(c)] for c in trace.calls])
+    pos = _cat([tails.pos[id(c)] for c in trace.calls])
+    n_ids = sum(c.ids.size for c in trace.calls)
     subs = trace.subagents
     if doc.size == 0:
         base = max_id = None
@@ -196,7 +210,8 @@ def analyse_trace(trace: Trace) -> TraceScope:
         fresh = {"document": int((seq < expected).sum())}
         gaps = {"document": int((seq > expected).sum())}
         if subs:
-            f, g = _first_appearance_events(_concat(trace.parent_first_calls()), base)
+            pf = _cat([tails.ids[id(c)] for c in trace.parent_first_calls()])
+            f, g = _first_appearance_events(pf, base)
         else:
             f, g = fresh["document"], gaps["document"]
         fresh["parent_first"], gaps["parent_first"] = f, g
@@ -208,8 +223,8 @@ def analyse_trace(trace: Trace) -> TraceScope:
         minting = min(ok, key=lambda w: (gaps[w], WALKS.index(w))) if ok else "none"
     perfect = minting != "none" and gaps[minting] == 0 and doc.size > 0
 
-    parent_set = np.unique(_concat(trace.parent_calls))
-    sub_sets = [np.unique(_concat(s.calls)) for s in subs]
+    parent_set = np.unique(_cat([tails.ids[id(c)] for c in trace.parent_calls]))
+    sub_sets = [np.unique(_cat([tails.ids[id(c)] for c in s.calls])) for s in subs]
     multi = np.empty(0, dtype=np.int64)
     if len(subs) > 1:
         allsub, counts = np.unique(np.concatenate(sub_sets), return_counts=True)
@@ -248,7 +263,7 @@ def analyse_trace(trace: Trace) -> TraceScope:
         line=trace.line,
         block_size=trace.block_size,
         calls=len(trace.calls),
-        ids=int(doc.size),
+        ids=int(n_ids),
         base=base,
         max_id=max_id,
         distinct_ids=distinct,
@@ -262,7 +277,7 @@ def analyse_trace(trace: Trace) -> TraceScope:
         subagents=sub_scopes,
         prefix_declared=(trace.tool_tokens + trace.system_tokens) > 0,
         subagents_before_parent=before_parent,
-        partial_prefix_events=_partial_prefix_events(trace),
+        partial_prefix_events=tails.partial_prefix_events,
         convention=_convention(
             base, style, minting, [s.inner_time for s in sub_scopes if s.inner_time]
         ),
