@@ -334,6 +334,35 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", required=True, type=Path, metavar="OUT", help="write the full result here"
     )
+    p.add_argument(
+        "--capacity",
+        metavar="LIST",
+        default=None,
+        help="also a shared-LRU capacity sweep: 'auto' or comma-separated sizes in blocks "
+        "(5000, 5000blocks) or bytes (16GiB, 512MB; needs --kv-model)",
+    )
+    p.add_argument(
+        "--kv-model",
+        metavar="NAME",
+        default=None,
+        help="KV geometry preset for byte capacities (e.g. llama-3.1-8b)",
+    )
+    p.add_argument(
+        "--arrival",
+        choices=("together", "staggered", "poisson"),
+        default="together",
+        help="how traces start on the shared timeline (default: together)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="multiply recorded times (0.5: twice as fast)",
+    )
+    p.add_argument(
+        "--plot", type=Path, metavar="PNG", default=None, help="write the curve as a PNG"
+    )
 
 
 def _rate(x: float | None) -> str:
@@ -347,9 +376,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not dataset.exists():
         raise UsageError(f"{args.dataset}: no such dataset folder")
     result, _ = replay(dataset)
-    _write_json(result, args.json)
+    out = result.model_dump(mode="json")
+    if args.capacity:
+        curve = _capacity(dataset, args)
+        out["capacity_curve"] = curve.model_dump(mode="json")
+        print(f"{'capacity (blocks)':>18} {'hit rate':>9} {'parent':>8} {'subagent':>9}")
+        for pt in curve.points:
+            cap = "unbounded" if pt.capacity_blocks is None else str(pt.capacity_blocks)
+            roles = [pt.per_role[r].hit_rate for r in ("parent", "subagent")]
+            print(f"{cap:>18} {_rate(pt.hit_rate):>9} {_rate(roles[0]):>8} {_rate(roles[1]):>9}")
+    _write_json(out, args.json)
     _print_rates(result)
     return 0
+
+
+def _capacity(dataset: Path, args: argparse.Namespace):
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.replay import capacity as cap
+    from weka_assets.replay.schedule import Arrival
+
+    ds = open_dataset(dataset)
+    geometry = None
+    if args.kv_model:
+        if args.kv_model not in cap.KV_PRESETS:
+            raise UsageError(
+                f"unknown --kv-model {args.kv_model!r} (known: {', '.join(cap.KV_PRESETS)})"
+            )
+        geometry = cap.KV_PRESETS[args.kv_model]
+    sizes = None
+    if args.capacity != "auto":
+        bs = ds.block_sizes[0] if len(ds.block_sizes) == 1 else 64
+        try:
+            sizes = [
+                cap.parse_capacity(x.strip(), bs, geometry)
+                for x in args.capacity.split(",")
+                if x.strip()
+            ]
+        except ValueError as exc:
+            raise UsageError(f"--capacity: {exc}") from None
+    curve = cap.capacity_curve(ds, sizes, Arrival(mode=args.arrival), args.time_scale, geometry)
+    if args.plot:
+        args.plot.write_bytes(cap.plot_png(curve))
+    return curve
 
 
 def _print_rates(result) -> None:
@@ -364,6 +432,146 @@ def _print_rates(result) -> None:
             f"{_rate(f.theoretical_full_block_hit_rate):>10} {_rate(f.token_replay_hit_rate):>7} "
             f"{f.fidelity_mismatched_calls:>10}"
         )
+
+
+# --------------------------------------------------------------------------- replay-live
+
+
+def _live_positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _add_replay_live(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "dataset", metavar="DATASET", help="a decoded dataset folder (printed by decode)"
+    )
+    p.add_argument(
+        "--url", required=True, metavar="URL", help="server base URL, e.g. http://127.0.0.1:8000"
+    )
+    p.add_argument("--model", required=True, metavar="NAME", help="the served model name")
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=4, metavar="N", help="requests in flight"
+    )
+    p.add_argument(
+        "--time-scale",
+        type=_live_positive_float,
+        default=1.0,
+        metavar="X",
+        help="multiply recorded times by X (0.01: a hundred times faster); default 1",
+    )
+    p.add_argument(
+        "--arrival",
+        choices=("together", "staggered", "poisson"),
+        default="together",
+        help="how traces start on the shared timeline (default: together)",
+    )
+    p.add_argument(
+        "--interval-s", type=float, default=60.0, metavar="S", help="staggered: gap between traces"
+    )
+    p.add_argument(
+        "--rate-per-s", type=_live_positive_float, default=0.05, metavar="R", help="poisson: rate"
+    )
+    p.add_argument("--arrival-seed", type=_non_negative_int, default=0, metavar="N")
+    p.add_argument(
+        "--max-context",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="drop calls whose tokens_in + max_tokens exceed N (the server's context window)",
+    )
+    p.add_argument(
+        "--drop",
+        choices=("calls", "traces"),
+        default="calls",
+        help="over --max-context: drop the call alone (default) or its whole trace",
+    )
+    p.add_argument(
+        "--max-tokens-cap",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="max_tokens = min(recorded output tokens, N); default 16",
+    )
+    p.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=32,
+        metavar="B",
+        help="the server's KV-cache block size, for the prediction (default 32)",
+    )
+    p.add_argument(
+        "--timeout-s", type=_live_positive_float, default=120.0, metavar="S", help="per request"
+    )
+    p.add_argument(
+        "--no-reset-cache",
+        action="store_true",
+        help="do not POST /reset_prefix_cache before the run",
+    )
+    p.add_argument(
+        "--json",
+        required=True,
+        type=Path,
+        metavar="OUT",
+        help="write the result here (also when the run fails: the part done)",
+    )
+
+
+def cmd_replay_live(args: argparse.Namespace) -> int:
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.replay.live import run_live_replay
+    from weka_assets.replay.schedule import Arrival
+
+    dataset = Path(args.dataset).expanduser()
+    if not dataset.exists():
+        raise UsageError(f"{args.dataset}: no such dataset folder")
+    try:
+        arrival = Arrival(args.arrival, args.interval_s, args.rate_per_s, args.arrival_seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    ds = open_dataset(dataset)
+
+    def progress(rec) -> None:
+        if rec.send_order is not None and (rec.send_order + 1) % 50 == 0:
+            _err(f"{rec.send_order + 1} calls sent")
+
+    try:
+        result = run_live_replay(
+            ds,
+            args.url,
+            args.model,
+            concurrency=args.concurrency,
+            time_scale=args.time_scale,
+            arrival=arrival,
+            max_context=args.max_context,
+            drop=args.drop,
+            max_tokens_cap=args.max_tokens_cap,
+            block_size=args.block_size,
+            timeout_s=args.timeout_s,
+            reset_cache=not args.no_reset_cache,
+            out_path=args.json,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        _err(f"partial result written to {args.json}")
+        raise
+    print(result.summary())
+    t = result.totals
+    for name, p in (("latency_s", t.latency_s), ("ttft_s", t.ttft_s)):
+        if p.count:
+            print(
+                f"{name:<10} p50 {p.p50:.4f}  p90 {p.p90:.4f}  p99 {p.p99:.4f}  ({p.count} calls)"
+            )
+    for reason, n in sorted(t.mismatches_by_explanation.items()):
+        _err(f"{n} call(s) differ from the prediction: {reason}: {result.explanations[reason]}")
+    if result.cache_reset is False:
+        _err("the server's prefix cache was not reset (no POST /reset_prefix_cache)")
+    return 0
 
 
 # --------------------------------------------------------------------------- materialize
@@ -578,6 +786,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "replay": Subcommand(
         "unbounded prefix-cache replay of a decoded dataset", _add_replay, cmd_replay
+    ),
+    "replay-live": Subcommand(
+        "replay a decoded dataset against a real OpenAI-compatible server (prefix cache vs "
+        "prediction, latency, time to first token)",
+        _add_replay_live,
+        cmd_replay_live,
     ),
     "stale": Subcommand(
         "list stale partitions (Dagster's own staleness) in the instance at $DAGSTER_HOME",

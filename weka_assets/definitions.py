@@ -6,10 +6,11 @@ from weka_assets.defs.automation import automation_sensor
 from weka_assets.defs.blast_radius import build_manifest_blast_radius
 from weka_assets.defs.decoded import build_decoded_dataset
 from weka_assets.defs.io_manager import DescriptorIOManager
-from weka_assets.defs.jobs import decode_job, scope_job
+from weka_assets.defs.jobs import decode_job, live_replay_job, scope_job
+from weka_assets.defs.live import LiveServer, build_live_replay
 from weka_assets.defs.raw import raw_traces
 from weka_assets.defs.replay import build_replay_benchmark
-from weka_assets.defs.resources import CorpusCatalog, DecodeOptions, WekaStore
+from weka_assets.defs.resources import CorpusCatalog, DecodeOptions, ReplayOptions, WekaStore
 from weka_assets.defs.scope import trace_scope
 from weka_assets.defs.sensors import corpus_discovery_sensor, corpus_refresh_schedule
 from weka_assets.versions import MANIFEST_VERSION
@@ -23,6 +24,7 @@ def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefi
         build_decoded_dataset(manifest_version),
         build_replay_benchmark(manifest_version),
         build_manifest_blast_radius(manifest_version),
+        build_live_replay(manifest_version),
     ]
 
 
@@ -38,6 +40,8 @@ def resources_for(store: WekaStore, catalog: CorpusCatalog | None = None) -> dic
         "catalog": catalog or CorpusCatalog(),
         "decode": DecodeOptions(),
         "descriptor_io_manager": DescriptorIOManager(store=store),
+        "live_server": LiveServer(),
+        "replay_options": ReplayOptions(),
     }
 
 
@@ -46,7 +50,7 @@ def build_defs(
 ) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(manifest_version),
-        jobs=[scope_job, decode_job],
+        jobs=[scope_job, decode_job, live_replay_job],
         sensors=[corpus_discovery_sensor, automation_sensor],
         schedules=[corpus_refresh_schedule],
         resources=resource_defs if resource_defs is not None else resources(),

@@ -14,3 +14,8 @@ decode_job = dg.define_asset_job(
     ),
     description="Decode a corpus with one tokenizer, replay it through a prefix cache, and compare with the previous decode.",
 )
+live_replay_job = dg.define_asset_job(
+    "live_replay_job",
+    selection=dg.AssetSelection.assets("live_replay"),
+    description="Replay a decoded corpus against the server configured in the live_server resource.",
+)

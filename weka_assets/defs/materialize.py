@@ -66,10 +66,14 @@ def run_selection(
 
 
 def decode_assets(defs: dg.Definitions) -> list[str]:
-    """The corpus x tokenizer assets, in graph order."""
+    """The corpus x tokenizer assets of the chain, in graph order (not `live_replay`, which
+    needs a server and runs only on demand)."""
     graph = defs.resolve_asset_graph()
-    keys = graph.toposorted_asset_keys
-    return [k.to_user_string() for k in keys if k.to_user_string() not in CORPUS_ASSETS]
+    return [
+        k.to_user_string()
+        for k in graph.toposorted_asset_keys
+        if k.to_user_string() not in CORPUS_ASSETS and graph.get(k).group_name != "live"
+    ]
 
 
 def materialize_corpus(

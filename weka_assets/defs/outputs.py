@@ -56,3 +56,12 @@ class BlastRef(BaseModel):
     key: str
     calls_tokens_changed: int
     calls_cache_changed: int
+
+
+class LiveRef(BaseModel):
+    corpus: str
+    tokenizer: str
+    decode_key: str
+    result_key: str
+    matched_calls: int
+    mismatched_calls: int

@@ -1,6 +1,7 @@
 """`replay_benchmark`: prefix-cache hit rates of a decoded dataset, their fidelity proof, and
 what the historic per-session scope bug would have reported for the same corpus."""
 
+import base64
 import hashlib
 
 import dagster as dg
@@ -14,8 +15,16 @@ from weka_assets.defs.decoded import decode_in_store, manifest_code_version
 from weka_assets.defs.metadata import pct, table
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
 from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
-from weka_assets.defs.resources import DecodeOptions, WekaStore
+from weka_assets.defs.resources import DecodeOptions, ReplayOptions, WekaStore
 from weka_assets.pipeline import replay, write_json
+from weka_assets.replay.capacity import (
+    KV_PRESETS,
+    CapacityCurve,
+    capacity_curve,
+    default_capacities,
+    plot_png,
+)
+from weka_assets.replay.schedule import Arrival
 from weka_assets.replay.unbounded import HitFigures, ReplayResult
 from weka_assets.traces.scope import ScopeReport
 
@@ -64,6 +73,34 @@ def _write_per_call(ds, cf, path) -> None:
     tmp.replace(path)
 
 
+def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes]:
+    """The shared-LRU capacity sweep of a dataset, and its plot."""
+    geometry = KV_PRESETS.get(options.kv_model)
+    if options.kv_model and geometry is None:
+        raise dg.Failure(f"unknown kv_model {options.kv_model!r} (known: {', '.join(KV_PRESETS)})")
+    curve = capacity_curve(
+        ds,
+        default_capacities(ds, options.points),
+        Arrival(mode=options.arrival),
+        options.time_scale,
+        geometry,
+    )
+    return curve, plot_png(curve)
+
+
+def curve_rows(curve: CapacityCurve) -> list[dict]:
+    return [
+        {
+            "capacity_blocks": p.capacity_blocks if p.capacity_blocks is not None else "unbounded",
+            "capacity_gib": round(p.capacity_bytes / 2**30, 3) if p.capacity_bytes else None,
+            "hit_rate": p.hit_rate,
+            "parent_hit_rate": p.per_role["parent"].hit_rate,
+            "subagent_hit_rate": p.per_role["subagent"].hit_rate,
+        }
+        for p in curve.points
+    ]
+
+
 def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
     """`replay_benchmark` for one manifest version (injected, so tests can bump it)."""
 
@@ -87,6 +124,7 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
         trace_scope: ScopeGate,
         store: WekaStore,
         decode: DecodeOptions,
+        replay_options: ReplayOptions,
     ) -> dg.Output[ReplayRef]:
         """Theoretical and token-level prefix-cache hit rates (unbounded cache), per corpus, role
         and trace; the token replay's hits must equal the theoretical full-block hits call by
@@ -110,6 +148,9 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
         )
         legacy, _ = replay(legacy_out.path)
         comparison = policy_comparison(result, legacy)
+        curve, png = capacity_figures(ds, replay_options)
+        write_json(curve, out_dir / "capacity_curve.json")
+        (out_dir / "capacity.png").write_bytes(png)
         both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
         write_json({**both, "rows": comparison}, out_dir / "scope_policy_comparison.json")
         store.push(result_dir)
@@ -151,6 +192,10 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 "per_role": table(roles),
                 "scope_policy_comparison": table(comparison),
                 "per_trace": table(result.per_trace),
+                "capacity_curve": table(curve_rows(curve)),
+                "capacity_plot": dg.MetadataValue.md(
+                    f"![hit rate against KV-cache capacity](data:image/png;base64,{base64.b64encode(png).decode()})"
+                ),
                 "decode_key": decoded_dataset.decode_key,
                 "legacy_session_decode_key": legacy_out.key,
                 "manifest_version": decoded_dataset.manifest_version,

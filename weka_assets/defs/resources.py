@@ -162,3 +162,16 @@ class DecodeOptions(dg.ConfigurableResource):
             sub_blocks=self.sub_blocks,
             filler_text=self.filler_text,
         )
+
+
+class ReplayOptions(dg.ConfigurableResource):
+    """How `replay_benchmark` sweeps KV-cache capacity: the shared-server timeline and the
+    model geometry that turns blocks into bytes."""
+
+    kv_model: str = Field(
+        default="llama-3.1-8b",
+        description="KV geometry preset (weka_assets.replay.capacity.KV_PRESETS)",
+    )
+    arrival: str = Field(default="together", description="together | staggered | poisson")
+    time_scale: float = 1.0
+    points: int = Field(default=12, description="capacities in the log-spaced sweep")

@@ -138,7 +138,8 @@ class _Tails:
 
     ids: dict[int, np.ndarray]  # id(call) -> tail ids
     pos: dict[int, np.ndarray]  # id(call) -> their block indices
-    partial_prefix_events: int  # common prefix reaching into the previous call's hashed partial block
+    # calls whose common prefix reaches into the previous call's hashed partial block
+    partial_prefix_events: int
 
 
 def _tails(trace: Trace) -> _Tails:

@@ -80,6 +80,14 @@ def test_whole_chain_materializes_with_useful_metadata(env):
     rows = {r.data["role"]: r.data for r in rep.metadata["scope_policy_comparison"].value.records}
     assert rows["parent"]["hits_lost_by_session_scope"] == 0
     assert rows["subagent"]["hits_lost_by_session_scope"] > 0
+    # the capacity curve: a table and a small PNG, its unbounded point = the token replay
+    curve = [r.data for r in rep.metadata["capacity_curve"].value.records]
+    assert curve[-1]["capacity_blocks"] == "unbounded"
+    assert curve[-1]["hit_rate"] == pytest.approx(rep.metadata["token_replay_hit_rate"].value)
+    rates = [r["hit_rate"] for r in curve]
+    assert rates == sorted(rates) and rates[0] < rates[-1]
+    assert rep.metadata["capacity_plot"].value.startswith("![hit rate")
+    assert len(rep.metadata["capacity_plot"].value) < 120_000
     blast = latest(instance, "manifest_blast_radius", key)
     assert blast.metadata["previous_decode_key"].value == ""
     assert blast.metadata["calls_tokens_changed"].value == 0

@@ -23,6 +23,7 @@ def test_definitions_are_loadable():
         "decoded_dataset",
         "replay_benchmark",
         "manifest_blast_radius",
+        "live_replay",
     }
     assert graph.get(dg.AssetKey("decoded_dataset")).code_version == f"manifest-v{MANIFEST_VERSION}"
     assert (

@@ -1,0 +1,130 @@
+"""`live_replay`: a decoded corpus replayed against a real inference server, measured cached
+tokens against the prediction for that server's block size. Materialized on demand (it needs
+a server), never by automation."""
+
+import dagster as dg
+from pydantic import Field
+
+from weka_assets.decoding.dataset import open_dataset
+from weka_assets.defs.decoded import manifest_code_version
+from weka_assets.defs.metadata import table
+from weka_assets.defs.outputs import DatasetRef, LiveRef
+from weka_assets.defs.partitions import corpus_tokenizer_partitions
+from weka_assets.defs.resources import WekaStore
+from weka_assets.replay.live import LiveReplayError, run_live_replay
+from weka_assets.replay.schedule import Arrival
+
+LIVE_GROUP = "live"
+
+
+class LiveServer(dg.ConfigurableResource):
+    """The OpenAI-compatible server to replay against (e.g. `scripts/vllm-cpu-server start`)."""
+
+    url: str = Field(
+        default="", description="Base URL, e.g. http://127.0.0.1:8000; empty: not configured"
+    )
+    model: str = Field(default="", description="Served model name")
+    concurrency: int = 4
+    time_scale: float = Field(default=1.0, description="0.1 replays ten times faster than recorded")
+    arrival: str = Field(default="together", description="together | staggered | poisson")
+    max_context: int | None = Field(
+        default=None, description="Drop calls (or traces) above this many tokens"
+    )
+    drop: str = Field(default="calls", description="calls | traces")
+    max_tokens_cap: int = 16
+    block_size: int = Field(
+        default=32, description="The server's KV block size (for the prediction)"
+    )
+    timeout_s: float = 120.0
+
+
+def _percentile_rows(result) -> list[dict]:
+    rows = []
+    for name in ("latency_s", "ttft_s"):
+        p = getattr(result.totals, name).model_dump()
+        rows.append({"figure": name, **{k: v for k, v in p.items()}})
+    return rows
+
+
+def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
+    @dg.asset(
+        partitions_def=corpus_tokenizer_partitions,
+        code_version=manifest_code_version(manifest_version),
+        group_name=LIVE_GROUP,
+        kinds={"python"},
+        owners=["team:weka-assets"],
+        io_manager_key="descriptor_io_manager",
+    )
+    def live_replay(
+        context: dg.AssetExecutionContext,
+        decoded_dataset: DatasetRef,
+        store: WekaStore,
+        live_server: LiveServer,
+    ) -> dg.Output[LiveRef]:
+        """The decoded prompts sent as token ids to a real server on the recorded schedule;
+        per call the server's cached tokens against the prediction for its block size, with
+        latency and time-to-first-token percentiles. A server that fails mid-run fails the
+        partition and keeps the partial result."""
+        if not live_server.url or not live_server.model:
+            raise dg.Failure(
+                "live_replay needs a server: set the live_server resource's url and model"
+            )
+        ds = open_dataset(store.pull(decoded_dataset.key))
+        out_key = f"live/{decoded_dataset.decode_key}/{context.run.run_id}"
+        out_path = store.dir(out_key) / "result.json"
+        try:
+            result = run_live_replay(
+                ds,
+                live_server.url,
+                live_server.model,
+                concurrency=live_server.concurrency,
+                time_scale=live_server.time_scale,
+                arrival=Arrival(mode=live_server.arrival),
+                max_context=live_server.max_context,
+                drop=live_server.drop,
+                max_tokens_cap=live_server.max_tokens_cap,
+                block_size=live_server.block_size,
+                timeout_s=live_server.timeout_s,
+                out_path=out_path,
+            )
+        except LiveReplayError as exc:
+            store.push(out_key)
+            raise dg.Failure(
+                f"live replay of {decoded_dataset.corpus!r} against {live_server.url}: {exc}",
+                metadata={
+                    "partial_result": dg.MetadataValue.path(store.url(f"{out_key}/result.json"))
+                },
+            ) from None
+        store.push(out_key)
+        t = result.totals
+        context.log.info(result.summary())
+        calls = [c.model_dump() for c in result.calls]
+        return dg.Output(
+            LiveRef(
+                corpus=decoded_dataset.corpus,
+                tokenizer=decoded_dataset.tokenizer,
+                decode_key=decoded_dataset.decode_key,
+                result_key=f"{out_key}/result.json",
+                matched_calls=t.matched_calls,
+                mismatched_calls=t.mismatched_calls,
+            ),
+            metadata={
+                "summary": dg.MetadataValue.md(result.summary()),
+                "server": live_server.url,
+                "model": live_server.model,
+                "dagster/row_count": t.sent,
+                "cached_tokens": t.cached_tokens,
+                "predicted_cached_tokens": t.predicted_cached_tokens,
+                "matched_calls": t.matched_calls,
+                "mismatched_calls": t.mismatched_calls,
+                "mismatches_by_explanation": dg.MetadataValue.json(t.mismatches_by_explanation),
+                "dropped_calls": t.dropped_calls,
+                "errors": t.errors,
+                "latency_and_ttft": table(_percentile_rows(result)),
+                "per_call": table(calls),
+                "decode_key": decoded_dataset.decode_key,
+                "result_path": dg.MetadataValue.path(store.url(f"{out_key}/result.json")),
+            },
+        )
+
+    return live_replay

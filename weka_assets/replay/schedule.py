@@ -1,0 +1,87 @@
+"""One shared timeline for every trace of a corpus: when each trace starts, when each call starts.
+
+All traces of a corpus are put on one clock, as if their sessions shared one server. Trace `k`
+(index into `ds.traces`) starts at `trace_offsets(...)[k]`; a call starts at its trace's offset
+plus its absolute time within the trace (`t_abs`: relative subagent times already made
+absolute), scaled by `time_scale` (0.5 replays twice as fast).
+
+The recorded times are used as they are. They already encode the dependencies of an agentic
+session: a parent's next call was recorded after its non-background subagents returned, so
+replaying the recorded start times keeps that order without modelling it again. Nothing here
+models call durations or queueing; the bounded-cache simulator treats each call as
+instantaneous at its start time, and the live replay measures what a real server does.
+
+Arrival modes:
+- `together`: every trace starts at 0.
+- `staggered`: trace `k` starts at `k * interval_s`.
+- `poisson`: trace 0 starts at 0 and the gaps between consecutive trace starts are exponential
+  with rate `rate_per_s` (mean gap `1 / rate_per_s`), drawn from `numpy.random.default_rng(seed)`:
+  the same seed always gives the same offsets.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from weka_assets.decoding.dataset import DecodedDataset
+
+ArrivalMode = Literal["together", "staggered", "poisson"]
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How the traces of a corpus arrive on the shared timeline."""
+
+    mode: ArrivalMode = "together"
+    interval_s: float = 60.0  # staggered: trace k starts at k * interval_s
+    rate_per_s: float = 0.05  # poisson: exponential gaps between trace starts with this rate
+    seed: int = 0  # poisson: the gaps' random seed
+
+    def __post_init__(self):
+        if self.mode not in ("together", "staggered", "poisson"):
+            raise ValueError(f"unknown arrival mode {self.mode!r}")
+        if not np.isfinite(self.interval_s) or self.interval_s < 0:
+            raise ValueError(f"interval_s must be finite and >= 0, got {self.interval_s}")
+        if not np.isfinite(self.rate_per_s) or self.rate_per_s <= 0:
+            raise ValueError(f"rate_per_s must be finite and > 0, got {self.rate_per_s}")
+
+
+def trace_offsets(n_traces: int, arrival: Arrival) -> np.ndarray:
+    """Start offset in seconds of each trace on the shared timeline (float64 [n_traces])."""
+    if n_traces < 0:
+        raise ValueError(f"n_traces must be >= 0, got {n_traces}")
+    if arrival.mode == "together":
+        return np.zeros(n_traces, dtype=np.float64)
+    if arrival.mode == "staggered":
+        return np.arange(n_traces, dtype=np.float64) * arrival.interval_s
+    gaps = np.random.default_rng(arrival.seed).exponential(
+        1.0 / arrival.rate_per_s, max(n_traces - 1, 0)
+    )
+    return np.concatenate([[0.0], np.cumsum(gaps)])[:n_traces]
+
+
+def call_start_times(
+    ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float = 1.0
+) -> np.ndarray:
+    """Start time of every call (aligned with `ds.calls`): offset[trace] + t_abs * time_scale."""
+    if not np.isfinite(time_scale) or time_scale <= 0:
+        raise ValueError(f"time_scale must be finite and > 0, got {time_scale}")
+    offsets = trace_offsets(len(ds.traces), arrival)
+    trace = np.asarray(ds.calls["trace"], dtype=np.int64)
+    return offsets[trace] + np.asarray(ds.calls["t_abs"], dtype=np.float64) * time_scale
+
+
+def global_order(
+    ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float = 1.0
+) -> np.ndarray:
+    """Call indices in start-time order; ties by (trace, position in the trace's replay order).
+
+    Within one trace this is exactly the trace's replay order: its calls are stored in that
+    order, the offset is the same for all of them, and scaling by a positive factor (rounding
+    included) never reverses two times.
+    """
+    start = call_start_times(ds, arrival, time_scale)
+    trace = np.asarray(ds.calls["trace"], dtype=np.int64)
+    position = np.arange(start.size, dtype=np.int64)  # calls are grouped by trace, in order
+    return np.lexsort((position, trace, start))
