@@ -5,11 +5,9 @@ import dagster as dg
 import orjson
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.automation import rebuild_condition
-from weka_assets.defs.decoded import manifest_code_version
+from weka_assets.defs.decoded import decoding_asset
 from weka_assets.defs.metadata import table
 from weka_assets.defs.outputs import BlastRef, DatasetRef
-from weka_assets.defs.partitions import corpus_tokenizer_partitions
 from weka_assets.defs.resources import WekaStore
 from weka_assets.replay.blast_radius import blast_radius, previous_key
 
@@ -17,15 +15,7 @@ from weka_assets.replay.blast_radius import blast_radius, previous_key
 def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
     """`manifest_blast_radius` for one manifest version (injected, so tests can bump it)."""
 
-    @dg.asset(
-        partitions_def=corpus_tokenizer_partitions,
-        code_version=manifest_code_version(manifest_version),
-        automation_condition=rebuild_condition(),
-        group_name="replay",
-        kinds={"python"},
-        owners=["team:weka-assets"],
-        io_manager_key="descriptor_io_manager",
-    )
+    @dg.asset(**decoding_asset(manifest_version, "replay", {"python"}))
     def manifest_blast_radius(
         context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore
     ) -> dg.Output[BlastRef]:

@@ -18,6 +18,35 @@ def manifest_code_version(manifest_version: int) -> str:
     return f"manifest-v{manifest_version}"
 
 
+def decoding_asset(
+    manifest_version: int,
+    group: str,
+    kinds: set[str],
+    *,
+    corpus_inputs: bool = False,
+    automated: bool = True,
+) -> dict:
+    """`@dg.asset` arguments shared by every corpus x tokenizer asset built on a decoded dataset:
+    the manifest version in the code version, the partitions, and (optionally) the corpus-level
+    inputs mapped onto the corpus dimension."""
+    kwargs = dict(
+        partitions_def=corpus_tokenizer_partitions,
+        code_version=manifest_code_version(manifest_version),
+        group_name=group,
+        kinds=kinds,
+        owners=["team:weka-assets"],
+        io_manager_key="descriptor_io_manager",
+    )
+    if corpus_inputs:
+        kwargs["ins"] = {
+            "raw_traces": dg.AssetIn(partition_mapping=corpus_mapping),
+            "trace_scope": dg.AssetIn(partition_mapping=corpus_mapping),
+        }
+    if automated:
+        kwargs["automation_condition"] = rebuild_condition()
+    return kwargs
+
+
 def decode_in_store(
     store: WekaStore,
     corpus_path,
@@ -48,17 +77,9 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
     """`decoded_dataset` for one manifest version (injected, so tests can bump it)."""
 
     @dg.asset(
-        partitions_def=corpus_tokenizer_partitions,
-        ins={
-            "raw_traces": dg.AssetIn(partition_mapping=corpus_mapping),
-            "trace_scope": dg.AssetIn(partition_mapping=corpus_mapping),
-        },
-        code_version=manifest_code_version(manifest_version),
-        automation_condition=rebuild_condition(),
-        group_name="decoded",
-        kinds={"python", "numpy", "parquet"},
-        owners=["team:weka-assets"],
-        io_manager_key="descriptor_io_manager",
+        **decoding_asset(
+            manifest_version, "decoded", {"python", "numpy", "parquet"}, corpus_inputs=True
+        )
     )
     def decoded_dataset(
         context: dg.AssetExecutionContext,

@@ -6,10 +6,9 @@ import dagster as dg
 from pydantic import Field
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.decoded import manifest_code_version
+from weka_assets.defs.decoded import decoding_asset
 from weka_assets.defs.metadata import table
 from weka_assets.defs.outputs import DatasetRef, LiveRef
-from weka_assets.defs.partitions import corpus_tokenizer_partitions
 from weka_assets.defs.resources import WekaStore
 from weka_assets.replay.live import LiveReplayError, run_live_replay
 from weka_assets.replay.schedule import Arrival
@@ -47,14 +46,7 @@ def _percentile_rows(result) -> list[dict]:
 
 
 def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
-    @dg.asset(
-        partitions_def=corpus_tokenizer_partitions,
-        code_version=manifest_code_version(manifest_version),
-        group_name=LIVE_GROUP,
-        kinds={"python"},
-        owners=["team:weka-assets"],
-        io_manager_key="descriptor_io_manager",
-    )
+    @dg.asset(**decoding_asset(manifest_version, LIVE_GROUP, {"python"}, automated=False))
     def live_replay(
         context: dg.AssetExecutionContext,
         decoded_dataset: DatasetRef,

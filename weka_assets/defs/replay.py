@@ -10,11 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.automation import rebuild_condition
-from weka_assets.defs.decoded import decode_in_store, manifest_code_version
+from weka_assets.defs.decoded import decode_in_store, decoding_asset
 from weka_assets.defs.metadata import pct, table
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
-from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
 from weka_assets.defs.resources import DecodeOptions, ReplayOptions, WekaStore
 from weka_assets.pipeline import replay, write_json
 from weka_assets.replay.capacity import (
@@ -104,19 +102,7 @@ def curve_rows(curve: CapacityCurve) -> list[dict]:
 def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
     """`replay_benchmark` for one manifest version (injected, so tests can bump it)."""
 
-    @dg.asset(
-        partitions_def=corpus_tokenizer_partitions,
-        ins={
-            "raw_traces": dg.AssetIn(partition_mapping=corpus_mapping),
-            "trace_scope": dg.AssetIn(partition_mapping=corpus_mapping),
-        },
-        code_version=manifest_code_version(manifest_version),
-        automation_condition=rebuild_condition(),
-        group_name="replay",
-        kinds={"python"},
-        owners=["team:weka-assets"],
-        io_manager_key="descriptor_io_manager",
-    )
+    @dg.asset(**decoding_asset(manifest_version, "replay", {"python"}, corpus_inputs=True))
     def replay_benchmark(
         context: dg.AssetExecutionContext,
         decoded_dataset: DatasetRef,
