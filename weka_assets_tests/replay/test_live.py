@@ -676,3 +676,41 @@ def test_real_vllm_cached_tokens_equal_the_prediction(vllm_server, tmp_path):
     for c in warm.calls:
         if c.status == "ok":
             assert c.cached_tokens == 32 * ((c.prompt_tokens - 1) // 32)  # everything cached
+
+
+def test_live_replay_asset_shows_the_figure_in_its_metadata(vllm_server, tmp_path):
+    """The Dagster asset against the same real server: measured vs predicted in the metadata."""
+    import dagster as dg
+
+    from weka_assets.definitions import build_defs, resources
+    from weka_assets.defs.live import LiveServer
+    from weka_assets.defs.materialize import materialize_corpus, run_selection
+    from weka_assets.defs.partitions import multi_key
+    from weka_assets.defs.resources import CorpusCatalog
+    from weka_assets.synthetic import iter_corpus, write_corpus
+
+    corpus = write_corpus(iter_corpus("kv-cache-tester", 2, 9, "small"), tmp_path / "c.jsonl")
+    res = dict(
+        resources(str(tmp_path / "store")),
+        catalog=CorpusCatalog(corpora={"tiny": str(corpus)}),
+        live_server=LiveServer(
+            url=vllm_server, model="tiny", concurrency=1, time_scale=0.001, max_context=4096
+        ),
+    )
+    defs = build_defs(resource_defs=res)
+    with dg.instance_for_test() as instance:
+        assert all(
+            s.success for s in materialize_corpus("tiny", instance, defs, log_level="WARNING")
+        )
+        out = run_selection(
+            defs, instance, ["live_replay"], multi_key("tiny", "deepseek"), "WARNING"
+        )
+        assert out.success, out.failures
+        event = instance.fetch_materializations(dg.AssetKey("live_replay"), limit=1).records[0]
+        md = event.asset_materialization.metadata
+        assert (
+            md["mismatched_calls"].value == 0
+            and md["matched_calls"].value == md["dagster/row_count"].value > 0
+        )
+        assert md["cached_tokens"].value == md["predicted_cached_tokens"].value > 0
+        assert "match" in md["summary"].value and md["per_call"].value.records
