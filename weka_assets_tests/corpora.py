@@ -5,6 +5,7 @@ written under one temporary folder removed at exit.
 """
 
 import atexit
+import json
 import shutil
 import tempfile
 from functools import cache
@@ -40,3 +41,19 @@ def decoded(corpus: Path, scope_policy: str = "trace", seed: int = 0) -> Decoded
         measure_drift=False,
     )
     return open_dataset(out.path)
+
+
+@cache
+def truncated(name: str = "truncated") -> Path:
+    """A synthetic corpus with some hash lists cut short (unhashed tails of whole blocks)."""
+    out = []
+    lines = synthetic("kv-cache-tester", traces=4, seed=9).read_text().splitlines()
+    for k, line in enumerate(lines):
+        t = json.loads(line)
+        for r in t["requests"][1::3]:
+            if r["type"] != "subagent" and len(r["hash_ids"]) > 4:
+                r["hash_ids"] = r["hash_ids"][: len(r["hash_ids"]) - 2 - k % 3]
+        out.append(json.dumps(t))
+    path = WORK / "corpora" / f"{name}.jsonl"
+    path.write_text("\n".join(out) + "\n")
+    return path

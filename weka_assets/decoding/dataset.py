@@ -89,6 +89,15 @@ class DecodedDataset:
         bounds = np.searchsorted(tr, np.arange(len(self.traces) + 1), side="left")
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
+    def leading_rows(self, calls: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The first counts[j] block rows of each call in `calls`, concatenated."""
+        counts = np.asarray(counts, dtype=np.int64)
+        starts = self.calls["rows_start"][calls].astype(np.int64)
+        offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(counts) - counts, counts
+        )
+        return np.asarray(self.call_rows)[np.repeat(starts, counts) + offsets]
+
     def call_ids(self, i: int) -> np.ndarray:
         """The hash ids of call `i`, as recorded."""
         s = int(self.calls["rows_start"][i])

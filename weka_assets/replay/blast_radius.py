@@ -253,14 +253,6 @@ def align_calls(current: DecodedDataset, previous: DecodedDataset) -> np.ndarray
 # ---- comparison ------------------------------------------------------------------------------
 
 
-def _flat_rows(ds: DecodedDataset, calls: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The first counts[j] block rows of each call in `calls`, concatenated."""
-    counts = np.asarray(counts, dtype=np.int64)
-    starts = ds.calls["rows_start"][calls].astype(np.int64)
-    _, pos = segment_positions(counts)
-    return np.asarray(ds.call_rows)[np.repeat(starts, counts) + pos]
-
-
 def _trace_chunks(ds: DecodedDataset, limit: int) -> list[tuple[int, int]]:
     """Contiguous call ranges of whole traces, each holding about `limit` hash ids."""
     slices = ds.trace_slices()
@@ -311,8 +303,8 @@ def _compare_chunk(
     conv = c["conv"][calls].astype(np.int64)
 
     # every hash id of the chunk's calls, flat, in replay order within each trace
-    rows_c = _flat_rows(cur, calls, nid)
-    rows_p = _flat_rows(prev, pc, nid)
+    rows_c = cur.leading_rows(calls, nid)
+    rows_p = prev.leading_rows(pc, nid)
     ids = np.asarray(cur.block_id)[rows_c]
     if not np.array_equal(ids, np.asarray(prev.block_id)[rows_p]):
         j = int(np.repeat(np.arange(k), nid)[np.flatnonzero(ids != prev.block_id[rows_p])[0]])

@@ -52,9 +52,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from weka_assets.decoding.dataset import ROLES, DecodedDataset
-from weka_assets.replay.prefix import chain_keys, segment_positions
+from weka_assets.replay.prefix import segment_positions
 from weka_assets.replay.schedule import Arrival, global_order
-from weka_assets.replay.unbounded import _flat_prefix, _tail_block_hashes, row_content_hashes
+from weka_assets.replay.unbounded import token_block_keys
 
 # ---- KV geometry ------------------------------------------------------------------------------
 
@@ -144,22 +144,7 @@ def call_block_keys(ds: DecodedDataset) -> tuple[np.ndarray, np.ndarray]:
     block's tokens, then the content hashes of full blocks of unhashed tail filler, chained per
     call by `chain_keys`. A call has `tokens_in // block_size` full blocks.
     """
-    c = ds.calls
-    n_full = c["n_full"].astype(np.int64)
-    lengths = (c["tokens_in"] // c["block_size"]).astype(np.int64)
-    calls = np.arange(ds.n_calls)
-    content = row_content_hashes(ds)[_flat_prefix(ds, calls, n_full)]
-    extra = lengths - n_full
-    if (extra > 0).any():
-        out = np.empty(int(lengths.sum()), dtype=np.uint64)
-        starts = np.cumsum(lengths) - lengths
-        _, pos = segment_positions(n_full)
-        out[np.repeat(starts, n_full) + pos] = content
-        for i in np.flatnonzero(extra > 0):
-            a = int(starts[i] + n_full[i])
-            out[a : a + int(extra[i])] = _tail_block_hashes(ds, int(i))
-        content = out
-    return chain_keys(content, lengths), lengths
+    return token_block_keys(ds, np.arange(ds.n_calls))
 
 
 def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -91,15 +91,6 @@ def row_content_hashes(ds: DecodedDataset) -> np.ndarray:
     return out
 
 
-def _flat_prefix(ds: DecodedDataset, calls: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The first counts[i] block rows of each call in `calls`, concatenated."""
-    starts = ds.calls["rows_start"][calls]
-    idx = np.repeat(starts, counts) + (
-        np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    )
-    return np.asarray(ds.call_rows)[idx]
-
-
 def _tail_block_hashes(ds: DecodedDataset, i: int) -> np.ndarray:
     """Content hashes of full blocks made of unhashed tail filler (truncated id lists)."""
     c = ds.calls
@@ -110,6 +101,34 @@ def _tail_block_hashes(ds: DecodedDataset, i: int) -> np.ndarray:
     start = int(c["n_full"][i]) * bs
     tokens = ds.expand_call(i)[start : start + extra * bs].reshape(extra, bs)
     return token_block_hash(tokens)
+
+
+def token_block_keys(
+    ds: DecodedDataset, calls: np.ndarray, content: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The token replay's keys: for each call in `calls`, its `tokens_in // block_size` full
+    blocks keyed by content hash of their tokens (hashed blocks from the memoised per-row
+    `content`, unhashed tail blocks from their expanded tokens), chained per call.
+    Returns (keys concatenated in `calls` order, blocks per call)."""
+    c = ds.calls
+    n_full = c["n_full"][calls].astype(np.int64)
+    lengths = (c["tokens_in"][calls] // c["block_size"][calls]).astype(np.int64)
+    if content is None:
+        content = row_content_hashes(ds)
+    block_content = content[ds.leading_rows(calls, n_full)]
+    extra = lengths - n_full
+    if (extra > 0).any():
+        out = np.empty(int(lengths.sum()), dtype=np.uint64)
+        starts = np.cumsum(lengths) - lengths
+        offsets = np.arange(int(n_full.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(n_full) - n_full, n_full
+        )
+        out[np.repeat(starts, n_full) + offsets] = block_content
+        for j in np.flatnonzero(extra > 0):
+            a = int(starts[j] + n_full[j])
+            out[a : a + int(extra[j])] = _tail_block_hashes(ds, int(calls[j]))
+        block_content = out
+    return chain_keys(block_content, lengths), lengths
 
 
 def replay_unbounded(ds: DecodedDataset) -> tuple[ReplayResult, CallFigures]:
@@ -133,20 +152,11 @@ def replay_unbounded(ds: DecodedDataset) -> tuple[ReplayResult, CallFigures]:
         calls = np.arange(sl.start, sl.stop)
         if calls.size == 0:
             continue
-        ids = ds.block_id[_flat_prefix(ds, calls, n_ids[calls])]
+        ids = ds.block_id[ds.leading_rows(calls, n_ids[calls])]
         cf.hits[calls] = leading_hits(ids, n_ids[calls])
-        full_ids = ds.block_id[_flat_prefix(ds, calls, n_full[calls])]
+        full_ids = ds.block_id[ds.leading_rows(calls, n_full[calls])]
         cf.full_hits[calls] = leading_hits(full_ids, n_full[calls])
-        block_content = content[_flat_prefix(ds, calls, n_full[calls])]
-        if (token_total[calls] > n_full[calls]).any():
-            parts, start = [], 0
-            ends = np.cumsum(n_full[calls])
-            for j, i in enumerate(calls):
-                parts.append(block_content[start : ends[j]])
-                parts.append(_tail_block_hashes(ds, int(i)))
-                start = ends[j]
-            block_content = np.concatenate(parts)
-        keys = chain_keys(block_content, token_total[calls])
+        keys, _ = token_block_keys(ds, calls, content)
         cf.token_hits[calls] = leading_hits(keys, token_total[calls])
         trace_keys.append(np.unique(keys))
     cross = 0

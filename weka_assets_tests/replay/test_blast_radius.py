@@ -22,7 +22,7 @@ from weka_assets.replay.blast_radius import (
 )
 from weka_assets.replay.unbounded import replay_unbounded
 from weka_assets.versions import MANIFEST_VERSION
-from weka_assets_tests.corpora import REAL_SAMPLE, WORK, decoded, synthetic
+from weka_assets_tests.corpora import REAL_SAMPLE, decoded, synthetic, truncated
 
 needs_real = pytest.mark.skipif(
     not REAL_SAMPLE.is_dir(), reason=f"real sample missing at {REAL_SAMPLE}"
@@ -221,21 +221,6 @@ def brute_force(cur: DecodedDataset, prev: DecodedDataset) -> tuple[np.ndarray, 
     return full, any_token
 
 
-def truncated_corpus():
-    """Some hash lists cut short: unhashed tails of whole blocks."""
-    out = []
-    lines = synthetic("kv-cache-tester", traces=4, seed=9).read_text().splitlines()
-    for k, line in enumerate(lines):
-        t = json.loads(line)
-        for r in t["requests"][1::3]:
-            if r["type"] != "subagent" and len(r["hash_ids"]) > 4:
-                r["hash_ids"] = r["hash_ids"][: len(r["hash_ids"]) - 2 - k % 3]
-        out.append(json.dumps(t))
-    path = WORK / "corpora" / "blast-truncated.jsonl"
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
 def relayout(ds: DecodedDataset) -> DecodedDataset:
     """The same dataset with some calls laid out differently (a hypothetical decoder change):
     partial blocks turned into tail filler, and a last full block turned into tail filler."""
@@ -260,7 +245,7 @@ def test_token_changes_equal_a_full_expansion(case):
         path = synthetic("kv-cache-tester", traces=6, seed=4)  # unhashed tails
         cur, prev = decoded(path), decoded(path, seed=1)
     elif case == "truncated-seed":
-        path = truncated_corpus()
+        path = truncated()
         cur, prev = decoded(path), decoded(path, seed=1)
         assert (cur.calls["tail_len"] >= 64).any()
     else:

@@ -2,14 +2,13 @@
 call by call, a token replay keyed by real token bytes, and the historic bug's blast radius."""
 
 import hashlib
-import json
 
 import numpy as np
 import pytest
 
 from weka_assets.replay.prefix import leading_hits
 from weka_assets.replay.unbounded import replay_unbounded
-from weka_assets_tests.corpora import REAL_SAMPLE, WORK, decoded, synthetic
+from weka_assets_tests.corpora import REAL_SAMPLE, decoded, synthetic, truncated
 from weka_assets_tests.reference import reference_theoretical
 
 needs_real = pytest.mark.skipif(
@@ -81,25 +80,10 @@ def token_keyed_replay(ds):
     return np.array(hits)
 
 
-def _truncated_corpus():
-    """A synthetic corpus with some hash lists cut short (unhashed tails of whole blocks)."""
-    lines = synthetic("kv-cache-tester", traces=4, seed=9).read_text().splitlines()
-    out = []
-    for k, line in enumerate(lines):
-        t = json.loads(line)
-        for r in t["requests"][1::3]:
-            if r["type"] != "subagent" and len(r["hash_ids"]) > 4:
-                r["hash_ids"] = r["hash_ids"][: len(r["hash_ids"]) - 2 - k % 3]
-        out.append(json.dumps(t))
-    path = WORK / "corpora" / "truncated.jsonl"
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
 @pytest.mark.parametrize("which", ["semianalysis", "kv-cache-tester", "truncated", "session"])
 def test_token_replay_equals_a_replay_keyed_by_token_bytes(which):
     if which == "truncated":
-        ds = decoded(_truncated_corpus())
+        ds = decoded(truncated())
         assert (ds.calls["tail_len"] >= 64).any()
     elif which == "session":
         ds = decoded(synthetic("semianalysis", traces=6, seed=4), "session")
