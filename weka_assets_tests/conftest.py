@@ -21,3 +21,13 @@ def real_sample() -> Path:
     if not REAL_SAMPLE.is_dir():
         pytest.skip(f"real kv-cache-tester sample not found at {REAL_SAMPLE}")
     return REAL_SAMPLE
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_dagster_state_storage():
+    """Dagster keeps the current definitions-state storage in a process-wide context variable;
+    a test whose instance was disposed can leave it pointing at a dead instance, and the next
+    Definitions load in the same process then fails. Start every test without it."""
+    from dagster._core.storage.defs_state import base
+
+    base._current_storage.set(None)
