@@ -22,9 +22,23 @@ from weka_assets.versions import MANIFEST_VERSION
 
 FILLER_CACHE = ".filler-cache"
 
+# progress(stage, done, total, unit): called as a long step advances; total is None when
+# unknown. Stages: "scope", "decode", "replay"; unit "bytes" (of the corpus read) or "traces".
+ProgressFn = Callable[[str, int, int | None, str], None]
 
-def scope_report(path: Path | str, policy: Policy = "fail") -> ScopeReport:
-    report, _ = build_report(iter_records(path), policy)
+
+def _ticking(records, stage: str, progress: ProgressFn | None):
+    """Pass records through, reporting each one to `progress` (unit: traces)."""
+    for n, rec in enumerate(records, start=1):
+        yield rec
+        if progress is not None:
+            progress(stage, n, None, "traces")
+
+
+def scope_report(
+    path: Path | str, policy: Policy = "fail", progress: ProgressFn | None = None
+) -> ScopeReport:
+    report, _ = build_report(_ticking(iter_records(path), "scope", progress), policy)
     return report
 
 
@@ -86,6 +100,7 @@ def decode_corpus(
     manifest_version: int = MANIFEST_VERSION,
     measure_drift: bool = True,
     fetch_existing: Callable[[str], bool] | None = None,
+    progress: ProgressFn | None = None,
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
@@ -96,7 +111,7 @@ def decode_corpus(
     started = time.perf_counter()
     root = Path(root)
     if report is None:
-        report = scope_report(path, policy)
+        report = scope_report(path, policy, progress)
     if not report.passed:
         raise CorpusRejected("; ".join(report.failure_reasons), report.hard_errors)
     spec = resolve_tokenizer(settings.tokenizer)
@@ -120,7 +135,7 @@ def decode_corpus(
         manifest = orjson.loads((target / "manifest.json").read_bytes())
         return DecodeOutcome(target, key, True, material, time.perf_counter() - started, manifest)
     excluded = set(report.excluded_traces)
-    traces = (t for t in iter_traces(path) if t.id not in excluded)
+    traces = (t for t in _ticking(iter_traces(path), "decode", progress) if t.id not in excluded)
     manifest = {
         "decode_key": key,
         "key_material": material,
@@ -144,6 +159,8 @@ def decode_corpus(
     return DecodeOutcome(final, key, False, material, time.perf_counter() - started, manifest)
 
 
-def replay(dataset: Path | str | DecodedDataset) -> tuple[ReplayResult, CallFigures]:
+def replay(
+    dataset: Path | str | DecodedDataset, progress: ProgressFn | None = None
+) -> tuple[ReplayResult, CallFigures]:
     ds = dataset if isinstance(dataset, DecodedDataset) else open_dataset(dataset)
-    return replay_unbounded(ds)
+    return replay_unbounded(ds, progress=progress)

@@ -131,7 +131,7 @@ def token_block_keys(
     return chain_keys(block_content, lengths), lengths
 
 
-def replay_unbounded(ds: DecodedDataset) -> tuple[ReplayResult, CallFigures]:
+def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, CallFigures]:
     """All unbounded-cache figures of a decoded dataset, per corpus, role and trace."""
     c = ds.calls
     m = ds.n_calls
@@ -148,7 +148,10 @@ def replay_unbounded(ds: DecodedDataset) -> tuple[ReplayResult, CallFigures]:
     )
     content = row_content_hashes(ds)
     trace_keys = []
-    for sl in ds.trace_slices():
+    slices = ds.trace_slices()
+    for done, sl in enumerate(slices, start=1):
+        if progress is not None:
+            progress("replay", done, len(slices), "traces")
         calls = np.arange(sl.start, sl.stop)
         if calls.size == 0:
             continue
