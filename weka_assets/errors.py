@@ -21,7 +21,9 @@ class Location:
     def describe(self) -> str:
         parts = []
         if self.file is not None:
-            parts.append(self.file if self.line is None else f"{self.file}:{self.line}")
+            # a file name may hold a newline or a control character: escape it, one line
+            file = self.file if self.file.isprintable() else repr(self.file)[1:-1]
+            parts.append(file if self.line is None else f"{file}:{self.line}")
         if self.trace is not None:
             parts.append(f"trace {self.trace!r}")
         if self.request is not None:
@@ -39,6 +41,9 @@ class TraceError(WekaError):
         self.message = message
         self.location = location
         super().__init__(f"{location.describe()}: [{rule}] {message}")
+
+    def __reduce__(self):  # picklable, so worker processes can hand it back
+        return (type(self), (self.rule, self.message, self.location))
 
     def as_dict(self) -> dict:
         loc = self.location

@@ -4,20 +4,22 @@ both call these, so the two can never disagree."""
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from weka_assets.decoding.dataset import DecodedDataset, is_complete, open_dataset
-from weka_assets.decoding.decoder import decode_traces
+from weka_assets.decoding.dataset import DatasetWriter, DecodedDataset, is_complete, open_dataset
+from weka_assets.decoding.decoder import decode_record, scope_and_decode_record
 from weka_assets.decoding.filler import build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
-from weka_assets.decoding.tokenizers import load_tokenizer, resolve_tokenizer
-from weka_assets.errors import CorpusRejected
+from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resolve_tokenizer
+from weka_assets.errors import CorpusRejected, TraceError
+from weka_assets.parallel import ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
-from weka_assets.traces.reader import corpus_digest, file_digests, iter_records, iter_traces
-from weka_assets.traces.scope import Policy, ScopeReport, build_report
+from weka_assets.traces.reader import corpus_digest, file_digests, iter_raw_records
+from weka_assets.traces.scope import Policy, ScopeReport, analyse_record, build_report
 from weka_assets.versions import MANIFEST_VERSION
 
 FILLER_CACHE = ".filler-cache"
@@ -28,17 +30,19 @@ ProgressFn = Callable[[str, int, int | None, str], None]
 
 
 def _ticking(records, stage: str, progress: ProgressFn | None):
-    """Pass records through, reporting each one to `progress` (unit: traces)."""
-    for n, rec in enumerate(records, start=1):
+    """Pass records through, reporting the corpus bytes read to `progress`."""
+    for rec in records:
         yield rec
-        if progress is not None:
-            progress(stage, n, None, "traces")
+        first = rec[0] if isinstance(rec, tuple) else rec
+        if progress is not None and hasattr(first, "done"):
+            progress(stage, first.done, first.total, "bytes")
 
 
 def scope_report(
     path: Path | str, policy: Policy = "fail", progress: ProgressFn | None = None
 ) -> ScopeReport:
-    report, _ = build_report(_ticking(iter_records(path), "scope", progress), policy)
+    analysed = ordered_map(analyse_record, iter_raw_records(path))
+    report, _ = build_report(_ticking(analysed, "scope", progress), policy)
     return report
 
 
@@ -64,16 +68,20 @@ class DecodeOutcome:
 
 
 def retokenization_drift(
-    ds: DecodedDataset, tokenizer, calls: int = 8, max_tokens: int = 2048
+    ds: DecodedDataset, spec: TokenizerSpec, calls: int = 8, max_tokens: int = 512
 ) -> dict:
-    """How far encode(decode(tokens)) drifts from the tokens: what a text-based client would see."""
+    """How far encode(decode(tokens)) drifts from the tokens: what a text-based client would
+    see. Measured on the first `max_tokens` tokens of the first `calls` calls, with the
+    tokenizer's own fast tokenizer (`tokenizer.json` through the `tokenizers` library, what
+    transformers' fast tokenizers run) or transformers when the folder has no tokenizer.json."""
+    encode, decode = _codec(spec)
     checked = identical = tokens = 0
     deltas, mismatched = [], 0
     for i in range(min(calls, ds.n_calls)):
         ids = ds.expand_call(i)[:max_tokens].tolist()
         if not ids:
             continue
-        back = tokenizer.encode(tokenizer.decode(ids), add_special_tokens=False)
+        back = encode(decode(ids))
         checked += 1
         tokens += len(ids)
         identical += back == ids
@@ -90,6 +98,20 @@ def retokenization_drift(
     }
 
 
+def _codec(spec: TokenizerSpec):
+    path = Path(spec.folder) / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+        return (
+            lambda text: tok.encode(text, add_special_tokens=False).ids,
+            lambda ids: tok.decode(ids, skip_special_tokens=False),
+        )
+    tok = load_tokenizer(spec)
+    return (lambda text: tok.encode(text, add_special_tokens=False), tok.decode)
+
+
 def decode_corpus(
     path: Path | str,
     root: Path | str,
@@ -104,59 +126,101 @@ def decode_corpus(
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
-    The scope gate is hard: a corpus that fails its report raises `CorpusRejected`.
-    `fetch_existing(key)` is asked when no complete local dataset has that key; it returns
-    True after making one available under `root/<key>/` (a remote store pulls it).
+    The scope gate is hard: a corpus that fails its report raises `CorpusRejected` and nothing
+    is published. Without a `report`, one pass reads, analyses and decodes every trace, and the
+    report decides at the end whether the dataset aside is published (with its key) or
+    dropped. `fetch_existing(key)` is asked when no complete local dataset has that key; it
+    returns True after making one available under `root/<key>/` (a remote store pulls it).
     """
     started = time.perf_counter()
     root = Path(root)
-    if report is None:
-        report = scope_report(path, policy, progress)
-    if not report.passed:
-        raise CorpusRejected("; ".join(report.failure_reasons), report.hard_errors)
     spec = resolve_tokenizer(settings.tokenizer)
     filler = build_filler(spec, settings.filler_text, cache_dir=root / FILLER_CACHE)
     digest = corpus_digest(file_digests(path))
-    block_sizes = sorted(int(b) for b in report.block_sizes)
-    material = decode_key_material(
-        settings,
-        corpus_digest=digest,
-        tokenizer=spec,
-        filler_sha256=filler.sha256,
-        block_sizes=block_sizes,
-        excluded_traces=report.excluded_traces,
-        manifest_version=manifest_version,
-    )
-    key = decode_key(material)
-    target = root / key
-    if is_complete(target) or (
-        fetch_existing is not None and fetch_existing(key) and is_complete(target)
-    ):
-        manifest = orjson.loads((target / "manifest.json").read_bytes())
-        return DecodeOutcome(target, key, True, material, time.perf_counter() - started, manifest)
-    excluded = set(report.excluded_traces)
-    traces = (t for t in _ticking(iter_traces(path), "decode", progress) if t.id not in excluded)
-    manifest = {
-        "decode_key": key,
-        "key_material": material,
-        "manifest_version": manifest_version,
-        "tokenizer_source": spec.source,
-        "created_unix": time.time(),
-    }
-    ds = decode_traces(traces, settings, filler, manifest)
-    manifest.update(
-        traces=len(ds.traces),
-        calls=ds.n_calls,
-        blocks=int(ds.block_id.size),
-        ids=int(ds.call_rows.size),
-        prompt_tokens=int(ds.calls["tokens_in"].sum()),
-        filler_tokens=int(filler.size),
-    )
-    if measure_drift:
-        manifest["retokenization_drift"] = retokenization_drift(ds, load_tokenizer(spec))
-    ds.manifest = manifest
-    final = ds.write(root, key)
-    return DecodeOutcome(final, key, False, material, time.perf_counter() - started, manifest)
+
+    def key_for(rep: ScopeReport) -> tuple[dict, str]:
+        material = decode_key_material(
+            settings,
+            corpus_digest=digest,
+            tokenizer=spec,
+            filler_sha256=filler.sha256,
+            block_sizes=sorted(int(b) for b in rep.block_sizes),
+            excluded_traces=rep.excluded_traces,
+            manifest_version=manifest_version,
+        )
+        return material, decode_key(material)
+
+    def existing(key: str) -> dict | None:
+        target = root / key
+        if is_complete(target) or (
+            fetch_existing is not None and fetch_existing(key) and is_complete(target)
+        ):
+            return orjson.loads((target / "manifest.json").read_bytes())
+        return None
+
+    def gate(rep: ScopeReport) -> None:
+        if not rep.passed:
+            raise CorpusRejected("; ".join(rep.failure_reasons), rep.hard_errors)
+
+    if report is not None:
+        gate(report)
+        material, key = key_for(report)
+        if (manifest := existing(key)) is not None:
+            return DecodeOutcome(root / key, key, True, material, _since(started), manifest)
+    with DatasetWriter(root, filler.tokens, settings.sub_blocks) as writer:
+        totals = {"prompt_tokens": 0, "ids": 0}
+
+        def append(piece) -> None:
+            writer.append(piece)
+            totals["prompt_tokens"] += int(piece.calls["tokens_in"].sum())
+            totals["ids"] += int(piece.calls["n_ids"].sum())
+
+        if report is not None:
+            excluded = frozenset(report.excluded_traces)
+            task = partial(decode_record, settings=settings, n=filler.size, excluded=excluded)
+            for piece in _ticking(ordered_map(task, iter_raw_records(path)), "decode", progress):
+                if isinstance(piece, TraceError):
+                    raise piece
+                if piece is not None:
+                    append(piece)
+        else:
+            task = partial(scope_and_decode_record, settings=settings, n=filler.size)
+            analysed = []
+            for rec, piece in _ticking(
+                ordered_map(task, iter_raw_records(path)), "decode", progress
+            ):
+                analysed.append(rec)
+                keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")
+                if piece is not None and keep:  # a duplicate id fails the gate below
+                    append(piece)
+            report, _ = build_report(analysed, policy)
+            gate(report)
+            material, key = key_for(report)
+            if (manifest := existing(key)) is not None:
+                return DecodeOutcome(root / key, key, True, material, _since(started), manifest)
+        manifest = {
+            "decode_key": key,
+            "key_material": material,
+            "manifest_version": manifest_version,
+            "tokenizer_source": spec.source,
+            "created_unix": time.time(),
+            "traces": len(writer.traces),
+            "calls": writer.n_calls,
+            "blocks": writer.n_blocks,
+            "tail_rows": writer.n_rows,
+            "filler_tokens": int(filler.size),
+            **totals,
+        }
+        if measure_drift:
+            ds = writer.dataset(manifest)
+            manifest["retokenization_drift"] = retokenization_drift(ds, spec)
+            del ds
+        final = writer.publish(key, manifest)
+    return DecodeOutcome(final, key, False, material, _since(started), manifest)
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
 
 
 def replay(

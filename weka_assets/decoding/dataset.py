@@ -1,17 +1,22 @@
 """A decoded dataset: compact storage and the public expansion API.
 
-Never one token list per call. Stored are the filler corpus, each distinct (scope, id) block
-once (its sub-block offsets into the filler), every call as a list of block rows plus a spec
-of its partial block and unhashed tail. `expand_call` turns any call into exactly `in` token
-ids with one vectorised gather.
+Never one token list per call, nor one id list: stored are the filler corpus, each distinct
+(scope, id) block once (its sub-block offsets into the filler), and every call as what it adds
+to its conversation: `shared` leading blocks of the conversation's previous call (`prev`, in
+replay order) plus the block rows of the rest (`tail_rows`), and a spec of its partial block
+and unhashed tail. `call_rows` rebuilds any call's rows; `RowWalker` rebuilds them call after
+call by rewriting only what changed; `expand_call` turns any call into exactly `in` token ids
+with one vectorised gather.
 
 On disk, `<root>/<decode key>/` holds `.npy` arrays (memory-mapped on read), `calls.parquet`,
 `traces.parquet` and `manifest.json`, written last with the sha256 of every file: a folder
-without a manifest is never read. A dataset is written aside and renamed into place, so a
-half-written one is never visible and an existing one is never overwritten.
+without a manifest is never read. `DatasetWriter` appends trace after trace (memory bounded by
+one trace) into a folder aside and renames it into place, so a half-written dataset is never
+visible and an existing one is never overwritten.
 """
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -42,8 +47,12 @@ CALL_COLUMNS = {
     "partial_len": np.int32,
     "tail_len": np.int64,
     "tail_offset": np.int64,
+    "prev": np.int64,  # the conversation's previous call (global index), -1 for its first
+    "shared": np.int64,  # leading block rows shared with `prev`
 }
-ARRAYS = ("filler", "block_trace", "block_id", "block_offsets", "call_rows")
+ARRAYS = ("filler", "block_trace", "block_id", "block_offsets", "tail_rows")
+# On-disk layout version; part of the decode key, so a layout change never reads old folders.
+DATASET_FORMAT = 2
 ROLES = ("parent", "subagent")
 
 
@@ -55,7 +64,7 @@ class DecodedDataset:
     block_trace: np.ndarray  # int32 [R]: trace index of each block row
     block_id: np.ndarray  # int64 [R]: the hash id it decodes
     block_offsets: np.ndarray  # uint32 [R, S]: sub-block starts in the filler
-    call_rows: np.ndarray  # int64 [sum n_ids]: block rows of every call, concatenated
+    tail_rows: np.ndarray  # int64: block rows of each call's ids after its shared prefix
     calls: dict[str, np.ndarray]  # CALL_COLUMNS
     traces: list[dict]  # id, file, line, block_size, scopes
     manifest: dict = field(default_factory=dict)
@@ -89,19 +98,34 @@ class DecodedDataset:
         bounds = np.searchsorted(tr, np.arange(len(self.traces) + 1), side="left")
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
+    def call_rows(self, i: int) -> np.ndarray:
+        """The block rows of call `i`, rebuilt from the tails along its conversation."""
+        c = self.calls
+        parts = []
+        u, j = int(c["n_ids"][i]), i
+        while u > 0:
+            shared, start = int(c["shared"][j]), int(c["rows_start"][j])
+            lo = min(shared, u)
+            if lo < u:
+                parts.append(self.tail_rows[start + lo - shared : start + u - shared])
+            u, j = lo, int(c["prev"][j])
+        parts.reverse()
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
     def leading_rows(self, calls: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """The first counts[j] block rows of each call in `calls`, concatenated."""
         counts = np.asarray(counts, dtype=np.int64)
-        starts = self.calls["rows_start"][calls].astype(np.int64)
-        offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
-            np.cumsum(counts) - counts, counts
-        )
-        return np.asarray(self.call_rows)[np.repeat(starts, counts) + offsets]
+        out = np.empty(int(counts.sum()), dtype=np.int64)
+        walker = RowWalker(self)
+        pos = 0
+        for i, k in zip(np.asarray(calls).tolist(), counts.tolist(), strict=True):
+            out[pos : pos + k] = walker.rows(i)[:k]
+            pos += k
+        return out
 
     def call_ids(self, i: int) -> np.ndarray:
         """The hash ids of call `i`, as recorded."""
-        s = int(self.calls["rows_start"][i])
-        return self.block_id[self.call_rows[s : s + int(self.calls["n_ids"][i])]]
+        return self.block_id[self.call_rows(i)]
 
     # ---- expansion ---------------------------------------------------------------------------
     def _layout(self, bs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,13 +144,12 @@ class DecodedDataset:
         starts = self.block_offsets[np.asarray(rows)][:, sub].astype(np.int64)
         return self._filler_ext[starts + within]
 
-    def expand_call(self, i: int) -> np.ndarray:
-        """Exactly `tokens_in` token ids of call `i` (int32)."""
+    def expand_call(self, i: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Exactly `tokens_in` token ids of call `i` (int32); `rows`: its block rows if known."""
         c = self.calls
         n, bs = int(c["tokens_in"][i]), int(c["block_size"][i])
         full, partial, tail = int(c["n_full"][i]), int(c["partial_len"][i]), int(c["tail_len"][i])
-        s = int(c["rows_start"][i])
-        rows = self.call_rows[s : s + int(c["n_ids"][i])]
+        rows = self.call_rows(i) if rows is None else rows
         out = np.empty(n, dtype=np.int32)
         if full:
             out[: full * bs] = self.block_tokens(rows[:full], bs).ravel()
@@ -142,8 +165,9 @@ class DecodedDataset:
 
     def expand_all(self):
         """Yield (call index, token ids) for every call, one call at a time."""
+        walker = RowWalker(self)
         for i in range(self.n_calls):
-            yield i, self.expand_call(i)
+            yield i, self.expand_call(i, walker.rows(i))
 
     def role_mask(self, role: str) -> np.ndarray:
         return self.calls["role"] == ROLES.index(role)
@@ -151,40 +175,201 @@ class DecodedDataset:
     # ---- storage -----------------------------------------------------------------------------
     def write(self, root: Path | str, key: str) -> Path:
         """Publish at `<root>/<key>/` atomically; an existing dataset there wins and is kept."""
-        root = Path(root)
-        final = root / key
-        if is_complete(final):
-            return final
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
-        try:
-            files = {}
-            for name in ARRAYS:
-                p = tmp / f"{name}.npy"
-                np.save(p, np.ascontiguousarray(getattr(self, name)))
-                files[p.name] = _sha256(p)
-            table = pa.table(
-                {k: pa.array(np.asarray(v, dtype=CALL_COLUMNS[k])) for k, v in self.calls.items()}
+        with DatasetWriter(root, self.filler, self.sub_blocks) as w:
+            w.append_arrays(
+                self.traces,
+                self.block_trace,
+                self.block_id,
+                self.block_offsets,
+                self.tail_rows,
+                self.calls,
             )
-            pq.write_table(table, tmp / "calls.parquet")
-            pq.write_table(pa.Table.from_pylist(self.traces), tmp / "traces.parquet")
-            for p in ("calls.parquet", "traces.parquet"):
-                files[p] = _sha256(tmp / p)
-            manifest = dict(self.manifest, files=files)
-            (tmp / "manifest.json").write_bytes(
-                orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+            self.path = w.publish(key, self.manifest)
+        return self.path
+
+
+class RowWalker:
+    """Each call's block rows, call after call in dataset order, each built from its
+    conversation predecessor's by rewriting only the rows that changed. A returned array is
+    valid until the next call of the same conversation."""
+
+    def __init__(self, ds: DecodedDataset):
+        self.ds = ds
+        self._last: dict[int, np.ndarray] = {}  # a conversation's last call -> its row buffer
+        c = ds.calls
+        self._prev, self._shared = c["prev"], c["shared"]
+        self._n, self._start = c["n_ids"], c["rows_start"]
+
+    def rows(self, i: int) -> np.ndarray:
+        p, n = int(self._prev[i]), int(self._n[i])
+        buf = self._last.pop(p, None) if p >= 0 else None
+        if buf is None:
+            rows = self.ds.call_rows(i)
+            buf = np.empty(max(2 * n, 64), dtype=np.int64)
+            buf[:n] = rows
+        else:
+            shared, start = int(self._shared[i]), int(self._start[i])
+            if buf.size < n:
+                buf = np.concatenate([buf[:shared], np.empty(2 * n - shared, np.int64)])
+            buf[shared:n] = self.ds.tail_rows[start : start + n - shared]
+        self._last[i] = buf
+        return buf[:n]
+
+
+_NPY_HEADER = 128  # bytes reserved for an .npy header written when the shape is known
+
+
+class _NpyAppender:
+    """An .npy file written by appending rows; its header is filled in at the end."""
+
+    def __init__(self, path: Path, dtype, row_shape: tuple = ()):
+        self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), row_shape, 0
+        self.fh = open(path, "wb")
+        self.fh.write(b"\0" * _NPY_HEADER)
+
+    def append(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self.fh.write(arr.tobytes())
+        self.rows += arr.shape[0] if arr.ndim else 1
+
+    def close(self) -> None:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {
+                "descr": self.dtype.str,
+                "fortran_order": False,
+                "shape": (self.rows, *self.row_shape),
+            },
+        )
+        if header.tell() != _NPY_HEADER:
+            raise DecodeError(
+                f"{self.path}: .npy header is {header.tell()} bytes, not {_NPY_HEADER}"
             )
-            _fsync_dir(tmp)
+        self.fh.seek(0)
+        self.fh.write(header.getvalue())
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+
+class DatasetWriter:
+    """Append decoded traces into a folder aside; `publish` makes it visible atomically."""
+
+    def __init__(self, root: Path | str, filler: np.ndarray, sub_blocks: int):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-decode-", dir=self.root))
+        np.save(self.tmp / "filler.npy", np.ascontiguousarray(filler, dtype=np.int32))
+        self.filler = filler
+        self._arrays = {
+            "block_trace": _NpyAppender(self.tmp / "block_trace.npy", np.int32),
+            "block_id": _NpyAppender(self.tmp / "block_id.npy", np.int64),
+            "block_offsets": _NpyAppender(self.tmp / "block_offsets.npy", np.uint32, (sub_blocks,)),
+            "tail_rows": _NpyAppender(self.tmp / "tail_rows.npy", np.int64),
+        }
+        self._schema = pa.schema([(k, pa.from_numpy_dtype(v)) for k, v in CALL_COLUMNS.items()])
+        self._calls = pq.ParquetWriter(self.tmp / "calls.parquet", self._schema)
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.traces: list[dict] = []
+        self.n_blocks = self.n_rows = self.n_calls = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.abort()
+
+    def append(self, piece) -> None:
+        """Append one decoded trace (a `TracePiece`, rows and calls local to it)."""
+        t = len(self.traces)
+        calls = dict(piece.calls)
+        m = piece.n_calls
+        calls["trace"] = np.full(m, t, CALL_COLUMNS["trace"])
+        calls["rows_start"] = piece.calls["rows_start"] + self.n_rows
+        calls["prev"] = np.where(piece.calls["prev"] >= 0, piece.calls["prev"] + self.n_calls, -1)
+        self.append_arrays(
+            [piece.trace],
+            np.full(piece.block_id.size, t, np.int32),
+            piece.block_id,
+            piece.block_offsets,
+            piece.tail_rows + self.n_blocks,
+            calls,
+        )
+
+    def append_arrays(self, traces, block_trace, block_id, offsets, tail_rows, calls) -> None:
+        """Append traces already numbered for this position in the dataset."""
+        self.traces.extend(traces)
+        for name, arr in (
+            ("block_trace", block_trace),
+            ("block_id", block_id),
+            ("block_offsets", offsets),
+            ("tail_rows", tail_rows),
+        ):
+            self._arrays[name].append(arr)
+        batch = pa.record_batch(
+            [pa.array(np.asarray(calls[k], dtype=v)) for k, v in CALL_COLUMNS.items()],
+            schema=self._schema,
+        )
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= 1 << 16:
+            self._flush_calls()
+        self.n_blocks += int(np.asarray(block_id).size)
+        self.n_rows += int(np.asarray(tail_rows).size)
+        self.n_calls += batch.num_rows
+
+    def _flush_calls(self) -> None:
+        if self._pending:
+            self._calls.write_table(pa.Table.from_batches(self._pending, self._schema))
+        self._pending, self._pending_rows = [], 0
+
+    def _finish_files(self) -> None:
+        if self._calls is None:
+            return
+        self._flush_calls()
+        self._calls.close()
+        self._calls = None
+        for a in self._arrays.values():
+            a.close()
+        pq.write_table(pa.Table.from_pylist(self.traces), self.tmp / "traces.parquet")
+
+    def dataset(self, manifest: dict | None = None) -> DecodedDataset:
+        """The dataset written so far, read back from the folder aside (before publishing)."""
+        self._finish_files()
+        return _read(self.tmp, manifest or {})
+
+    def publish(self, key: str, manifest: dict) -> Path:
+        """Checksums into the manifest, manifest last, rename into place as `<root>/<key>`;
+        a complete dataset already there wins."""
+        final = self.root / key
+        self._finish_files()
+        files = {p.name: _sha256(p) for p in sorted(self.tmp.iterdir())}
+        (self.tmp / "manifest.json").write_bytes(
+            orjson.dumps(
+                dict(manifest, files=files), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+            )
+        )
+        _fsync_dir(self.tmp)
+        if not is_complete(final):
             try:
-                os.rename(tmp, final)
+                os.rename(self.tmp, final)
             except OSError:
                 if not is_complete(final):
                     raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        self.path = final
+        self.abort()
         return final
+
+    def abort(self) -> None:
+        """Drop the folder aside (after a failure, or once published)."""
+        if self._calls is not None:
+            self._calls.close()
+            self._calls = None
+            for a in self._arrays.values():
+                a.fh.close()
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
@@ -212,6 +397,17 @@ def read_manifest(path: Path | str) -> dict:
     return orjson.loads(p.read_bytes())
 
 
+def _read(path: Path, manifest: dict) -> DecodedDataset:
+    try:
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        calls_t = pq.read_table(path / "calls.parquet")
+        traces = pq.read_table(path / "traces.parquet").to_pylist()
+        calls = {k: calls_t.column(k).to_numpy() for k in CALL_COLUMNS}
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        raise DecodeError(f"{path}: cannot read dataset ({exc})") from None
+    return DecodedDataset(calls=calls, traces=traces, manifest=manifest, path=path, **arrays)
+
+
 def open_dataset(path: Path | str, verify: bool = False) -> DecodedDataset:
     """Open a stored dataset (arrays memory-mapped). `verify` re-checks every file's sha256."""
     path = Path(path)
@@ -222,12 +418,4 @@ def open_dataset(path: Path | str, verify: bool = False) -> DecodedDataset:
                 raise DecodeError(
                     f"{path / name}: checksum mismatch; the stored dataset is corrupt"
                 )
-    try:
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        calls_t = pq.read_table(path / "calls.parquet")
-        traces = pq.read_table(path / "traces.parquet").to_pylist()
-    except (OSError, ValueError) as exc:
-        raise DecodeError(f"{path}: cannot read dataset ({exc})") from None
-    calls = {k: calls_t.column(k).to_numpy() for k in CALL_COLUMNS}
-    ds = DecodedDataset(calls=calls, traces=traces, manifest=manifest, path=path, **arrays)
-    return ds
+    return _read(path, manifest)

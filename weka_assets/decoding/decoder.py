@@ -1,12 +1,18 @@
-"""Decode traces into a compact synthetic dataset (decoder.md).
+"""Decode traces into a compact synthetic dataset (decoder.md), one trace at a time.
 
 Scope: under the `trace` policy (the contract, the default) every conversation of a trace,
 parent and subagents, draws its blocks from one scope, the trace id, so a block shared across
 agents decodes to the same tokens. The legacy `session` policy scopes each subagent on its own
 agent id, reproducing the historic bug for comparison only.
+
+A call is stored as what it adds to its conversation: the number of leading ids it shares
+with the conversation's previous call (in replay order) and the block rows of the rest.
+Each distinct (scope, id) is stored once. A trace decodes on its own (`decode_trace`), so
+traces are independent shards that any number of workers can decode.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,7 +20,10 @@ from weka_assets.decoding.dataset import CALL_COLUMNS, DecodedDataset
 from weka_assets.decoding.filler import Filler
 from weka_assets.decoding.prf import block_offsets, tail_offset
 from weka_assets.decoding.settings import DecodeSettings
-from weka_assets.traces.schema import Call, Trace
+from weka_assets.errors import TraceError
+from weka_assets.traces.reader import RawRecord, parse_record
+from weka_assets.traces.schema import Trace, common_prefix
+from weka_assets.traces.scope import AnalysedRecord, analyse_parsed
 from weka_assets.traces.timeline import replay_order
 
 
@@ -25,108 +34,180 @@ def conversation_scope(trace: Trace, conv: int, policy: str) -> str:
     return f"{trace.id}#{trace.subagents[conv - 1].agent_id}"
 
 
-class _Builder:
-    def __init__(self, settings: DecodeSettings, filler: Filler):
-        self.settings = settings
-        self.filler = filler
-        self.cols: dict[str, list] = {k: [] for k in CALL_COLUMNS}
-        self.rows: list[np.ndarray] = []
-        self.n_rows_ids = 0
-        self.block_trace: list[np.ndarray] = []
-        self.block_id: list[np.ndarray] = []
-        self.block_offsets: list[np.ndarray] = []
-        self.n_blocks = 0
-        self.traces: list[dict] = []
+@dataclass
+class TracePiece:
+    """One decoded trace. Block rows and call indices are local to the trace; the dataset
+    writer shifts them when it appends the piece."""
 
-    def add(self, trace: Trace) -> None:
-        t_index = len(self.traces)
-        order = replay_order(trace)
-        policy, seed, n = self.settings.scope_policy, self.settings.seed, self.filler.size
-        ordinal: dict[int, int] = {}  # id(call) -> index in its conversation
-        for conv in [trace.parent_calls] + [s.calls for s in trace.subagents]:
-            for k, c in enumerate(conv):
-                ordinal[id(c)] = k
-        scopes = sorted({conversation_scope(trace, c.conv, policy) for c in trace.calls})
-        call_rows: dict[int, np.ndarray] = {}
-        for scope in scopes:
-            members = [c for c in order if conversation_scope(trace, c.conv, policy) == scope]
-            ids = np.concatenate([c.ids for c in members]) if members else np.empty(0, np.int64)
-            uniq, inverse = np.unique(ids, return_inverse=True)
-            rows = self.n_blocks + inverse
-            bounds = np.cumsum([0] + [c.ids.size for c in members])
-            for c, a, b in zip(members, bounds[:-1], bounds[1:], strict=True):
-                call_rows[id(c)] = rows[a:b]
-            self.block_trace.append(np.full(uniq.size, t_index, dtype=np.int32))
-            self.block_id.append(uniq)
-            self.block_offsets.append(block_offsets(seed, scope, uniq, self.settings.sub_blocks, n))
-            self.n_blocks += int(uniq.size)
-        bs = trace.block_size
-        for c in order:
-            self._add_call(trace, t_index, c, bs, call_rows[id(c)], ordinal[id(c)], n)
-        self.traces.append(
-            {
-                "id": trace.id,
-                "file": trace.file,
-                "line": trace.line,
-                "block_size": bs,
-                "scopes": scopes,
-                "calls": len(order),
-            }
-        )
+    trace: dict
+    block_id: np.ndarray  # int64 [r]
+    block_offsets: np.ndarray  # uint32 [r, S]
+    tail_rows: np.ndarray  # int64: local block rows of every call's new ids
+    calls: dict[str, np.ndarray]  # CALL_COLUMNS; `prev` local (-1 none), `rows_start` local
+    done: int = 0  # corpus bytes read when this trace was (for progress)
+    total: int = 0
 
-    def _add_call(self, trace: Trace, t_index: int, c: Call, bs: int, rows, k: int, n: int) -> None:
-        length = c.ids.size
-        full_in = c.tokens_in // bs
-        n_full = min(length, full_in)
-        partial = c.tokens_in % bs if length > full_in else 0
-        tail = c.tokens_in - n_full * bs - partial
-        scope = conversation_scope(trace, c.conv, self.settings.scope_policy)
-        values = {
-            "trace": t_index,
-            "conv": c.conv,
-            "request": c.request,
-            "inner": c.inner,
-            "role": 0 if c.conv == 0 else 1,
-            "t_abs": c.t_abs,
-            "tokens_in": c.tokens_in,
-            "tokens_out": c.tokens_out,
+    @property
+    def n_calls(self) -> int:
+        return int(self.calls["tokens_in"].size)
+
+
+def decode_trace(trace: Trace, settings: DecodeSettings, n: int) -> TracePiece:
+    """Decode one trace against a filler corpus of `n` tokens."""
+    order = replay_order(trace)
+    policy, seed = settings.scope_policy, settings.seed
+    ordinal: dict[int, int] = {}  # id(call) -> index in its conversation (document order)
+    doc_prev: dict[int, object] = {}  # id(call) -> the call before it in its conversation
+    for conv in [trace.parent_calls] + [s.calls for s in trace.subagents]:
+        for k, c in enumerate(conv):
+            ordinal[id(c)] = k
+            if k:
+                doc_prev[id(c)] = conv[k - 1]
+    # each call against the previous call of its conversation in replay order
+    m = len(order)
+    prev = np.full(m, -1, dtype=np.int64)
+    shared = np.zeros(m, dtype=np.int64)
+    last: dict[int, int] = {}
+    for k, c in enumerate(order):
+        p = last.get(c.conv)
+        if p is not None:
+            prev[k] = p
+            # replay order within a conversation is almost always document order
+            same = doc_prev.get(id(c)) is order[p]
+            shared[k] = c.shared if same else common_prefix(order[p].ids, c.ids)
+        last[c.conv] = k
+    scope_of = [conversation_scope(trace, c.conv, policy) for c in order]
+    scopes = sorted(set(scope_of))
+    tail_rows = [np.empty(0, np.int64)] * m
+    ids_parts, offsets_parts = [], []
+    n_blocks = 0
+    for scope in scopes:
+        members = [k for k in range(m) if scope_of[k] == scope]
+        tails = [order[k].ids[shared[k] :] for k in members]
+        uniq, inverse = np.unique(np.concatenate(tails), return_inverse=True)
+        rows = n_blocks + inverse.astype(np.int64, copy=False)
+        bounds = np.cumsum([0] + [t.size for t in tails])
+        for k, a, b in zip(members, bounds[:-1], bounds[1:], strict=True):
+            tail_rows[k] = rows[a:b]
+        ids_parts.append(uniq)
+        offsets_parts.append(block_offsets(seed, scope, uniq, settings.sub_blocks, n))
+        n_blocks += int(uniq.size)
+    bs = trace.block_size
+    tokens_in = np.fromiter((c.tokens_in for c in order), np.int64, m)
+    n_ids = np.fromiter((c.ids.size for c in order), np.int64, m)
+    full_in = tokens_in // bs
+    n_full = np.minimum(n_ids, full_in)
+    partial = np.where(n_ids > full_in, tokens_in % bs, 0)
+    tail = tokens_in - n_full * bs - partial
+    tail_len = np.fromiter((r.size for r in tail_rows), np.int64, m)
+    cols = {
+        "trace": np.zeros(m),
+        "conv": [c.conv for c in order],
+        "request": [c.request for c in order],
+        "inner": [c.inner for c in order],
+        "role": [0 if c.conv == 0 else 1 for c in order],
+        "t_abs": [c.t_abs for c in order],
+        "tokens_in": tokens_in,
+        "tokens_out": [c.tokens_out for c in order],
+        "block_size": np.full(m, bs),
+        "rows_start": np.cumsum(tail_len) - tail_len,
+        "n_ids": n_ids,
+        "n_full": n_full,
+        "partial_len": partial,
+        "tail_len": tail,
+        "tail_offset": [
+            tail_offset(seed, scope_of[k], c.conv, ordinal[id(c)], n) if tail[k] else 0
+            for k, c in enumerate(order)
+        ],
+        "prev": prev,
+        "shared": shared,
+    }
+    s = settings.sub_blocks
+    return TracePiece(
+        trace={
+            "id": trace.id,
+            "file": trace.file,
+            "line": trace.line,
             "block_size": bs,
-            "rows_start": self.n_rows_ids,
-            "n_ids": length,
-            "n_full": n_full,
-            "partial_len": partial,
-            "tail_len": tail,
-            "tail_offset": tail_offset(self.settings.seed, scope, c.conv, k, n) if tail else 0,
-        }
-        for key, v in values.items():
-            self.cols[key].append(v)
-        self.rows.append(rows)
-        self.n_rows_ids += length
+            "scopes": scopes,
+            "calls": m,
+        },
+        block_id=np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64),
+        block_offsets=np.concatenate(offsets_parts)
+        if offsets_parts
+        else np.empty((0, s), np.uint32),
+        tail_rows=np.concatenate(tail_rows) if m else np.empty(0, np.int64),
+        calls={k: np.asarray(v, dtype=CALL_COLUMNS[k]) for k, v in cols.items()},
+    )
 
-    def build(self, manifest: dict) -> DecodedDataset:
-        def cat(parts, dtype, shape=(0,)):
-            return (
-                np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(shape, dtype)
-            )
 
-        s = self.settings.sub_blocks
-        return DecodedDataset(
-            filler=self.filler.tokens,
-            block_trace=cat(self.block_trace, np.int32),
-            block_id=cat(self.block_id, np.int64),
-            block_offsets=cat(self.block_offsets, np.uint32, (0, s)),
-            call_rows=cat(self.rows, np.int64),
-            calls={k: np.asarray(v, dtype=CALL_COLUMNS[k]) for k, v in self.cols.items()},
-            traces=self.traces,
-            manifest=manifest,
-        )
+def decode_record(
+    raw: RawRecord, settings: DecodeSettings, n: int, excluded: frozenset[str] = frozenset()
+) -> TracePiece | TraceError | None:
+    """Worker task: parse one raw record and decode it (None when excluded)."""
+    rec = parse_record(raw)
+    if rec.error is not None:
+        return rec.error
+    if rec.trace.id in excluded:
+        return None
+    piece = decode_trace(rec.trace, settings, n)
+    piece.done, piece.total = raw.done, raw.total
+    return piece
+
+
+def scope_and_decode_record(
+    raw: RawRecord, settings: DecodeSettings, n: int
+) -> tuple[AnalysedRecord, TracePiece | None]:
+    """Worker task of the one-pass decode: parse once, analyse the trace's scope, and decode
+    it when the analysis passed (the corpus report decides later what is published)."""
+    rec = parse_record(raw)
+    analysed = analyse_parsed(rec, raw)
+    piece = None
+    if analysed.scope is not None:
+        piece = decode_trace(rec.trace, settings, n)
+        piece.done, piece.total = raw.done, raw.total
+    return analysed, piece
+
+
+def concat_pieces(
+    pieces: Iterable[TracePiece], filler: np.ndarray, manifest: dict
+) -> DecodedDataset:
+    """Join decoded traces into one in-memory dataset (small corpora and tests)."""
+    pieces = list(pieces)
+    s = pieces[0].block_offsets.shape[1] if pieces else 4
+    blocks = calls = rows = 0
+    block_trace, tail_rows, cols = [], [], {k: [] for k in CALL_COLUMNS}
+    for t, p in enumerate(pieces):
+        block_trace.append(np.full(p.block_id.size, t, np.int32))
+        tail_rows.append(p.tail_rows + blocks)
+        shifted = dict(p.calls)
+        shifted["trace"] = np.full(p.n_calls, t, CALL_COLUMNS["trace"])
+        shifted["rows_start"] = p.calls["rows_start"] + rows
+        shifted["prev"] = np.where(p.calls["prev"] >= 0, p.calls["prev"] + calls, -1)
+        for k in CALL_COLUMNS:
+            cols[k].append(shifted[k])
+        blocks += p.block_id.size
+        rows += p.tail_rows.size
+        calls += p.n_calls
+
+    def cat(parts, dtype, shape=(0,)):
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(shape, dtype)
+
+    return DecodedDataset(
+        filler=filler,
+        block_trace=cat(block_trace, np.int32),
+        block_id=cat([p.block_id for p in pieces], np.int64),
+        block_offsets=cat([p.block_offsets for p in pieces], np.uint32, (0, s)),
+        tail_rows=cat(tail_rows, np.int64),
+        calls={k: cat(v, CALL_COLUMNS[k]) for k, v in cols.items()},
+        traces=[p.trace for p in pieces],
+        manifest=manifest,
+    )
 
 
 def decode_traces(
     traces: Iterable[Trace], settings: DecodeSettings, filler: Filler, manifest: dict | None = None
 ) -> DecodedDataset:
     """Decode every trace into one in-memory dataset (each distinct (scope, id) stored once)."""
-    builder = _Builder(settings, filler)
-    for trace in traces:
-        builder.add(trace)
-    return builder.build(manifest or {})
+    pieces = (decode_trace(t, settings, filler.size) for t in traces)
+    return concat_pieces(pieces, filler.tokens, manifest or {})

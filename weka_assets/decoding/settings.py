@@ -7,6 +7,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from weka_assets.decoding.dataset import DATASET_FORMAT
 from weka_assets.decoding.prf import PRF_NAME
 from weka_assets.decoding.tokenizers import DEFAULT_TOKENIZER, TokenizerSpec
 from weka_assets.versions import MANIFEST_VERSION
@@ -38,6 +39,7 @@ def decode_key_material(
 ) -> dict:
     return {
         "manifest_version": manifest_version,
+        "format": DATASET_FORMAT,
         "prf": PRF_NAME,
         "corpus_digest": corpus_digest,
         "tokenizer": tokenizer.identity(),

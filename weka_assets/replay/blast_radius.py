@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
+from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, is_complete
 from weka_assets.errors import DecodeError
 from weka_assets.replay.prefix import segment_positions
@@ -376,9 +377,9 @@ def _compare_chunk(
         owner, w = owner[diff], w[diff]
         blk = w // bs[batch][owner]
         in_full = blk < tl[owner] // bs[batch][owner]
-        acc.rest_changed[a + batch[np.unique(owner[~in_full])]] = True
+        acc.rest_changed[a + batch[distinct(owner[~in_full])]] = True
         span = int(blk.max()) + 1 if blk.size else 1
-        pairs = np.unique(owner[in_full] * span + blk[in_full])  # (call, tail block) once each
+        pairs = distinct(owner[in_full] * span + blk[in_full])  # (call, tail block) once each
         ch_call.append(batch[pairs // span])
         ch_pos.append(nfc[batch[pairs // span]] + pairs % span)
 
@@ -400,9 +401,9 @@ def _compare_chunk(
     has_id = ch_pos < nfc[ch_call]
     changed_keys = key[starts[ch_call[has_id]] + ch_pos[has_id]]
     role = c["role"][calls][ch_call[has_id]]
-    acc.distinct["all"] += int(np.unique(changed_keys).size)
+    acc.distinct["all"] += int(distinct(changed_keys).size)
     for r, name in enumerate(ROLES):
-        acc.distinct[name] += int(np.unique(changed_keys[role == r]).size)
+        acc.distinct[name] += int(distinct(changed_keys[role == r]).size)
 
     # causes
     first = acc.first_changed[a:b]

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
+from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset
 from weka_assets.replay.prefix import segment_positions
 from weka_assets.replay.schedule import Arrival, global_order
@@ -351,7 +352,7 @@ def previous_touch(keys: np.ndarray) -> np.ndarray:
     same = same_high & (full[1:] == full[:-1])
     prev[pos[1:][same]] = pos[:-1][same]
     if (same_high & ~same).any():  # different keys in one group of equal high bits
-        clash = np.unique(srt[1:][same_high & ~same] & ~low)
+        clash = distinct(srt[1:][same_high & ~same] & ~low)
         where = np.flatnonzero(np.isin(keys & ~low, clash))
         o = np.lexsort((where, keys[where]))
         w, k = where[o], keys[where][o]

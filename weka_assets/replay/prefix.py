@@ -9,7 +9,7 @@ from functools import cache
 
 import numpy as np
 
-from weka_assets.decoding.prf import MASK, mix64
+from weka_assets.decoding.prf import mix64
 
 # Odd multiplier of the chained key; its inverse modulo 2**64 lets a segmented cumsum chain keys.
 CHAIN_P = 0x9E3779B97F4A7C15
@@ -40,13 +40,18 @@ def leading_hits(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return hits
 
 
-@cache
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    p, q = [1] * n, [1] * n
-    for k in range(1, n):
-        p[k] = (p[k - 1] * CHAIN_P) & MASK
-        q[k] = (q[k - 1] * CHAIN_Q) & MASK
-    return np.array(p, dtype=np.uint64), np.array(q, dtype=np.uint64)
+_POWERS: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]
+
+
+def power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P**k, P**-k) modulo 2**64 for k < n (at least n entries; the table grows by doubling)."""
+    p, q = _POWERS
+    while p.size < n:
+        k = p.size
+        p = np.concatenate([p, p * p[k - 1] * np.uint64(CHAIN_P)])
+        q = np.concatenate([q, q * q[k - 1] * np.uint64(CHAIN_Q)])
+        _POWERS[:] = [p, q]
+    return p, q
 
 
 def chain_keys(content: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -59,7 +64,7 @@ def chain_keys(content: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     if content.size == 0:
         return content
     _, pos = segment_positions(lengths)
-    ppow, qpow = _powers(int(pos.max()) + 1)
+    ppow, qpow = power_tables(int(pos.max()) + 1)
     weighted = content * qpow[pos]
     csum = np.cumsum(weighted, dtype=np.uint64)
     lengths = np.asarray(lengths, dtype=np.int64)

@@ -13,8 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from weka_assets.decoding.dataset import ROLES, DecodedDataset
-from weka_assets.replay.prefix import chain_keys, leading_hits, token_block_hash
+from weka_assets.arrays import distinct
+from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker, open_dataset
+from weka_assets.decoding.prf import mix64
+from weka_assets.parallel import ordered_map, workers
+from weka_assets.replay.prefix import (
+    leading_hits,
+    power_tables,
+    segment_positions,
+    token_block_hash,
+)
 
 ROW_CHUNK = 1 << 16
 
@@ -79,19 +87,21 @@ def figures(cf: CallFigures, mask: np.ndarray | slice = slice(None)) -> HitFigur
     )
 
 
-def row_content_hashes(ds: DecodedDataset) -> np.ndarray:
-    """Content hash of every block row's tokens (memoised per distinct block)."""
-    out = np.empty(ds.block_id.size, dtype=np.uint64)
+def row_content_hashes(ds: DecodedDataset, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Content hash of the tokens of block rows [start, stop) (each distinct block once)."""
+    stop = ds.block_id.size if stop is None else stop
+    out = np.empty(stop - start, dtype=np.uint64)
     bs_of_trace = np.array([t["block_size"] for t in ds.traces], dtype=np.int64)
-    for bs in ds.block_sizes:
-        rows = np.flatnonzero(bs_of_trace[ds.block_trace] == bs)
+    sizes = bs_of_trace[np.asarray(ds.block_trace[start:stop])]
+    for bs in distinct(sizes).tolist():
+        rows = np.flatnonzero(sizes == bs)
         for a in range(0, rows.size, ROW_CHUNK):
             chunk = rows[a : a + ROW_CHUNK]
-            out[chunk] = token_block_hash(ds.block_tokens(chunk, bs))
+            out[chunk] = token_block_hash(ds.block_tokens(chunk + start, bs))
     return out
 
 
-def _tail_block_hashes(ds: DecodedDataset, i: int) -> np.ndarray:
+def _tail_block_hashes(ds: DecodedDataset, i: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Content hashes of full blocks made of unhashed tail filler (truncated id lists)."""
     c = ds.calls
     bs = int(c["block_size"][i])
@@ -99,40 +109,150 @@ def _tail_block_hashes(ds: DecodedDataset, i: int) -> np.ndarray:
     if extra <= 0:
         return np.empty(0, dtype=np.uint64)
     start = int(c["n_full"][i]) * bs
-    tokens = ds.expand_call(i)[start : start + extra * bs].reshape(extra, bs)
+    tokens = ds.expand_call(i, rows)[start : start + extra * bs].reshape(extra, bs)
     return token_block_hash(tokens)
+
+
+class KeyWalker:
+    """The token replay's keys of each call, call after call in dataset order.
+
+    A call's `tokens_in // block_size` full blocks are keyed by the content hash of their
+    tokens (hashed blocks from the per-row `content`, unhashed tail blocks from their expanded
+    tokens), chained: key_k = mix64(S_k + k) with S_k = S_(k-1) * P + content_k. The first K
+    keys of a call equal its conversation predecessor's (same rows, all full in both), so only
+    keys K.. are computed. A returned array is valid until the next call of its conversation.
+    """
+
+    def __init__(self, ds: DecodedDataset, content: np.ndarray, row_offset: int = 0):
+        self.ds, self.content, self.row_offset = ds, content, row_offset
+        self.rows = RowWalker(ds)
+        self._last: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        c = ds.calls
+        self._prev, self._shared, self._full = c["prev"], c["shared"], c["n_full"]
+        self._total = c["tokens_in"] // c["block_size"]
+
+    def keys(self, i: int) -> tuple[np.ndarray, int]:
+        """(all token-block keys of call `i`, K: how many lead keys its predecessor had)."""
+        p, nf, n = int(self._prev[i]), int(self._full[i]), int(self._total[i])
+        rows = self.rows.rows(i)
+        bufs = self._last.pop(p, None) if p >= 0 else None
+        if bufs is None:
+            k0 = 0
+            s_buf, k_buf = np.empty(max(2 * n, 64), np.uint64), np.empty(max(2 * n, 64), np.uint64)
+        else:
+            s_buf, k_buf = bufs
+            k0 = min(int(self._shared[i]), int(self._full[p]), nf)
+            if s_buf.size < n:
+                s_new, k_new = np.empty(2 * n, np.uint64), np.empty(2 * n, np.uint64)
+                s_new[:k0], k_new[:k0] = s_buf[:k0], k_buf[:k0]
+                s_buf, k_buf = s_new, k_new
+        if n > k0:
+            content = self.content[rows[k0:nf] - self.row_offset]
+            if n > nf:
+                content = np.concatenate([content, _tail_block_hashes(self.ds, i, rows)])
+            ppow, qpow = power_tables(n - k0 + 1)
+            j = n - k0
+            acc = np.cumsum(content * qpow[:j], dtype=np.uint64) * ppow[:j]
+            if k0:
+                acc += s_buf[k0 - 1] * ppow[1 : j + 1]
+            s_buf[k0:n] = acc
+            k_buf[k0:n] = mix64(acc + np.arange(k0, n, dtype=np.uint64))
+        self._last[i] = (s_buf, k_buf)
+        return k_buf[:n], k0
 
 
 def token_block_keys(
     ds: DecodedDataset, calls: np.ndarray, content: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The token replay's keys: for each call in `calls`, its `tokens_in // block_size` full
-    blocks keyed by content hash of their tokens (hashed blocks from the memoised per-row
-    `content`, unhashed tail blocks from their expanded tokens), chained per call.
-    Returns (keys concatenated in `calls` order, blocks per call)."""
-    c = ds.calls
-    n_full = c["n_full"][calls].astype(np.int64)
-    lengths = (c["tokens_in"][calls] // c["block_size"][calls]).astype(np.int64)
+    """The token replay's keys of every call in `calls` (see `KeyWalker`), concatenated in
+    `calls` order, and the number of blocks per call."""
     if content is None:
         content = row_content_hashes(ds)
-    block_content = content[ds.leading_rows(calls, n_full)]
-    extra = lengths - n_full
-    if (extra > 0).any():
-        out = np.empty(int(lengths.sum()), dtype=np.uint64)
-        starts = np.cumsum(lengths) - lengths
-        offsets = np.arange(int(n_full.sum()), dtype=np.int64) - np.repeat(
-            np.cumsum(n_full) - n_full, n_full
-        )
-        out[np.repeat(starts, n_full) + offsets] = block_content
-        for j in np.flatnonzero(extra > 0):
-            a = int(starts[j] + n_full[j])
-            out[a : a + int(extra[j])] = _tail_block_hashes(ds, int(calls[j]))
-        block_content = out
-    return chain_keys(block_content, lengths), lengths
+    calls = np.asarray(calls, dtype=np.int64)
+    c = ds.calls
+    lengths = (c["tokens_in"][calls] // c["block_size"][calls]).astype(np.int64)
+    out = np.empty(int(lengths.sum()), dtype=np.uint64)
+    walker = KeyWalker(ds, content)
+    pos = 0
+    for i, n in zip(calls.tolist(), lengths.tolist(), strict=True):
+        out[pos : pos + n] = walker.keys(i)[0]
+        pos += n
+    return out, lengths
+
+
+@dataclass
+class _TraceHits:
+    calls: slice
+    hits: np.ndarray
+    token_hits: np.ndarray
+    keys: np.ndarray  # the distinct token keys of each trace, concatenated
+
+
+def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
+    """Unbounded-cache hits of the calls of traces [first, last), from what each call adds.
+
+    Every id (key) a call shares with its conversation predecessor is a hit: that call came
+    earlier. The rest are hits while they lead the call and first occurred in an earlier
+    call; first occurrences can only be among the added ids (keys), so only those are looked
+    at."""
+    slices = ds.trace_slices()
+    a, b = slices[first].start, slices[last - 1].stop
+    c = ds.calls
+    bt = np.asarray(ds.block_trace)
+    r0, r1 = (int(x) for x in np.searchsorted(bt, [first, last]))
+    content = row_content_hashes(ds, r0, r1)
+    hits = np.zeros(b - a, np.int64)
+    token_hits = np.zeros(b - a, np.int64)
+    keys = []
+    for t in range(first, last):
+        sl = slices[t]
+        if sl.start == sl.stop:
+            continue
+        calls = np.arange(sl.start, sl.stop)
+        shared = c["shared"][calls].astype(np.int64)
+        added = (c["n_ids"][calls] - shared).astype(np.int64)
+        starts = c["rows_start"][calls].astype(np.int64)
+        tail = np.asarray(ds.tail_rows)[np.repeat(starts, added) + segment_positions(added)[1]]
+        hits[calls - a] = shared + leading_hits(np.asarray(ds.block_id)[tail], added)
+        walker = KeyWalker(ds, content, r0)
+        parts, lead = [], np.zeros(calls.size, np.int64)
+        for j, i in enumerate(calls.tolist()):
+            k, k0 = walker.keys(i)
+            parts.append(k[k0:].copy())
+            lead[j] = k0
+        new = np.concatenate(parts)
+        lengths = np.fromiter((x.size for x in parts), np.int64, len(parts))
+        token_hits[calls - a] = lead + leading_hits(new, lengths)
+        keys.append(distinct(new))
+    return _TraceHits(slice(a, b), hits, token_hits, _cat(keys))
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
+
+
+def _replay_task(task: tuple[str, int, int]) -> _TraceHits:
+    path, first, last = task
+    return _replay_traces(open_dataset(path), first, last)
+
+
+def _trace_shards(ds: DecodedDataset, target_calls: int) -> list[tuple[int, int]]:
+    """Consecutive trace ranges of about `target_calls` calls each."""
+    out, first, calls = [], 0, 0
+    for t, sl in enumerate(ds.trace_slices()):
+        calls += sl.stop - sl.start
+        if calls >= target_calls:
+            out.append((first, t + 1))
+            first, calls = t + 1, 0
+    if first < len(ds.traces):
+        out.append((first, len(ds.traces)))
+    return out
 
 
 def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, CallFigures]:
-    """All unbounded-cache figures of a decoded dataset, per corpus, role and trace."""
+    """All unbounded-cache figures of a decoded dataset, per corpus, role and trace.
+
+    A stored dataset is replayed in trace shards across the worker processes."""
     c = ds.calls
     m = ds.n_calls
     n_ids = c["n_ids"].astype(np.int64)
@@ -146,26 +266,23 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
         token_total=token_total,
         token_hits=np.zeros(m, np.int64),
     )
-    content = row_content_hashes(ds)
-    trace_keys = []
-    slices = ds.trace_slices()
-    for done, sl in enumerate(slices, start=1):
+    n_workers = workers() if ds.path is not None else 1
+    shards = _trace_shards(ds, max(1024, m // (8 * n_workers) + 1))
+    if n_workers > 1:
+        results = ordered_map(_replay_task, [(str(ds.path), f, e) for f, e in shards], n_workers)
+    else:
+        results = (_replay_traces(ds, f, e) for f, e in shards)
+    keys, done = [], 0
+    for r in results:
+        cf.hits[r.calls] = r.hits
+        cf.token_hits[r.calls] = r.token_hits
+        keys.append(r.keys)
+        done += 1
         if progress is not None:
-            progress("replay", done, len(slices), "traces")
-        calls = np.arange(sl.start, sl.stop)
-        if calls.size == 0:
-            continue
-        ids = ds.block_id[ds.leading_rows(calls, n_ids[calls])]
-        cf.hits[calls] = leading_hits(ids, n_ids[calls])
-        full_ids = ds.block_id[ds.leading_rows(calls, n_full[calls])]
-        cf.full_hits[calls] = leading_hits(full_ids, n_full[calls])
-        keys, _ = token_block_keys(ds, calls, content)
-        cf.token_hits[calls] = leading_hits(keys, token_total[calls])
-        trace_keys.append(np.unique(keys))
-    cross = 0
-    if len(trace_keys) > 1:
-        allk = np.concatenate(trace_keys)
-        cross = int(allk.size - np.unique(allk).size)
+            progress("replay", done, len(shards), "shards")
+    cf.full_hits = np.minimum(cf.hits, n_full)
+    allk = _cat(keys)
+    cross = int(allk.size - distinct(allk).size)
     overall = figures(cf)
     per_role = {role: figures(cf, ds.role_mask(role)) for role in ROLES}
     per_trace = []

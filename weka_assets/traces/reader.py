@@ -7,6 +7,7 @@ report can list all hard errors of a corpus at once.
 
 import gzip
 import hashlib
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from weka_assets.errors import Location, SourceError, TraceError
+from weka_assets.traces.fastparse import fast_decode
 from weka_assets.traces.schema import Trace, declared_scope, parse_trace
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -74,40 +76,86 @@ def corpus_digest(digests: list[FileDigest]) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _record(raw_bytes: bytes, file: str, line: int | None) -> Record:
+@dataclass(slots=True)
+class RawRecord:
+    """One record's bytes as read (or the error that stopped reading), before parsing.
+
+    `done` and `total` are bytes of the corpus read so far and in all (for progress)."""
+
+    file: str
+    line: int | None
+    data: bytes | None = None
+    error: TraceError | None = None
+    done: int = 0
+    total: int = 0
+
+
+def parse_record(raw: RawRecord) -> Record:
+    """Parse one raw record: the fast path when it applies, else the strict one."""
+    file, line = raw.file, raw.line
+    if raw.error is not None:
+        return Record(file, line, error=raw.error)
+    fast = fast_decode(raw.data)
+    obj, shared = fast if fast is not None else (None, None)
+    if obj is None:
+        try:
+            obj = orjson.loads(raw.data)
+        except orjson.JSONDecodeError as exc:
+            return Record(
+                file, line, error=TraceError("invalid_json", str(exc), Location(file, line))
+            )
+    scope = declared_scope(obj)
     try:
-        raw = orjson.loads(raw_bytes)
-    except orjson.JSONDecodeError as exc:
-        return Record(file, line, error=TraceError("invalid_json", str(exc), Location(file, line)))
-    scope = declared_scope(raw)
-    try:
-        trace, dropped = parse_trace(raw, file, line)
+        trace, dropped = parse_trace(obj, file, line, shared)
     except TraceError as exc:
         return Record(file, line, error=exc, declared_scope=scope)
     return Record(file, line, trace=trace, declared_scope=scope, null_keys_dropped=dropped)
 
 
-def iter_records(path: Path | str) -> Iterator[Record]:
-    """Every trace record of the corpus at `path`, parsed or with its hard error."""
-    for f in corpus_files(path):
+def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
+    """Every record's bytes, one at a time (memory bounded by the largest record)."""
+    files = corpus_files(path)
+    total = sum(f.stat().st_size for f in files)
+    done = 0
+    for f in files:
         name = str(f)
         if f.suffix == ".json":
-            yield _record(f.read_bytes(), name, None)
+            data = f.read_bytes()
+            done += len(data)
+            yield RawRecord(name, None, data, done=done, total=total)
             continue
-        opener = gzip.open if f.name.endswith(".gz") else open
+        size = f.stat().st_size
+        base = done
         try:
-            with opener(f, "rb") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if line.strip():
-                        yield _record(line, name, lineno)
-        except (EOFError, gzip.BadGzipFile, OSError) as exc:
-            yield Record(
+            if f.name.endswith(".gz"):
+                with open(f, "rb") as compressed, gzip.open(compressed, "rb") as fh:
+                    for lineno, line in enumerate(fh, start=1):
+                        if line.strip():
+                            done = base + compressed.tell()
+                            yield RawRecord(name, lineno, line, done=done, total=total)
+            else:
+                with open(f, "rb") as fh:
+                    for lineno, line in enumerate(fh, start=1):
+                        done += len(line)
+                        if line.strip():
+                            yield RawRecord(name, lineno, line, done=done, total=total)
+        except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
+            yield RawRecord(
                 name,
                 None,
                 error=TraceError(
                     "truncated_file", f"cannot read to the end: {exc}", Location(name)
                 ),
+                done=done,
+                total=total,
             )
+        done = base + size
+
+
+def iter_records(path: Path | str) -> Iterator[Record]:
+    """Every trace record of the corpus at `path`, parsed or with its hard error."""
+    for raw in iter_raw_records(path):
+        yield parse_record(raw)
 
 
 def iter_traces(path: Path | str) -> Iterator[Trace]:

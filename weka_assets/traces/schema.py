@@ -22,8 +22,15 @@ _EMPTY_IDS = np.empty(0, dtype=np.int64)
 _EMPTY_IDS.setflags(write=False)
 
 
-def _hash_id_array(value: Any) -> np.ndarray:
-    """A JSON list of non-negative integers -> int64 array (one C pass, no per-id Python)."""
+def hash_id_array(value: Any) -> np.ndarray:
+    """A JSON list of non-negative integers -> int64 array (one C pass, no per-id Python).
+
+    An int64 array is passed through: JSON never yields one, only the reader's fast path,
+    which built it from lists this function checked."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or value.dtype != np.int64:
+            raise ValueError("hash_ids must be a list of integers")
+        return value
     if not isinstance(value, list):
         raise ValueError("hash_ids must be a list of integers")
     if not value:
@@ -41,7 +48,7 @@ def _hash_id_array(value: Any) -> np.ndarray:
     return arr
 
 
-HashIds = Annotated[np.ndarray, PlainValidator(_hash_id_array)]
+HashIds = Annotated[np.ndarray, PlainValidator(hash_id_array)]
 
 
 class _Strict(BaseModel):
@@ -102,6 +109,9 @@ class Call:
     ids: np.ndarray
     streaming: bool
     doc_index: int = 0  # position in document order (parent and subagent calls)
+    shared: int = (
+        0  # leading ids shared with the previous call of its conversation (document order)
+    )
     t_abs: float = 0.0  # start time on the trace's clock (relative inner times made absolute)
 
 
@@ -231,8 +241,22 @@ def declared_scope(raw: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse_trace(raw: Any, file: str, line: int | None = None) -> tuple[Trace, int]:
-    """Validate one decoded JSON value and build a `Trace`; returns it with the null keys dropped."""
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading ids two calls share."""
+    m = min(a.size, b.size)
+    if m == 0:
+        return 0
+    neq = a[:m] != b[:m]
+    return int(np.argmax(neq)) if neq.any() else m
+
+
+def parse_trace(
+    raw: Any, file: str, line: int | None = None, shared: dict | None = None
+) -> tuple[Trace, int]:
+    """Validate one decoded JSON value and build a `Trace`; returns it with the null keys dropped.
+
+    `shared` may give, per (request, inner) index (inner -1 for parent calls), how many
+    leading ids the call shares with its conversation's previous call (the fast path knows)."""
     base = Location(file=file, line=line)
     if not isinstance(raw, dict):
         raise TraceError(
@@ -250,10 +274,20 @@ def parse_trace(raw: Any, file: str, line: int | None = None) -> tuple[Trace, in
             f"hash_id_scope is {model.hash_id_scope!r}; only 'local' (one namespace per trace) can be decoded",
             where,
         )
-    return _build(model, file, line), dropped
+    return _build(model, file, line, shared or {}), dropped
 
 
-def _build(model: TraceModel, file: str, line: int | None) -> Trace:
+def _shared(calls: list[Call], known: dict) -> None:
+    prev = None
+    for c in calls:
+        s = known.get((c.request, c.inner))
+        if s is None:
+            s = common_prefix(prev.ids, c.ids) if prev is not None else 0
+        c.shared = s
+        prev = c
+
+
+def _build(model: TraceModel, file: str, line: int | None, known: dict) -> Trace:
     parent: list[Call] = []
     subagents: list[Subagent] = []
     calls: list[Call] = []
@@ -292,6 +326,9 @@ def _build(model: TraceModel, file: str, line: int | None) -> Trace:
                 req.system_tokens,
             )
         )
+    _shared(parent, known)
+    for sub in subagents:
+        _shared(sub.calls, known)
     return Trace(
         id=model.id,
         file=file,

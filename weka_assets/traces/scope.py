@@ -13,8 +13,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
+from weka_assets.arrays import distinct
 from weka_assets.errors import Location, TraceError
-from weka_assets.traces.reader import Record
+from weka_assets.traces.reader import RawRecord, Record, parse_record
 from weka_assets.traces.schema import Call, Trace
 from weka_assets.traces.timeline import inner_time_convention
 
@@ -148,11 +149,8 @@ def _tails(trace: Trace) -> _Tails:
     prev_of: dict[int, Call] = {}
     for c in trace.calls:
         prev = prev_of.get(c.conv)
-        cp = 0
-        if prev is not None and prev.ids.size and c.ids.size:
-            m = min(prev.ids.size, c.ids.size)
-            diff = np.flatnonzero(prev.ids[:m] != c.ids[:m])
-            cp = int(diff[0]) if diff.size else m
+        cp = c.shared if prev is not None else 0
+        if prev is not None and cp:
             k = prev.ids.size
             if k > prev.tokens_in // trace.block_size and cp == k:
                 events += 1
@@ -197,15 +195,15 @@ def analyse_trace(trace: Trace) -> TraceScope:
     subs = trace.subagents
     if doc.size == 0:
         base = max_id = None
-        distinct = holes = violations = 0
+        n_distinct = holes = violations = 0
         fresh = dict.fromkeys(WALKS, 0)
         gaps = dict.fromkeys(WALKS, 0)
     else:
         uniq, first, inverse = np.unique(doc, return_index=True, return_inverse=True)
-        base, max_id, distinct = int(uniq[0]), int(uniq[-1]), int(uniq.size)
-        holes = max_id - base + 1 - distinct
+        base, max_id, n_distinct = int(uniq[0]), int(uniq[-1]), int(uniq.size)
+        holes = max_id - base + 1 - n_distinct
         moved = pos != pos[first][inverse]
-        violations = int(np.unique(inverse[moved]).size)
+        violations = int(distinct(inverse[moved]).size)
         seq = doc[np.sort(first)]
         expected = base + np.arange(seq.size, dtype=np.int64)
         fresh = {"document": int((seq < expected).sum())}
@@ -224,8 +222,8 @@ def analyse_trace(trace: Trace) -> TraceScope:
         minting = min(ok, key=lambda w: (gaps[w], WALKS.index(w))) if ok else "none"
     perfect = minting != "none" and gaps[minting] == 0 and doc.size > 0
 
-    parent_set = np.unique(_cat([tails.ids[id(c)] for c in trace.parent_calls]))
-    sub_sets = [np.unique(_cat([tails.ids[id(c)] for c in s.calls])) for s in subs]
+    parent_set = distinct(_cat([tails.ids[id(c)] for c in trace.parent_calls]))
+    sub_sets = [distinct(_cat([tails.ids[id(c)] for c in s.calls])) for s in subs]
     multi = np.empty(0, dtype=np.int64)
     if len(subs) > 1:
         allsub, counts = np.unique(np.concatenate(sub_sets), return_counts=True)
@@ -267,7 +265,7 @@ def analyse_trace(trace: Trace) -> TraceScope:
         ids=int(n_ids),
         base=base,
         max_id=max_id,
-        distinct_ids=distinct,
+        distinct_ids=n_distinct,
         fresh_below=fresh,
         gaps=gaps,
         minting_order=minting,
@@ -382,10 +380,52 @@ def trace_row(s: TraceScope) -> dict:
     }
 
 
+@dataclass(slots=True)
+class AnalysedRecord:
+    """One record read and analysed (in a worker): its scope analysis or its hard error."""
+
+    file: str
+    line: int | None
+    declared_scope: str | None
+    null_keys_dropped: int
+    trace: str | None = None
+    where: str | None = None
+    scope: TraceScope | None = None
+    error: TraceError | None = None
+    done: int = 0
+    total: int = 0
+
+
+def analyse_record(raw: RawRecord) -> AnalysedRecord:
+    """Parse one raw record and run the per-trace analysis on it."""
+    return analyse_parsed(parse_record(raw), raw)
+
+
+def analyse_parsed(rec: Record, raw: RawRecord) -> AnalysedRecord:
+    """The per-trace analysis of a parsed record."""
+    out = AnalysedRecord(
+        rec.file,
+        rec.line,
+        rec.declared_scope,
+        rec.null_keys_dropped,
+        done=raw.done,
+        total=raw.total,
+    )
+    if rec.error is not None:
+        out.error = rec.error
+        return out
+    out.trace, out.where = rec.trace.id, rec.trace.location.describe()
+    try:
+        out.scope = analyse_trace(rec.trace)
+    except TraceError as exc:
+        out.error = exc
+    return out
+
+
 def build_report(
-    records: Iterable[Record], policy: Policy = "fail"
+    records: Iterable[AnalysedRecord], policy: Policy = "fail"
 ) -> tuple[ScopeReport, list[TraceScope]]:
-    """Analyse every record; returns the corpus report and the per-trace analyses of valid traces."""
+    """Aggregate analysed records; returns the corpus report and the analyses of valid traces."""
     if policy not in ("fail", "exclude"):
         raise ValueError(f"unknown policy {policy!r} (fail or exclude)")
     records_n = 0
@@ -399,25 +439,23 @@ def build_report(
         if rec.declared_scope is not None:
             declared[rec.declared_scope] += 1
         nulls += rec.null_keys_dropped
-        if rec.error is not None:
+        if rec.trace is None:
             errors.append(rec.error)
             continue
-        trace = rec.trace
-        where = trace.location
-        if trace.id in seen:
+        if rec.trace in seen:
             errors.append(
                 TraceError(
                     "duplicate_trace_id",
-                    f"trace id {trace.id!r} already used at {seen[trace.id]}",
-                    where,
+                    f"trace id {rec.trace!r} already used at {seen[rec.trace]}",
+                    Location(rec.file, rec.line, rec.trace),
                 )
             )
             continue
-        seen[trace.id] = where.describe()
-        try:
-            scopes.append(analyse_trace(trace))
-        except TraceError as exc:
-            errors.append(exc)
+        seen[rec.trace] = rec.where
+        if rec.error is not None:
+            errors.append(rec.error)
+        else:
+            scopes.append(rec.scope)
     return aggregate(scopes, errors, records_n, declared, nulls, policy), scopes
 
 

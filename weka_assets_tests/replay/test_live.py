@@ -70,6 +70,7 @@ def make_ds(calls, filler_size=20_000, seed=0) -> DecodedDataset:
             ("block_size", 64),
             ("tail_len", tin),
             ("tail_offset", off),
+            ("prev", -1),
         ):
             cols[k][i] = v
     n_traces = max(c[0] for c in calls) + 1
@@ -82,7 +83,7 @@ def make_ds(calls, filler_size=20_000, seed=0) -> DecodedDataset:
         block_trace=np.zeros(0, np.int32),
         block_id=np.zeros(0, np.int64),
         block_offsets=np.zeros((0, 4), np.uint32),
-        call_rows=np.zeros(0, np.int64),
+        tail_rows=np.zeros(0, np.int64),
         calls=cols,
         traces=traces,
     )
