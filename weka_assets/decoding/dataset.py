@@ -146,13 +146,20 @@ class DecodedDataset:
 
     def expand_call(self, i: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Exactly `tokens_in` token ids of call `i` (int32); `rows`: its block rows if known."""
+        rows = self.call_rows(i) if rows is None else rows
+        out = np.empty(int(self.calls["tokens_in"][i]), dtype=np.int32)
+        self._fill(i, rows, out, 0)
+        return out
+
+    def _fill(self, i: int, rows: np.ndarray, out: np.ndarray, first_block: int) -> None:
+        """Write call `i`'s tokens into `out` from block `first_block` on."""
         c = self.calls
         n, bs = int(c["tokens_in"][i]), int(c["block_size"][i])
         full, partial, tail = int(c["n_full"][i]), int(c["partial_len"][i]), int(c["tail_len"][i])
-        rows = self.call_rows(i) if rows is None else rows
-        out = np.empty(n, dtype=np.int32)
-        if full:
-            out[: full * bs] = self.block_tokens(rows[:full], bs).ravel()
+        if full > first_block:
+            out[first_block * bs : full * bs] = self.block_tokens(
+                rows[first_block:full], bs
+            ).ravel()
         if partial:
             out[full * bs : full * bs + partial] = self.block_tokens(rows[full : full + 1], bs)[
                 0, :partial
@@ -160,14 +167,35 @@ class DecodedDataset:
         if tail:
             start = full * bs + partial
             idx = (int(c["tail_offset"][i]) + np.arange(tail, dtype=np.int64)) % self.filler.size
-            out[start:] = self.filler[idx]
-        return out
+            out[start:n] = self.filler[idx]
 
-    def expand_all(self):
-        """Yield (call index, token ids) for every call, one call at a time."""
+    def expand_all(self, start: int = 0, stop: int | None = None):
+        """Yield (call index, token ids) for calls [start, stop), one call at a time.
+
+        Streamed: each array is a view into a buffer of its conversation, where only the
+        blocks that differ from the previous call's are rewritten; it is valid until the next
+        call of that conversation (copy it to keep it)."""
+        stop = self.n_calls if stop is None else stop
+        c = self.calls
+        prev, shared, n_full = c["prev"], c["shared"], c["n_full"]
         walker = RowWalker(self)
-        for i in range(self.n_calls):
-            yield i, self.expand_call(i, walker.rows(i))
+        bufs: dict[int, np.ndarray] = {}
+        for i in range(start, stop):
+            rows = walker.rows(i)
+            p, n, bs = int(prev[i]), int(c["tokens_in"][i]), int(c["block_size"][i])
+            buf = bufs.pop(p, None) if p >= 0 else None
+            k0 = 0
+            if buf is not None:
+                k0 = min(int(shared[i]), int(n_full[p]), int(n_full[i]))
+                if buf.size < n:
+                    grown = np.empty(2 * n, dtype=np.int32)
+                    grown[: k0 * bs] = buf[: k0 * bs]
+                    buf = grown
+            else:
+                buf = np.empty(max(2 * n, 1024), dtype=np.int32)
+            self._fill(i, rows, buf, k0)
+            bufs[i] = buf
+            yield i, buf[:n]
 
     def role_mask(self, role: str) -> np.ndarray:
         return self.calls["role"] == ROLES.index(role)

@@ -152,6 +152,26 @@ def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
         done = base + size
 
 
+@dataclass(slots=True)
+class Validated:
+    """One record read and schema-checked: its size, or its hard error."""
+
+    error: TraceError | None
+    calls: int = 0
+    ids: int = 0
+    done: int = 0
+    total: int = 0
+
+
+def validate_record(raw: RawRecord) -> Validated:
+    """Parse one raw record (a worker task): only the schema, no scope analysis."""
+    rec = parse_record(raw)
+    if rec.error is not None:
+        return Validated(rec.error, done=raw.done, total=raw.total)
+    calls = rec.trace.calls
+    return Validated(None, len(calls), sum(c.ids.size for c in calls), raw.done, raw.total)
+
+
 def iter_records(path: Path | str) -> Iterator[Record]:
     """Every trace record of the corpus at `path`, parsed or with its hard error."""
     for raw in iter_raw_records(path):
