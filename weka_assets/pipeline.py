@@ -3,6 +3,7 @@ both call these, so the two can never disagree."""
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -123,6 +124,7 @@ def decode_corpus(
     measure_drift: bool = True,
     fetch_existing: Callable[[str], bool] | None = None,
     progress: ProgressFn | None = None,
+    digest: str | None = None,
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
@@ -131,17 +133,21 @@ def decode_corpus(
     report decides at the end whether the dataset aside is published (with its key) or
     dropped. `fetch_existing(key)` is asked when no complete local dataset has that key; it
     returns True after making one available under `root/<key>/` (a remote store pulls it).
+    `digest`: the corpus digest when already known (raw_traces verified it); else it is
+    computed, in a thread beside the decoding pass when there is no report yet.
     """
     started = time.perf_counter()
     root = Path(root)
     spec = resolve_tokenizer(settings.tokenizer)
     filler = build_filler(spec, settings.filler_text, cache_dir=root / FILLER_CACHE)
-    digest = corpus_digest(file_digests(path))
+    hashing = ThreadPoolExecutor(1)
+    pending_digest = hashing.submit(lambda: digest or corpus_digest(file_digests(path)))
+    hashing.shutdown(wait=False)
 
     def key_for(rep: ScopeReport) -> tuple[dict, str]:
         material = decode_key_material(
             settings,
-            corpus_digest=digest,
+            corpus_digest=pending_digest.result(),
             tokenizer=spec,
             filler_sha256=filler.sha256,
             block_sizes=sorted(int(b) for b in rep.block_sizes),
@@ -213,7 +219,7 @@ def decode_corpus(
         }
         if measure_drift:
             ds = writer.dataset(manifest)
-            manifest["retokenization_drift"] = retokenization_drift(ds, spec)
+            manifest["retokenization_drift"] = retokenization_drift(ds, spec, 4, 256)
             del ds
         final = writer.publish(key, manifest)
     return DecodeOutcome(final, key, False, material, _since(started), manifest)

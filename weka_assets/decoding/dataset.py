@@ -98,6 +98,25 @@ class DecodedDataset:
         bounds = np.searchsorted(tr, np.arange(len(self.traces) + 1), side="left")
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
+    def head(self, traces: int) -> "DecodedDataset":
+        """The same dataset limited to its first `traces` traces (arrays shared, not copied)."""
+        if traces >= len(self.traces):
+            return self
+        stop = self.trace_slices()[traces].start  # calls and block rows are grouped by trace
+        rows = int(np.searchsorted(np.asarray(self.block_trace), traces))
+        tails = int(self.calls["rows_start"][stop]) if stop < self.n_calls else self.tail_rows.size
+        return DecodedDataset(
+            filler=self.filler,
+            block_trace=self.block_trace[:rows],
+            block_id=self.block_id[:rows],
+            block_offsets=self.block_offsets[:rows],
+            tail_rows=self.tail_rows[:tails],
+            calls={k: v[:stop] for k, v in self.calls.items()},
+            traces=self.traces[:traces],
+            manifest=self.manifest,
+            path=self.path,
+        )
+
     def call_rows(self, i: int) -> np.ndarray:
         """The block rows of call `i`, rebuilt from the tails along its conversation."""
         c = self.calls

@@ -42,9 +42,14 @@ def mix64_int(x: int) -> int:
     return x
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
-    """Vectorised SplitMix64 finaliser on a uint64 array (wrapping multiply)."""
-    x = x.astype(np.uint64, copy=True)
+def mix64(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Vectorised SplitMix64 finaliser on a uint64 array (wrapping multiply); `out` may be
+    `x` itself (in place)."""
+    if out is None:
+        out = x.astype(np.uint64, copy=True)
+    elif out is not x:
+        out[...] = x
+    x = out
     x ^= x >> np.uint64(30)
     x *= _C1
     x ^= x >> np.uint64(27)

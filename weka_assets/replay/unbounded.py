@@ -156,7 +156,8 @@ class KeyWalker:
             if k0:
                 acc += s_buf[k0 - 1] * ppow[1 : j + 1]
             s_buf[k0:n] = acc
-            k_buf[k0:n] = mix64(acc + np.arange(k0, n, dtype=np.uint64))
+            acc += np.arange(k0, n, dtype=np.uint64)
+            k_buf[k0:n] = mix64(acc, out=acc)
         self._last[i] = (s_buf, k_buf)
         return k_buf[:n], k0
 

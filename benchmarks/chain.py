@@ -1,0 +1,248 @@
+"""The whole chain on a realistic corpus, stage by stage: wall, CPU, peak RSS, throughput.
+
+Builds the corpus with `weka-assets synth --profile semianalysis --traces N --size full` (and
+SCALE times as many traces for the scaling check), then runs each stage as its own command
+line, as a user would, and measures the whole process tree (the command and its worker
+processes): wall seconds, CPU seconds, peak RSS (the sum over the tree, sampled every 10 ms),
+and throughput in calls, hash ids and prompt tokens per second. Then the same corpus through
+a Dagster materialization (in process, a fresh instance): every asset's step time from the
+event log, and the re-materialization of the unchanged `decoded_dataset` partition.
+
+Results are printed and appended, one JSON object per run, to benchmarks/results/chain.jsonl.
+
+    .venv/bin/python benchmarks/chain.py                # 391 traces, then 4 x 391
+    .venv/bin/python benchmarks/chain.py --scales 1     # 1x only
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent / "weka-assets"
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run `cmd`; wall and CPU seconds and peak RSS of its whole process tree."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True
+    )
+    root = psutil.Process(proc.pid)
+    cpu: dict[int, float] = {}
+    peak = 0
+    while proc.poll() is None:
+        rss = 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in tree:
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
+        peak = max(peak, rss)
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "peak_rss_mb": peak / 2**20, "stdout": out}
+
+
+def machine() -> dict:
+    info = {
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def corpus(workdir: Path, traces: int) -> Path:
+    path = workdir / f"semianalysis-full-{traces}.jsonl"
+    if not path.exists():
+        print(f"building {path.name} (weka-assets synth, not timed) ...", flush=True)
+        subprocess.run(
+            [str(BIN), "synth", "--profile", "semianalysis", "--traces", str(traces)]
+            + ["--size", "full", "--out", str(path)],
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+def cli_stages(path: Path, work: Path) -> tuple[dict, dict]:
+    """Each stage alone, then the chain end to end; returns (stages, dataset manifest)."""
+    stages = {}
+    root = work / "datasets"
+    stages["read+validate"] = measure([str(BIN), "validate", str(path)])
+    stages["scope report"] = measure(
+        [str(BIN), "scope-report", str(path), "--json", str(work / "scope.json")]
+    )
+    shutil.rmtree(root, ignore_errors=True)
+    dec = measure([str(BIN), "decode", str(path), "--out", str(root)])
+    stages["decode (with its scope gate)"] = dec
+    dataset = Path(dec["stdout"].strip().splitlines()[-1])
+    stages["replay (theoretical + token, fidelity)"] = measure(
+        [str(BIN), "replay", str(dataset), "--json", str(work / "replay.json")]
+    )
+    stages["expand every call (streamed)"] = measure([str(BIN), "expand", str(dataset)])
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    chain = (
+        f"{BIN} decode {path} --out {root} > {work / 'path.txt'} && "
+        f"{BIN} replay $(cat {work / 'path.txt'}) --json {work / 'replay.json'}"
+    )
+    stages["FULL CHAIN: validate, scope, decode, replay"] = measure(["bash", "-c", chain])
+    return stages, manifest
+
+
+DAGSTER_CHILD = """
+import sys, time, json
+import dagster as dg
+from weka_assets.definitions import build_defs, resources
+from weka_assets.defs.materialize import CORPUS_ASSETS, decode_assets, run_selection
+from weka_assets.defs.partitions import multi_key
+from weka_assets.defs.resources import CorpusCatalog
+
+def steps(instance, run_id):
+    out = {}
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is not None and ev.event_type_value == "STEP_SUCCESS":
+            out[ev.step_key] = ev.event_specific_data.duration_ms / 1000
+    return out
+
+if __name__ == "__main__":
+    corpus, store = sys.argv[1], sys.argv[2]
+    res = dict(resources(store), catalog=CorpusCatalog(corpora={"bench": corpus}))
+    defs = build_defs(resource_defs=res)
+    times = {}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("corpus", ["bench"])
+        key = multi_key("bench", "deepseek")
+        for sel, part in ((CORPUS_ASSETS, "bench"), (decode_assets(defs), key)):
+            t = time.perf_counter()
+            r = run_selection(defs, instance, sel, part, "WARNING")
+            assert r.success, r.failures
+            times["run " + "+".join(sel)] = time.perf_counter() - t
+            times.update(steps(instance, r.run_id))
+        t = time.perf_counter()
+        r = run_selection(defs, instance, ["decoded_dataset"], key, "WARNING")
+        assert r.success and r.outputs["decoded_dataset"].reused, r.failures
+        times["re-materialize decoded_dataset (run)"] = time.perf_counter() - t
+        times["re-materialize decoded_dataset (step)"] = steps(instance, r.run_id)["decoded_dataset"]
+    print(json.dumps(times))
+"""
+
+
+def dagster_stages(path: Path, work: Path) -> dict:
+    script = work / "dagster_child.py"
+    script.write_text(DAGSTER_CHILD)
+    env = dict(os.environ, DAGSTER_HOME=str(work / "dagster-home"), PYTHONPATH=str(ROOT))
+    (work / "dagster-home").mkdir(exist_ok=True)
+    whole = measure([sys.executable, str(script), str(path), str(work / "store")], env)
+    steps = json.loads(whole.pop("stdout").strip().splitlines()[-1])
+    return {"whole process": whole, "steps_s": steps}
+
+
+def rates(stage: dict, manifest: dict) -> dict:
+    w = stage["wall_s"]
+    return {
+        "calls_per_s": manifest["calls"] / w,
+        "ids_per_s": manifest["ids"] / w,
+        "tokens_per_s": manifest["prompt_tokens"] / w,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", type=int, default=391)
+    ap.add_argument("--scales", default="1,4", help="corpus sizes, in multiples of --traces")
+    ap.add_argument("--no-dagster", action="store_true", help="skip the Dagster materialization")
+    ap.add_argument(
+        "--corpus-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "weka-assets" / "bench",
+        help="where the synthetic corpora are kept between runs",
+    )
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "chain.jsonl")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.corpus_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    print(f"machine: {info}")
+    runs = []
+    for scale in (int(x) for x in args.scales.split(",")):
+        n = args.traces * scale
+        path = corpus(args.corpus_dir, n)
+        with tempfile.TemporaryDirectory(prefix="weka-bench-") as tmp:
+            work = Path(tmp)
+            stages, manifest = cli_stages(path, work)
+            dag = None if args.no_dagster else dagster_stages(path, work)
+        size = {k: manifest[k] for k in ("traces", "calls", "ids", "prompt_tokens")}
+        size["corpus_mb"] = round(path.stat().st_size / 2**20, 1)
+        print(f"\n== {n} traces: {size}")
+        print(
+            f"{'stage':<46} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'calls/s':>9} {'Mids/s':>8} {'Mtok/s':>9}"
+        )
+        for name, st in stages.items():
+            st.pop("stdout", None)
+            st.update(rates(st, manifest))
+            print(
+                f"{name:<46} {st['wall_s']:7.2f} {st['cpu_s']:7.2f} {st['peak_rss_mb']:8.0f} "
+                f"{st['calls_per_s']:9.0f} {st['ids_per_s'] / 1e6:8.2f} {st['tokens_per_s'] / 1e6:9.0f}"
+            )
+        if dag is not None:
+            w = dag["whole process"]
+            print(
+                f"Dagster materialization (in process): {w['wall_s']:.2f} s wall, {w['cpu_s']:.2f} s CPU, peak {w['peak_rss_mb']:.0f} MB"
+            )
+            for step, secs in dag["steps_s"].items():
+                print(f"  {step:<58} {secs:7.2f} s")
+        runs.append({"traces": n, "size": size, "stages": stages, "dagster": dag})
+    if len(runs) >= 2:
+        a, b = runs[0], runs[-1]
+        key = "FULL CHAIN: validate, scope, decode, replay"
+        k = b["traces"] / a["traces"]
+        t = b["stages"][key]["wall_s"] / a["stages"][key]["wall_s"]
+        m = b["stages"][key]["peak_rss_mb"] / a["stages"][key]["peak_rss_mb"]
+        print(f"\nscaling {k:.0f}x corpus: full chain time x{t:.2f}, peak RSS x{m:.2f}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as fh:
+        fh.write(json.dumps({"unix": int(time.time()), "machine": info, "runs": runs}) + "\n")
+    print(f"appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
