@@ -1,9 +1,11 @@
 """The chain as plain functions: scope report, decode, replay. The CLI and the Dagster assets
 both call these, so the two can never disagree."""
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -11,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from weka_assets.decoding.dataset import DatasetWriter, DecodedDataset, is_complete, open_dataset
+from weka_assets.decoding.dataset import (
+    DatasetWriter,
+    DecodedDataset,
+    is_complete,
+    key_lock,
+    open_dataset,
+    quarantine,
+    verify_dataset,
+)
 from weka_assets.decoding.decoder import decode_record, scope_and_decode_record
 from weka_assets.decoding.filler import build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
@@ -24,6 +34,7 @@ from weka_assets.traces.scope import Policy, ScopeReport, analyse_record, build_
 from weka_assets.versions import MANIFEST_VERSION
 
 FILLER_CACHE = ".filler-cache"
+log = logging.getLogger(__name__)
 
 # progress(stage, done, total, unit): called as a long step advances; total is None when
 # unknown. Stages: "scope", "decode", "replay"; unit "bytes" (of the corpus read) or "traces".
@@ -157,23 +168,35 @@ def decode_corpus(
         return material, decode_key(material)
 
     def existing(key: str) -> dict | None:
+        """The manifest of a complete, intact dataset at `key` (corrupt ones are moved aside)."""
         target = root / key
-        if is_complete(target) or (
-            fetch_existing is not None and fetch_existing(key) and is_complete(target)
-        ):
-            return orjson.loads((target / "manifest.json").read_bytes())
+        for _ in range(2):  # the local copy, then (when it was corrupt) a fresh remote one
+            if not is_complete(target) and not (
+                fetch_existing is not None and fetch_existing(key) and is_complete(target)
+            ):
+                return None
+            problem = verify_dataset(target)
+            if problem is None:
+                return orjson.loads((target / "manifest.json").read_bytes())
+            aside = quarantine(target)
+            log.warning("stored dataset %s is corrupt (%s): moved to %s", key, problem, aside)
         return None
 
     def gate(rep: ScopeReport) -> None:
         if not rep.passed:
             raise CorpusRejected("; ".join(rep.failure_reasons), rep.hard_errors)
 
-    if report is not None:
-        gate(report)
-        material, key = key_for(report)
-        if (manifest := existing(key)) is not None:
-            return DecodeOutcome(root / key, key, True, material, _since(started), manifest)
-    with DatasetWriter(root, filler.tokens, settings.sub_blocks) as writer:
+    with ExitStack() as stack:
+        if report is not None:
+            gate(report)
+            material, key = key_for(report)
+            if (manifest := existing(key)) is None:
+                # one writer per key: a second one waits here, then finds it published
+                stack.enter_context(key_lock(root, key))
+                manifest = existing(key)
+            if manifest is not None:
+                return DecodeOutcome(root / key, key, True, material, _since(started), manifest)
+        writer = stack.enter_context(DatasetWriter(root, filler.tokens, settings.sub_blocks))
         totals = {"prompt_tokens": 0, "ids": 0}
 
         def append(piece) -> None:

@@ -15,11 +15,14 @@ one trace) into a folder aside and renames it into place, so a half-written data
 visible and an existing one is never overwritten.
 """
 
+import fcntl
 import hashlib
 import io
 import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,7 +309,8 @@ class DatasetWriter:
     def __init__(self, root: Path | str, filler: np.ndarray, sub_blocks: int):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-decode-", dir=self.root))
+        remove_abandoned(self.root)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.root))
         np.save(self.tmp / "filler.npy", np.ascontiguousarray(filler, dtype=np.int32))
         self.filler = filler
         self._arrays = {
@@ -419,6 +423,76 @@ class DatasetWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+TMP_PREFIX = ".tmp-decode-"
+
+
+def remove_abandoned(root: Path) -> list[Path]:
+    """Remove folders aside left by writers that died (killed mid-write): a folder aside is
+    named after its writer's pid, and one whose process is gone is never published."""
+    removed = []
+    for p in root.glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(p.name[len(TMP_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def verify_dataset(path: Path | str) -> str | None:
+    """None when every file listed in the manifest has its recorded sha256; else what is wrong."""
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+    except (DecodeError, ValueError) as exc:
+        return str(exc)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{path}: manifest lists no files"
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{f}: missing"
+        if _sha256(f) != digest:
+            return f"{f}: checksum mismatch"
+    return None
+
+
+def quarantine(path: Path | str) -> Path:
+    """Move a corrupt dataset out of the way (kept for inspection, never read again)."""
+    path = Path(path)
+    aside = path.with_name(f".corrupt-{path.name}-{int(time.time())}-{os.getpid()}")
+    os.rename(path, aside)
+    return aside
+
+
+@contextmanager
+def key_lock(root: Path | str, key: str):
+    """Hold an exclusive lock on one decode key under `root` (a second writer of the same key
+    waits, then finds it published). The kernel drops the lock when its process dies, so a
+    killed writer never leaves a stale lock behind."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".lock-{key}", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -459,10 +533,6 @@ def open_dataset(path: Path | str, verify: bool = False) -> DecodedDataset:
     """Open a stored dataset (arrays memory-mapped). `verify` re-checks every file's sha256."""
     path = Path(path)
     manifest = read_manifest(path)
-    if verify:
-        for name, digest in manifest.get("files", {}).items():
-            if _sha256(path / name) != digest:
-                raise DecodeError(
-                    f"{path / name}: checksum mismatch; the stored dataset is corrupt"
-                )
+    if verify and (problem := verify_dataset(path)) is not None:
+        raise DecodeError(f"{problem}; the stored dataset is corrupt")
     return _read(path, manifest)

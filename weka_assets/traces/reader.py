@@ -7,6 +7,7 @@ report can list all hard errors of a corpus at once.
 
 import gzip
 import hashlib
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,30 @@ from weka_assets.traces.fastparse import fast_decode
 from weka_assets.traces.schema import Trace, declared_scope, parse_trace
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+# Limits that protect the machine; settings, read when a corpus is read.
+MAX_TRACE_BYTES_ENV = "WEKA_ASSETS_MAX_TRACE_BYTES"  # one trace's JSON (default 512 MiB)
+MAX_IDS_PER_CALL_ENV = "WEKA_ASSETS_MAX_IDS_PER_CALL"  # hash ids of one call (default 4M)
+
+
+def _limit(env: str, default: int) -> int:
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise SourceError(f"{env}={value!r} is not an integer") from None
+    if n < 1:
+        raise SourceError(f"{env}={value!r} must be 1 or more")
+    return n
+
+
+def max_trace_bytes() -> int:
+    return _limit(MAX_TRACE_BYTES_ENV, 512 << 20)
+
+
+def max_ids_per_call() -> int:
+    return _limit(MAX_IDS_PER_CALL_ENV, 4_000_000)
 
 
 @dataclass(slots=True)
@@ -107,37 +132,90 @@ def parse_record(raw: RawRecord) -> Record:
     scope = declared_scope(obj)
     try:
         trace, dropped = parse_trace(obj, file, line, shared)
+        _check_ids_per_call(trace, max_ids_per_call())
     except TraceError as exc:
         return Record(file, line, error=exc, declared_scope=scope)
     return Record(file, line, trace=trace, declared_scope=scope, null_keys_dropped=dropped)
 
 
+def _check_ids_per_call(trace: Trace, limit: int) -> None:
+    for c in trace.calls:
+        if c.ids.size > limit:
+            raise TraceError(
+                "too_many_ids",
+                f"{c.ids.size} hash ids in one call: more than {MAX_IDS_PER_CALL_ENV}={limit}",
+                Location(
+                    trace.file, trace.line, trace.id, c.request, None if c.inner < 0 else c.inner
+                ),
+            )
+
+
+def _too_large(name: str, line: int | None, size: int | None, limit: int, done: int, total: int):
+    what = f"{size} bytes" if size is not None else "a line longer than that"
+    return RawRecord(
+        name,
+        line,
+        error=TraceError(
+            "trace_too_large",
+            f"one trace may hold {MAX_TRACE_BYTES_ENV}={limit} bytes of JSON; this is {what}",
+            Location(name, line),
+        ),
+        done=done,
+        total=total,
+    )
+
+
+def _lines(fh, limit: int):
+    """(line number, bytes or None when longer than `limit`) of a binary file; an overlong
+    line is skipped in chunks, never held whole."""
+    lineno = 0
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield lineno, None
+            continue
+        yield lineno, line
+
+
 def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
-    """Every record's bytes, one at a time (memory bounded by the largest record)."""
+    """Every record's bytes, one at a time (memory bounded by the largest record, and by
+    `WEKA_ASSETS_MAX_TRACE_BYTES`: a longer record becomes a `trace_too_large` error)."""
     files = corpus_files(path)
+    limit = max_trace_bytes()
     total = sum(f.stat().st_size for f in files)
     done = 0
     for f in files:
         name = str(f)
-        if f.suffix == ".json":
-            data = f.read_bytes()
-            done += len(data)
-            yield RawRecord(name, None, data, done=done, total=total)
-            continue
         size = f.stat().st_size
+        if f.suffix == ".json":
+            done += size
+            if size > limit:
+                yield _too_large(name, None, size, limit, done, total)
+            else:
+                yield RawRecord(name, None, f.read_bytes(), done=done, total=total)
+            continue
         base = done
         try:
             if f.name.endswith(".gz"):
                 with open(f, "rb") as compressed, gzip.open(compressed, "rb") as fh:
-                    for lineno, line in enumerate(fh, start=1):
-                        if line.strip():
-                            done = base + compressed.tell()
+                    for lineno, line in _lines(fh, limit):
+                        done = base + compressed.tell()
+                        if line is None:
+                            yield _too_large(name, lineno, None, limit, done, total)
+                        elif line.strip():
                             yield RawRecord(name, lineno, line, done=done, total=total)
             else:
                 with open(f, "rb") as fh:
-                    for lineno, line in enumerate(fh, start=1):
-                        done += len(line)
-                        if line.strip():
+                    for lineno, line in _lines(fh, limit):
+                        done = base + fh.tell()
+                        if line is None:
+                            yield _too_large(name, lineno, None, limit, done, total)
+                        elif line.strip():
                             yield RawRecord(name, lineno, line, done=done, total=total)
         except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
             yield RawRecord(

@@ -599,6 +599,8 @@ SCHEMA_RULES = (
     "not_positive",
     "not_finite",
     "unknown_request_type",
+    "trace_too_large",
+    "too_many_ids",
 )
 CONTRACT_RULES = (
     ContractRule(
