@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import io
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -57,6 +58,7 @@ ARRAYS = ("filler", "block_trace", "block_id", "block_offsets", "tail_rows")
 # On-disk layout version; part of the decode key, so a layout change never reads old folders.
 DATASET_FORMAT = 2
 ROLES = ("parent", "subagent")
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -159,6 +161,12 @@ class DecodedDataset:
             within = np.arange(bs) - np.repeat(np.cumsum(lengths) - lengths, lengths)
             self._layouts[bs] = (sub, within)
         return self._layouts[bs]
+
+    def sub_block_spans(self, bs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(block position where each sub-block starts, its length) for blocks of `bs`."""
+        s = min(self._sub_blocks, bs)
+        lengths = np.full(s, bs // s) + (np.arange(s) < bs % s)
+        return np.cumsum(lengths) - lengths, lengths
 
     def block_tokens(self, rows: np.ndarray, bs: int) -> np.ndarray:
         """Token ids of whole blocks: int32 [len(rows), bs]."""
@@ -397,18 +405,27 @@ class DatasetWriter:
         final = self.root / key
         self._finish_files()
         files = {p.name: _sha256(p) for p in sorted(self.tmp.iterdir())}
-        (self.tmp / "manifest.json").write_bytes(
-            orjson.dumps(
-                dict(manifest, files=files), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
-            )
+        manifest = dict(manifest, files=files)
+        files[MANIFEST] = _manifest_digest(manifest)  # the manifest's own content, checked too
+        (self.tmp / MANIFEST).write_bytes(
+            orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
         )
         _fsync_dir(self.tmp)
-        if not is_complete(final):
+        for attempt in range(2):
+            if is_complete(final):
+                break  # a complete dataset already there wins
             try:
                 os.rename(self.tmp, final)
+                break
             except OSError:
-                if not is_complete(final):
+                if is_complete(final):
+                    break
+                if attempt or not final.exists():
                     raise
+                # a visible folder without its manifest is damaged (one is only ever renamed
+                # into place whole): move it aside, then publish ours in its place
+                quarantine(final)
+        _fsync_path(self.root)
         self.abort()
         return final
 
@@ -465,16 +482,33 @@ def verify_dataset(path: Path | str) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{f}: missing"
-        if _sha256(f) != digest:
+        # the manifest's entry is the digest of its own content (manifests written before it
+        # existed have none); every other entry is a file's sha256
+        actual = _manifest_digest(manifest) if name == MANIFEST else _sha256(f)
+        if actual != digest:
             return f"{f}: checksum mismatch"
     return None
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of a manifest's content, its own entry in `files` left out (canonical JSON)."""
+    files = {k: v for k, v in manifest.get("files", {}).items() if k != MANIFEST}
+    return hashlib.sha256(
+        orjson.dumps(dict(manifest, files=files), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
 def quarantine(path: Path | str) -> Path:
-    """Move a corrupt dataset out of the way (kept for inspection, never read again)."""
+    """Move a corrupt dataset out of the way (kept for inspection, never read again). Each
+    call gets its own name; a dataset another process moved away first is left alone."""
     path = Path(path)
-    aside = path.with_name(f".corrupt-{path.name}-{int(time.time())}-{os.getpid()}")
-    os.rename(path, aside)
+    aside = path.with_name(
+        f".corrupt-{path.name}-{int(time.time())}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        pass  # already moved aside (or replaced) by a concurrent reader of the same key
     return aside
 
 
@@ -505,17 +539,33 @@ def _fsync_dir(path: Path) -> None:
     for p in path.iterdir():
         with open(p, "rb") as fh:
             os.fsync(fh.fileno())
+    _fsync_path(path)
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a folder itself, so the names in it (a rename into it) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_complete(path: Path | str) -> bool:
-    return (Path(path) / "manifest.json").is_file()
+    return (Path(path) / MANIFEST).is_file()
 
 
 def read_manifest(path: Path | str) -> dict:
-    p = Path(path) / "manifest.json"
+    p = Path(path) / MANIFEST
     if not p.is_file():
         raise DecodeError(f"{path}: not a decoded dataset (no manifest.json)")
-    return orjson.loads(p.read_bytes())
+    try:
+        manifest = orjson.loads(p.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise DecodeError(f"{p}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise DecodeError(f"{p}: unreadable manifest (not a JSON object)")
+    return manifest
 
 
 def _read(path: Path, manifest: dict) -> DecodedDataset:

@@ -74,15 +74,56 @@ def chain_keys(content: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return mix64((csum - before[call_of]) * ppow[pos] + pos.astype(np.uint64))
 
 
+# Odd base of the polynomial content hash of a block's tokens.
+TOKEN_R = 0xD1B54A32D192ED03
+
+
 @cache
 def _token_weights(bs: int) -> np.ndarray:
-    return mix64(np.arange(1, bs + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)) | np.uint64(
-        1
-    )
+    return power_series(TOKEN_R, bs)
+
+
+def power_series(base: int, n: int) -> np.ndarray:
+    """base**k modulo 2**64 for k < n (uint64)."""
+    out = np.ones(max(n, 1), dtype=np.uint64)
+    k = 1
+    while k < n:  # doubling: out[k:2k] = out[:k] * base**k
+        step = min(k, n - k)
+        out[k : k + step] = out[:step] * out[k - 1] * np.uint64(base)
+        k += step
+    return out[:n]
 
 
 def token_block_hash(tokens: np.ndarray) -> np.ndarray:
-    """64-bit content hash of each row of a [blocks, bs] token array (from the token values)."""
+    """64-bit content hash of each row of a [blocks, bs] token array (from the token values):
+    mix64(sum_k token_k * R**k), modulo 2**64."""
     tokens = np.asarray(tokens)
     w = _token_weights(tokens.shape[1])
     return mix64((tokens.astype(np.uint64) * w).sum(axis=1, dtype=np.uint64))
+
+
+class FillerHasher:
+    """`token_block_hash` of blocks made of filler sub-blocks, without gathering their tokens.
+
+    With G(x) = sum_{y<x} filler[y] * R**y, a run of filler tokens filler[o:o+m] placed at
+    block positions a..a+m-1 contributes R**a * (G(o+m) - G(o)) * R**-o to the block's sum.
+    Equal, modulo 2**64, to hashing the gathered tokens; O(sub-blocks) per block, not O(bs).
+    """
+
+    def __init__(self, filler_ext: np.ndarray):
+        n = filler_ext.size
+        powers = power_series(TOKEN_R, n + 1)
+        self.prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum(filler_ext.astype(np.uint64) * powers[:n], dtype=np.uint64, out=self.prefix[1:])
+        self.inverse = power_series(pow(TOKEN_R, -1, 1 << 64), n + 1)
+
+    def hashes(self, offsets: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Hash of each block whose sub-block j (of `lengths[j]` tokens at block position
+        `starts[j]`) begins at filler offset `offsets[:, j]`."""
+        total = np.zeros(offsets.shape[0], dtype=np.uint64)
+        shift = power_series(TOKEN_R, int(starts.max()) + 1 if starts.size else 1)
+        for j in range(starts.size):
+            o = offsets[:, j].astype(np.int64)
+            run = (self.prefix[o + int(lengths[j])] - self.prefix[o]) * self.inverse[o]
+            total += run * shift[int(starts[j])]
+        return mix64(total, out=total)

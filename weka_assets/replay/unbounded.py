@@ -15,9 +15,10 @@ from pydantic import BaseModel
 
 from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker, open_dataset
-from weka_assets.decoding.prf import mix64
+from weka_assets.decoding.prf import MASK, mix64
 from weka_assets.parallel import ordered_map, workers
 from weka_assets.replay.prefix import (
+    FillerHasher,
     leading_hits,
     power_tables,
     segment_positions,
@@ -88,16 +89,20 @@ def figures(cf: CallFigures, mask: np.ndarray | slice = slice(None)) -> HitFigur
 
 
 def row_content_hashes(ds: DecodedDataset, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Content hash of the tokens of block rows [start, stop) (each distinct block once)."""
+    """Content hash of the tokens of block rows [start, stop) (each distinct block once):
+    `token_block_hash` of each block's tokens, evaluated from its filler offsets."""
     stop = ds.block_id.size if stop is None else stop
     out = np.empty(stop - start, dtype=np.uint64)
+    hasher = FillerHasher(ds._filler_ext)
     bs_of_trace = np.array([t["block_size"] for t in ds.traces], dtype=np.int64)
     sizes = bs_of_trace[np.asarray(ds.block_trace[start:stop])]
     for bs in distinct(sizes).tolist():
         rows = np.flatnonzero(sizes == bs)
+        starts, lengths = ds.sub_block_spans(bs)
         for a in range(0, rows.size, ROW_CHUNK):
             chunk = rows[a : a + ROW_CHUNK]
-            out[chunk] = token_block_hash(ds.block_tokens(chunk + start, bs))
+            offsets = np.asarray(ds.block_offsets[chunk + start])[:, : starts.size]
+            out[chunk] = hasher.hashes(offsets, starts, lengths)
     return out
 
 
@@ -162,6 +167,65 @@ class KeyWalker:
         return k_buf[:n], k0
 
 
+def trace_new_keys(
+    ds: DecodedDataset, calls: np.ndarray, content: np.ndarray, row_offset: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The token keys each call of one trace adds (see `KeyWalker`), vectorised over the trace.
+
+    Call j's first K_j keys equal its predecessor's; keys K_j..T_j are new. With
+    W_k = sum_(q<=k) content_q * P**-q, key_k = mix64(P**k * W_k + k): the new keys of every
+    call come from one segmented cumulative sum, plus W at K_j - 1, read from the ancestor
+    that computed that position. Returns (new keys concatenated, their number per call, K).
+    """
+    c = ds.calls
+    m = calls.size
+    a = int(calls[0])
+    prev = c["prev"][calls].astype(np.int64)
+    local = np.where(prev >= 0, prev - a, -1)
+    shared = c["shared"][calls].astype(np.int64)
+    nf = c["n_full"][calls].astype(np.int64)
+    total = (c["tokens_in"][calls] // c["block_size"][calls]).astype(np.int64)
+    has = local >= 0
+    k0 = np.zeros(m, np.int64)
+    k0[has] = np.minimum(np.minimum(shared[has], nf[local[has]]), nf[has])
+    seg = total - k0
+    starts = np.cumsum(seg) - seg
+    flat = np.empty(int(seg.sum()), dtype=np.uint64)
+    # hashed blocks K..nf: from the call's own new rows when K >= shared (the usual case)
+    idn = np.maximum(nf - k0, 0)
+    fast = k0 >= shared
+    pos = segment_positions(idn[fast])[1]
+    src = np.repeat(c["rows_start"][calls][fast] + (k0 - shared)[fast], idn[fast]) + pos
+    dst = np.repeat(starts[fast], idn[fast]) + pos
+    flat[dst] = content[np.asarray(ds.tail_rows)[src] - row_offset]
+    for j in np.flatnonzero(~fast & (idn > 0)).tolist():  # a block shared but not full before
+        rows = ds.call_rows(int(calls[j]))[k0[j] : nf[j]]
+        flat[starts[j] : starts[j] + idn[j]] = content[rows - row_offset]
+    for j in np.flatnonzero(total > nf).tolist():  # unhashed tail blocks (truncated lists)
+        at = starts[j] + max(nf[j] - k0[j], 0)
+        flat[at : starts[j] + seg[j]] = _tail_block_hashes(ds, int(calls[j]))
+    # positions and the segmented sum
+    position = np.repeat(k0, seg) + segment_positions(seg)[1]
+    ppow, qpow = power_tables(int(total.max()) + 1 if m else 1)
+    csum = np.cumsum(flat * qpow[position], dtype=np.uint64)
+    before = np.concatenate([[np.uint64(0)], csum])[starts]
+    within = csum - np.repeat(before, seg)  # sum over the call's new positions up to here
+    base = [0] * m  # W at K_j - 1, as Python ints modulo 2**64
+    k_l, local_l, starts_l = k0.tolist(), local.tolist(), starts.tolist()
+    for j in range(m):
+        q = k_l[j] - 1
+        if q < 0:
+            continue
+        anc = local_l[j]
+        while k_l[anc] > q:
+            anc = local_l[anc]
+        base[j] = (base[anc] + int(within[starts_l[anc] + q - k_l[anc]])) & MASK
+    w = within + np.repeat(np.array(base, dtype=np.uint64), seg)
+    keys = w * ppow[position]
+    keys += position.astype(np.uint64)
+    return mix64(keys, out=keys), seg, k0
+
+
 def token_block_keys(
     ds: DecodedDataset, calls: np.ndarray, content: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -215,14 +279,7 @@ def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
         starts = c["rows_start"][calls].astype(np.int64)
         tail = np.asarray(ds.tail_rows)[np.repeat(starts, added) + segment_positions(added)[1]]
         hits[calls - a] = shared + leading_hits(np.asarray(ds.block_id)[tail], added)
-        walker = KeyWalker(ds, content, r0)
-        parts, lead = [], np.zeros(calls.size, np.int64)
-        for j, i in enumerate(calls.tolist()):
-            k, k0 = walker.keys(i)
-            parts.append(k[k0:].copy())
-            lead[j] = k0
-        new = np.concatenate(parts)
-        lengths = np.fromiter((x.size for x in parts), np.int64, len(parts))
+        new, lengths, lead = trace_new_keys(ds, calls, content, r0)
         token_hits[calls - a] = lead + leading_hits(new, lengths)
         keys.append(distinct(new))
     return _TraceHits(slice(a, b), hits, token_hits, _cat(keys))

@@ -126,3 +126,67 @@ def test_session_policy_loses_exactly_the_cross_conversation_hits(corpus):
     assert bad.fidelity_mismatched_calls == expected.size and good.fidelity_mismatched_calls == 0
     assert bad.token_replay_hit_rate < good.token_replay_hit_rate
     assert bad.theoretical_hit_rate == good.theoretical_hit_rate
+
+
+@pytest.mark.parametrize("profile", ["semianalysis", "kv-cache-tester"])
+def test_row_hashes_from_filler_offsets_equal_hashes_of_the_gathered_tokens(profile):
+    """The replay hashes each block from its filler offsets (prefix sums); that must be the
+    very hash of the block's decoded tokens."""
+    from weka_assets.replay.prefix import token_block_hash
+    from weka_assets.replay.unbounded import row_content_hashes
+
+    ds = decoded(synthetic(profile, traces=4, seed=5))
+    rows = np.arange(ds.block_id.size)
+    bs = ds.block_sizes[0]
+    assert np.array_equal(row_content_hashes(ds), token_block_hash(ds.block_tokens(rows, bs)))
+    part = row_content_hashes(ds, 10, 50)
+    assert np.array_equal(part, token_block_hash(ds.block_tokens(rows[10:50], bs)))
+
+
+@pytest.mark.parametrize("bs", [1, 3, 5, 63, 64, 100])
+def test_filler_hasher_for_any_block_size_and_wrapping_offsets(bs):
+    from weka_assets.replay.prefix import FillerHasher, token_block_hash
+
+    rng = np.random.default_rng(bs)
+    filler = rng.integers(0, 100_000, 997).astype(np.int32)
+    s = min(4, bs)
+    lengths = np.full(s, bs // s) + (np.arange(s) < bs % s)
+    starts = np.cumsum(lengths) - lengths
+    ext = np.concatenate([filler, filler[: int(lengths.max())]])
+    offsets = rng.integers(0, filler.size, (200, s)).astype(np.uint32)
+    offsets[0] = filler.size - 1  # sub-blocks that wrap around the end of the filler
+    tokens = np.concatenate(
+        [ext[offsets[:, j, None].astype(np.int64) + np.arange(lengths[j])] for j in range(s)],
+        axis=1,
+    )
+    assert np.array_equal(
+        FillerHasher(ext).hashes(offsets, starts, lengths), token_block_hash(tokens)
+    )
+
+
+def _corpora_for_keys():
+    out = [synthetic(p, traces=4, seed=9) for p in ("semianalysis", "kv-cache-tester")]
+    out.append(truncated())
+    if REAL_SAMPLE.is_dir():
+        out.append(REAL_SAMPLE)
+    return out
+
+
+@pytest.mark.parametrize("corpus", _corpora_for_keys(), ids=lambda p: p.name)
+def test_vectorised_new_keys_equal_the_call_by_call_walk(corpus):
+    from weka_assets.replay.unbounded import KeyWalker, row_content_hashes, trace_new_keys
+
+    ds = decoded(corpus)
+    content = row_content_hashes(ds)
+    walker = KeyWalker(ds, content)
+    for sl in ds.trace_slices():
+        calls = np.arange(sl.start, sl.stop)
+        if not calls.size:
+            continue
+        new, lengths, lead = trace_new_keys(ds, calls, content)
+        at = 0
+        for j, i in enumerate(calls.tolist()):
+            keys, k0 = walker.keys(i)
+            assert k0 == lead[j]
+            assert np.array_equal(new[at : at + lengths[j]], keys[k0:])
+            at += lengths[j]
