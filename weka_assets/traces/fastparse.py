@@ -86,7 +86,11 @@ class _Conversation:
         if kept:
             tail = _parse_list(b"[" + raw[start:])
             ids = np.concatenate([self.ids[:kept], tail])
-            self.shared = kept + common_prefix(self.ids[kept:], tail)
+            prev_ids = self.ids
+            if tail.size and kept < prev_ids.size and tail[0] == prev_ids[kept]:
+                self.shared = kept + common_prefix(prev_ids[kept:], tail)
+            else:
+                self.shared = kept  # the usual case: the first parsed id is new
         else:
             ids = _parse_list(raw)
             self.shared = common_prefix(self.ids, ids)
