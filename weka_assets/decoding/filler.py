@@ -52,26 +52,53 @@ def array_sha256(tokens: np.ndarray) -> str:
 def build_filler(
     spec: TokenizerSpec, text_path: str | None = None, cache_dir: Path | None = None
 ) -> Filler:
+    """The filler corpus of `spec`: read from `cache_dir`, else from the machine's shared cache
+    ($WEKA_ASSETS_CACHE/filler or ~/.cache/weka-assets/filler), else tokenized (a few seconds:
+    transformers' import and the encode) and stored in both."""
     text = filler_text(text_path)
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    cached = None
-    if cache_dir is not None:
-        cached = Path(cache_dir) / f"{spec.files_sha256[:24]}-{text_hash[:24]}.npy"
-        if cached.is_file():
-            tokens = np.load(cached)
-            tokens.setflags(write=False)
-            return Filler(tokens, array_sha256(tokens))
+    name = f"{spec.files_sha256[:24]}-{text_hash[:24]}.npy"
+    places = [Path(cache_dir) / name] if cache_dir is not None else []
+    places.append(shared_cache() / "filler" / name)
+    for place in places:
+        if place.is_file():
+            try:
+                tokens = np.load(place)
+            except (OSError, ValueError):
+                continue  # unreadable: rebuilt below
+            if tokens.dtype == np.int32 and tokens.ndim == 1 and tokens.size >= MIN_FILLER_TOKENS:
+                for other in places:
+                    if other != place and not other.is_file():
+                        _save(other, tokens)
+                tokens.setflags(write=False)
+                return Filler(tokens, array_sha256(tokens))
     ids = load_tokenizer(spec).encode(text, add_special_tokens=False)
     tokens = np.asarray(ids, dtype=np.int32)
     if tokens.size < MIN_FILLER_TOKENS:
         raise DecodeError(
             f"filler text encodes to {tokens.size} tokens; need at least {MIN_FILLER_TOKENS}"
         )
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, tokens)
-        os.replace(tmp, cached)
+    for place in places:
+        _save(place, tokens)
     tokens.setflags(write=False)
     return Filler(tokens, array_sha256(tokens))
+
+
+def shared_cache() -> Path:
+    """This machine's cache: $WEKA_ASSETS_CACHE or ~/.cache/weka-assets."""
+    return Path(
+        os.environ.get("WEKA_ASSETS_CACHE") or Path.home() / ".cache" / "weka-assets"
+    ).expanduser()
+
+
+def _save(path: Path, tokens: np.ndarray) -> None:
+    """Write aside, then rename: a reader never sees half a file. A cache that cannot be
+    written is skipped (read-only home)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, tokens)
+        os.replace(tmp, path)
+    except OSError:
+        pass
