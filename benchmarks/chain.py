@@ -3,7 +3,8 @@
 Builds the corpus with `weka-assets synth --profile semianalysis --traces N --size full` (and
 SCALE times as many traces for the scaling check), then runs each stage as its own command
 line, as a user would, and measures the whole process tree (the command and its worker
-processes): wall seconds, CPU seconds, peak RSS (the sum over the tree, sampled every 10 ms),
+processes): wall seconds, CPU seconds (each process's own user + system time, last sampled
+value), peak RSS (the sum over the tree, sampled every 10 ms),
 and throughput in calls, hash ids and prompt tokens per second. Then the same corpus through
 a Dagster materialization (in process, a fresh instance): every asset's step time from the
 event log, and the re-materialization of the unchanged `decoded_dataset` partition.
@@ -51,7 +52,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
                 with p.oneshot():
                     rss += p.memory_info().rss
                     t = p.cpu_times()
-                    cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                    cpu[p.pid] = t.user + t.system  # every process is sampled itself
             except psutil.NoSuchProcess:
                 pass
         peak = max(peak, rss)

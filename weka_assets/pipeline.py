@@ -2,6 +2,8 @@
 both call these, so the two can never disagree."""
 
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,19 +55,27 @@ def _ticking(records, stage: str, progress: ProgressFn | None):
 def scope_report(
     path: Path | str, policy: Policy = "fail", progress: ProgressFn | None = None
 ) -> ScopeReport:
-    analysed = ordered_map(analyse_record, iter_raw_records(path))
+    analysed = ordered_map(analyse_record, iter_raw_records(path, lazy=True))
     report, _ = build_report(_ticking(analysed, "scope", progress), policy)
     return report
 
 
 def write_json(obj, path: Path | str) -> Path:
-    """Write JSON atomically (aside, then rename): a reader never sees half a file."""
+    """Write JSON atomically (aside, then rename): a reader never sees half a file. The file
+    aside has a name of its own per call, so concurrent writers of one path never write into
+    each other's; the last rename wins, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     data = obj.model_dump(mode="json") if hasattr(obj, "model_dump") else obj
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    tmp.replace(path)
+    body = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:  # never an existing file
+            fh.write(body)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -207,7 +217,9 @@ def decode_corpus(
         if report is not None:
             excluded = frozenset(report.excluded_traces)
             task = partial(decode_record, settings=settings, n=filler.size, excluded=excluded)
-            for piece in _ticking(ordered_map(task, iter_raw_records(path)), "decode", progress):
+            for piece in _ticking(
+                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress
+            ):
                 if isinstance(piece, TraceError):
                     raise piece
                 if piece is not None:
@@ -216,7 +228,7 @@ def decode_corpus(
             task = partial(scope_and_decode_record, settings=settings, n=filler.size)
             analysed = []
             for rec, piece in _ticking(
-                ordered_map(task, iter_raw_records(path)), "decode", progress
+                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress
             ):
                 analysed.append(rec)
                 keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")

@@ -329,7 +329,7 @@ class DatasetWriter:
         }
         self._schema = pa.schema([(k, pa.from_numpy_dtype(v)) for k, v in CALL_COLUMNS.items()])
         self._calls = pq.ParquetWriter(self.tmp / "calls.parquet", self._schema)
-        self._pending: list[pa.RecordBatch] = []
+        self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
         self.traces: list[dict] = []
         self.n_blocks = self.n_rows = self.n_calls = 0
@@ -367,21 +367,22 @@ class DatasetWriter:
             ("tail_rows", tail_rows),
         ):
             self._arrays[name].append(arr)
-        batch = pa.record_batch(
-            [pa.array(np.asarray(calls[k], dtype=v)) for k, v in CALL_COLUMNS.items()],
-            schema=self._schema,
-        )
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
+        n = int(np.asarray(calls["tokens_in"]).size)
+        self._pending.append({k: np.asarray(calls[k], dtype=v) for k, v in CALL_COLUMNS.items()})
+        self._pending_rows += n
         if self._pending_rows >= 1 << 16:
             self._flush_calls()
         self.n_blocks += int(np.asarray(block_id).size)
         self.n_rows += int(np.asarray(tail_rows).size)
-        self.n_calls += batch.num_rows
+        self.n_calls += n
 
     def _flush_calls(self) -> None:
+        """One row group from the pending calls (one Arrow array per column, not per trace)."""
         if self._pending:
-            self._calls.write_table(pa.Table.from_batches(self._pending, self._schema))
+            columns = [
+                pa.array(np.concatenate([p[k] for p in self._pending])) for k in CALL_COLUMNS
+            ]
+            self._calls.write_table(pa.Table.from_arrays(columns, schema=self._schema))
         self._pending, self._pending_rows = [], 0
 
     def _finish_files(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from weka_assets.errors import Location, SourceError, TraceError
@@ -113,6 +114,17 @@ class RawRecord:
     error: TraceError | None = None
     done: int = 0
     total: int = 0
+    offset: int = 0  # where the bytes are in `file`, when `data` is not loaded yet
+    length: int = 0
+
+    def load(self) -> bytes:
+        """The record's bytes (read from `file` on first use when the record is lazy)."""
+        if self.data is None:
+            with open(self.file, "rb") as fh:
+                self.data = os.pread(fh.fileno(), self.length, self.offset)
+            if len(self.data) != self.length:
+                raise OSError(f"read {len(self.data)} of {self.length} bytes (file changed?)")
+        return self.data
 
 
 def parse_record(raw: RawRecord) -> Record:
@@ -120,11 +132,19 @@ def parse_record(raw: RawRecord) -> Record:
     file, line = raw.file, raw.line
     if raw.error is not None:
         return Record(file, line, error=raw.error)
-    fast = fast_decode(raw.data)
+    try:
+        data = raw.load()
+    except OSError as exc:
+        return Record(
+            file,
+            line,
+            error=TraceError("truncated_file", f"cannot read: {exc}", Location(file, line)),
+        )
+    fast = fast_decode(data)
     obj, shared = fast if fast is not None else (None, None)
     if obj is None:
         try:
-            obj = orjson.loads(raw.data)
+            obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             return Record(
                 file, line, error=TraceError("invalid_json", str(exc), Location(file, line))
@@ -182,9 +202,30 @@ def _lines(fh, limit: int):
         yield lineno, line
 
 
-def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
-    """Every record's bytes, one at a time (memory bounded by the largest record, and by
-    `WEKA_ASSETS_MAX_TRACE_BYTES`: a longer record becomes a `trace_too_large` error)."""
+SCAN_CHUNK = 8 << 20
+
+
+def _scan_lines(f: Path) -> Iterator[tuple[int, int, int]]:
+    """(line number, offset, length) of every line of a plain file, found by scanning 8 MiB
+    chunks for newlines: no line is ever held whole."""
+    lineno = start = pos = 0
+    with open(f, "rb", buffering=0) as fh:
+        while chunk := fh.read(SCAN_CHUNK):
+            for end in (np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10) + pos).tolist():
+                lineno += 1
+                yield lineno, start, end + 1 - start
+                start = end + 1
+            pos += len(chunk)
+    if start < pos:
+        yield lineno + 1, start, pos - start
+
+
+def iter_raw_records(path: Path | str, lazy: bool = False) -> Iterator[RawRecord]:
+    """Every record of the corpus, one at a time (memory bounded by the largest record, and by
+    `WEKA_ASSETS_MAX_TRACE_BYTES`: a longer record becomes a `trace_too_large` error).
+
+    `lazy`: records of plain files carry where their bytes are, not the bytes; whoever parses
+    them reads them (worker processes, so the reading process never copies the corpus)."""
     files = corpus_files(path)
     limit = max_trace_bytes()
     total = sum(f.stat().st_size for f in files)
@@ -192,27 +233,27 @@ def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
     for f in files:
         name = str(f)
         size = f.stat().st_size
-        if f.suffix == ".json":
-            done += size
-            if size > limit:
-                yield _too_large(name, None, size, limit, done, total)
-            else:
-                yield RawRecord(name, None, f.read_bytes(), done=done, total=total)
-            continue
         base = done
         try:
-            if f.name.endswith(".gz"):
+            if f.suffix == ".json" or not f.name.endswith(".gz"):
+                spans = [(None, 0, size)] if f.suffix == ".json" else _scan_lines(f)
+                for lineno, offset, length in spans:
+                    done = base + offset + length
+                    if length > limit:
+                        yield _too_large(name, lineno, length, limit, done, total)
+                        continue
+                    rec = RawRecord(
+                        name, lineno, done=done, total=total, offset=offset, length=length
+                    )
+                    if length <= 64 and not rec.load().strip():
+                        continue  # a blank line
+                    if not lazy:
+                        rec.load()
+                    yield rec
+            else:
                 with open(f, "rb") as compressed, gzip.open(compressed, "rb") as fh:
                     for lineno, line in _lines(fh, limit):
                         done = base + compressed.tell()
-                        if line is None:
-                            yield _too_large(name, lineno, None, limit, done, total)
-                        elif line.strip():
-                            yield RawRecord(name, lineno, line, done=done, total=total)
-            else:
-                with open(f, "rb") as fh:
-                    for lineno, line in _lines(fh, limit):
-                        done = base + fh.tell()
                         if line is None:
                             yield _too_large(name, lineno, None, limit, done, total)
                         elif line.strip():
