@@ -4,7 +4,9 @@ Builds the corpus with `weka-assets synth --profile semianalysis --traces N --si
 SCALE times as many traces for the scaling check), then runs each stage as its own command
 line, as a user would, and measures the whole process tree (the command and its worker
 processes): wall seconds, CPU seconds (each process's own user + system time, last sampled
-value), peak RSS (the sum over the tree, sampled every 10 ms),
+value), peak RSS (the sum over the tree, sampled every 10 ms; pages the processes share, such
+as a memory-mapped dataset, count once per process) and peak PSS (shared pages split between
+the processes that map them: the memory actually used),
 and throughput in calls, hash ids and prompt tokens per second. Then the same corpus through
 a Dagster materialization (in process, a fresh instance): every asset's step time from the
 event log, and the re-materialization of the unchanged `decoded_dataset` partition.
@@ -40,9 +42,9 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     )
     root = psutil.Process(proc.pid)
     cpu: dict[int, float] = {}
-    peak = 0
+    peak = peak_pss = 0
     while proc.poll() is None:
-        rss = 0
+        rss = pss = 0
         try:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
@@ -50,18 +52,26 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
         for p in tree:
             try:
                 with p.oneshot():
-                    rss += p.memory_info().rss
+                    mem = p.memory_full_info()
+                    rss += mem.rss
+                    pss += getattr(mem, "pss", mem.rss)
                     t = p.cpu_times()
                     cpu[p.pid] = t.user + t.system  # every process is sampled itself
-            except psutil.NoSuchProcess:
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        peak = max(peak, rss)
+        peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         time.sleep(0.01)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "peak_rss_mb": peak / 2**20, "stdout": out}
+    return {
+        "wall_s": wall,
+        "cpu_s": sum(cpu.values()),
+        "peak_rss_mb": peak / 2**20,
+        "peak_pss_mb": peak_pss / 2**20,
+        "stdout": out,
+    }
 
 
 def machine() -> dict:
@@ -220,7 +230,8 @@ def main() -> int:
             st.pop("stdout", None)
             st.update(rates(st, manifest))
             print(
-                f"{name:<46} {st['wall_s']:7.2f} {st['cpu_s']:7.2f} {st['peak_rss_mb']:8.0f} "
+                f"{name:<46} {st['wall_s']:7.2f} {st['cpu_s']:7.2f} {st['peak_rss_mb']:7.0f} "
+                f"{st['peak_pss_mb']:7.0f} "
                 f"{st['calls_per_s']:9.0f} {st['ids_per_s'] / 1e6:8.2f} {st['tokens_per_s'] / 1e6:9.0f}"
             )
         if dag is not None:
@@ -237,7 +248,11 @@ def main() -> int:
         k = b["traces"] / a["traces"]
         t = b["stages"][key]["wall_s"] / a["stages"][key]["wall_s"]
         m = b["stages"][key]["peak_rss_mb"] / a["stages"][key]["peak_rss_mb"]
-        print(f"\nscaling {k:.0f}x corpus: full chain time x{t:.2f}, peak RSS x{m:.2f}")
+        mp = b["stages"][key]["peak_pss_mb"] / a["stages"][key]["peak_pss_mb"]
+        print(
+            f"\nscaling {k:.0f}x corpus: full chain time x{t:.2f}, peak RSS x{m:.2f}, "
+            f"peak PSS x{mp:.2f}"
+        )
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a") as fh:
         fh.write(json.dumps({"unix": int(time.time()), "machine": info, "runs": runs}) + "\n")
