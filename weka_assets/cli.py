@@ -124,8 +124,13 @@ def _problem_lines(
                 "no walk mints its ids in order "
                 f"(fresh-below: document {row['fresh_below_document']}, parent_first {row['fresh_below_parent_first']})"
             )
-        lines.append(f"{row['file']}, trace {row['trace']!r}: [{row['verdict']}] {why}")
+        lines.append(f"{_printable(row['file'])}, trace {row['trace']!r}: [{row['verdict']}] {why}")
     return lines
+
+
+def _printable(text: str) -> str:
+    """`text` on one line: a name holding a newline or control character is escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _print_capped(lines: list[str]) -> None:
@@ -148,7 +153,9 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--traces", required=True, type=_positive_int, metavar="N", help="number of traces"
     )
-    p.add_argument("--seed", required=True, type=_non_negative_int, metavar="S", help="random seed")
+    p.add_argument(
+        "--seed", default=0, type=_non_negative_int, metavar="S", help="random seed (default: 0)"
+    )
     p.add_argument(
         "--size",
         choices=("small", "full"),
@@ -249,14 +256,17 @@ def _add_scope_report(p: argparse.ArgumentParser) -> None:
 
 def cmd_scope_report(args: argparse.Namespace) -> int:
     from weka_assets.pipeline import scope_report
+    from weka_assets.progress import cli_progress
 
-    report = scope_report(corpus_path(args.path), args.policy)
+    path = corpus_path(args.path)
+    with cli_progress() as progress:
+        report = scope_report(path, args.policy, progress)
     _write_json(report, args.json)
     print(report.summary(), flush=True)
     if report.excluded_traces:
         _err(
             f"excluded {len(report.excluded_traces)} trace(s) under policy 'exclude': "
-            + ", ".join(report.excluded_traces[:MAX_PROBLEM_LINES])
+            + ", ".join(map(_printable, report.excluded_traces[:MAX_PROBLEM_LINES]))
             + (" ..." if len(report.excluded_traces) > MAX_PROBLEM_LINES else "")
         )
     if report.passed:
@@ -302,17 +312,29 @@ def _add_decode(p: argparse.ArgumentParser) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from weka_assets.decoding.settings import DecodeSettings
-    from weka_assets.pipeline import decode_corpus
+    from weka_assets.pipeline import decode_corpus, scope_report
+    from weka_assets.progress import cli_progress
 
     path = corpus_path(args.path)
     fields = {"scope_policy": args.scope_policy, "seed": args.seed}
     if args.tokenizer is not None:
         fields["tokenizer"] = args.tokenizer
-    outcome = decode_corpus(path, args.out, DecodeSettings(**fields), policy=args.policy)
+    settings = DecodeSettings(**fields)
+    with cli_progress() as progress:
+        # the report first, so the decode stage knows how many traces it will read
+        report = scope_report(path, args.policy, progress)
+        progress.finish()
+        progress.expect("decode", report.traces)
+        outcome = decode_corpus(
+            path, args.out, settings, report=report, policy=args.policy, progress=progress
+        )
     m = outcome.manifest
     excluded = outcome.material.get("excluded_traces") or []
     if excluded:
-        _err(f"excluded {len(excluded)} trace(s) under policy 'exclude': " + ", ".join(excluded))
+        _err(
+            f"excluded {len(excluded)} trace(s) under policy 'exclude': "
+            + ", ".join(map(_printable, excluded))
+        )
     if outcome.reused:
         _err(f"reused existing dataset {outcome.path}")
     else:
@@ -371,11 +393,13 @@ def _rate(x: float | None) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from weka_assets.pipeline import replay
+    from weka_assets.progress import cli_progress
 
     dataset = Path(args.dataset).expanduser()
     if not dataset.exists():
         raise UsageError(f"{args.dataset}: no such dataset folder")
-    result, _ = replay(dataset)
+    with cli_progress() as progress:
+        result, _ = replay(dataset, progress)
     out = result.model_dump(mode="json")
     if args.capacity:
         curve = _capacity(dataset, args)
@@ -524,6 +548,7 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
 
 def cmd_replay_live(args: argparse.Namespace) -> int:
     from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.progress import cli_progress
     from weka_assets.replay.live import run_live_replay
     from weka_assets.replay.schedule import Arrival
 
@@ -535,28 +560,34 @@ def cmd_replay_live(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     ds = open_dataset(dataset)
+    reporter = cli_progress()
+    # every call is sent unless --max-context drops some (then the total is unknown)
+    total = ds.n_calls if args.max_context is None else None
+    answered = 0
 
     def progress(rec) -> None:
-        if rec.send_order is not None and (rec.send_order + 1) % 50 == 0:
-            _err(f"{rec.send_order + 1} calls sent")
+        nonlocal answered
+        answered += 1
+        reporter("replay-live", answered, total, "calls")
 
     try:
-        result = run_live_replay(
-            ds,
-            args.url,
-            args.model,
-            concurrency=args.concurrency,
-            time_scale=args.time_scale,
-            arrival=arrival,
-            max_context=args.max_context,
-            drop=args.drop,
-            max_tokens_cap=args.max_tokens_cap,
-            block_size=args.block_size,
-            timeout_s=args.timeout_s,
-            reset_cache=not args.no_reset_cache,
-            out_path=args.json,
-            progress=progress,
-        )
+        with reporter:
+            result = run_live_replay(
+                ds,
+                args.url,
+                args.model,
+                concurrency=args.concurrency,
+                time_scale=args.time_scale,
+                arrival=arrival,
+                max_context=args.max_context,
+                drop=args.drop,
+                max_tokens_cap=args.max_tokens_cap,
+                block_size=args.block_size,
+                timeout_s=args.timeout_s,
+                reset_cache=not args.no_reset_cache,
+                out_path=args.json,
+                progress=progress,
+            )
     except KeyboardInterrupt:
         _err(f"partial result written to {args.json}")
         raise
@@ -651,6 +682,50 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             print(f"{step.partition}: dataset {ref.decode_key}")
             _print_rates(result)
     return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- validate / expand
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from weka_assets.parallel import ordered_map
+    from weka_assets.progress import cli_progress
+    from weka_assets.traces.reader import iter_raw_records, validate_record
+
+    path = corpus_path(args.path)
+    traces = calls = ids = 0
+    errors = []
+    with cli_progress() as progress:
+        for v in ordered_map(validate_record, iter_raw_records(path, lazy=True)):
+            if v.error is not None:
+                errors.append(v.error.as_dict())
+            else:
+                traces, calls, ids = traces + 1, calls + v.calls, ids + v.ids
+            progress("read", v.done, v.total, "bytes")
+    _print_capped(_problem_lines(errors))
+    print(f"{traces} valid trace(s), {calls} calls, {ids} hash ids; {len(errors)} hard error(s)")
+    return 1 if errors else 0
+
+
+def _add_expand(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", help="a decoded dataset folder")
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    from weka_assets.decoding.expand import expand_dataset
+    from weka_assets.progress import cli_progress
+
+    dataset = Path(args.dataset).expanduser()
+    if not dataset.exists():
+        raise UsageError(f"{args.dataset}: no such dataset folder")
+    with cli_progress() as progress:
+        e = expand_dataset(dataset, progress)
+    print(f"{e.calls} calls, {e.tokens} tokens, checksum {e.checksum:016x}")
+    return 0
 
 
 # --------------------------------------------------------------------------- stale / backfill-stale
@@ -786,6 +861,17 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "replay": Subcommand(
         "unbounded prefix-cache replay of a decoded dataset", _add_replay, cmd_replay
+    ),
+    "validate": Subcommand(
+        "read every trace and check the schema (no scope analysis); exit 1 on any hard error",
+        _add_validate,
+        cmd_validate,
+    ),
+    "expand": Subcommand(
+        "expand every call of a decoded dataset into its token ids once, streamed; prints a "
+        "checksum",
+        _add_expand,
+        cmd_expand,
     ),
     "replay-live": Subcommand(
         "replay a decoded dataset against a real OpenAI-compatible server (prefix cache vs "

@@ -12,6 +12,7 @@ anything that could leave the base (absolute paths, `..`, empty parts).
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from weka_assets.errors import WekaError
 
 MANIFEST = "manifest.json"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
 class StoreError(WekaError):
@@ -34,6 +36,28 @@ def key(*parts: str) -> str:
                 raise StoreError(f"refusing store key {'/'.join(map(str, parts))!r}")
             out.append(piece)
     return "/".join(out)
+
+
+def _is_piece(name: str) -> bool:
+    """True for a name that is one safe key segment (a child of a store folder)."""
+    try:
+        return "/" not in name and key(name) == name
+    except StoreError:
+        return False
+
+
+def _check_s3_base(base: str) -> None:
+    """An S3 base must name a valid bucket and a prefix of safe segments (no '', '.', '..')."""
+    bucket, _, prefix = base.removeprefix("s3://").partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise StoreError(f"unsupported store {base!r}: invalid bucket name {bucket!r}")
+    if prefix:
+        try:
+            key(prefix)
+        except StoreError:
+            raise StoreError(
+                f"unsupported store {base!r}: the prefix has an empty, '.' or '..' segment"
+            ) from None
 
 
 def s3_options_from_env() -> dict:
@@ -57,6 +81,7 @@ class Store:
         if self.remote:
             import s3fs
 
+            _check_s3_base(self.base)
             self.fs = s3fs.S3FileSystem(
                 skip_instance_cache=True, **(s3_options or s3_options_from_env())
             )
@@ -106,7 +131,11 @@ class Store:
         return bool(self.fs.exists(self.url(subpath)))
 
     def pull(self, subpath: str) -> Path:
-        """Make a store key available locally (a file or a folder) and return its local path."""
+        """Make a store key available locally (a file or a folder) and return its local path.
+
+        Every object of a remote folder is fetched to the local path its key names, and each
+        key must be a safe store key: an object such as `PREFIX/../../x` (or with an empty or
+        '.' segment) fails the pull with a `StoreError` instead of being written elsewhere."""
         local = self.local(subpath)
         if not self.remote or local.exists():
             if not local.exists():
@@ -119,9 +148,13 @@ class Store:
         tmp = Path(tempfile.mkdtemp(prefix=f".pull-{local.name}-", dir=local.parent))
         try:
             if self.fs.isdir(remote):
-                self.fs.get(remote.rstrip("/") + "/", str(tmp / local.name) + "/", recursive=True)
+                (tmp / local.name).mkdir()
+                # one object at a time, to the path its checked key names (no glob expansion)
+                for obj, dest in self._folder_objects(remote, tmp / local.name):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.get_file(obj, str(dest))
             else:
-                self.fs.get(remote, str(tmp / local.name))
+                self.fs.get_file(remote, str(tmp / local.name))
             try:
                 os.rename(tmp / local.name, local)
             except OSError:
@@ -130,6 +163,26 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return local
+
+    def _folder_objects(self, remote: str, dest: Path) -> list[tuple[str, Path]]:
+        """(object path, local file) for every object under the remote folder `remote`;
+        refuses (StoreError) any object whose key below the folder is not a safe store key."""
+        folder = remote.removeprefix("s3://").rstrip("/") + "/"
+        pairs = []
+        for obj in sorted(self.fs.find(remote)):
+            obj = obj.removeprefix("s3://")
+            if not obj.startswith(folder) or obj.endswith("/"):
+                continue  # outside the folder, or a folder marker (no data)
+            rel = obj[len(folder) :]
+            try:
+                rel = key(rel)
+            except StoreError:
+                raise StoreError(
+                    f"{remote}: refusing to pull object {rel!r}: its key has an empty, '.' or "
+                    "'..' segment (it could be written outside the store's working folder)"
+                ) from None
+            pairs.append((obj, dest.joinpath(*rel.split("/"))))
+        return pairs
 
     def push(self, subpath: str) -> str:
         """Publish a local file or folder at its key; a folder's manifest.json goes last."""
@@ -150,9 +203,14 @@ class Store:
         """Write one small object (atomically on local disk; S3 puts are atomic)."""
         local = self.local(subpath)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(local)
+        # a name aside of its own: concurrent writers of one key never share a file
+        tmp = local.with_name(f".{local.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(local)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return self.push(subpath)
 
     def read_bytes(self, subpath: str) -> bytes:
@@ -171,6 +229,8 @@ class Store:
         if self.remote:
             for path in self.fs.glob(f"{self.url(prefix)}/*/{MANIFEST}"):
                 name = path.rstrip("/").split("/")[-2]
+                if not _is_piece(name):
+                    continue
                 try:
                     out[name] = orjson.loads(self.fs.cat_file(path))
                 except (OSError, ValueError):
@@ -178,7 +238,7 @@ class Store:
             return out
         base = self.local(prefix)
         for child in sorted(base.iterdir()) if base.is_dir() else []:
-            if child.name.startswith("."):
+            if child.name.startswith(".") or not _is_piece(child.name):
                 continue
             try:
                 out[child.name] = orjson.loads((child / MANIFEST).read_bytes())

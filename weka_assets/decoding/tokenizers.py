@@ -89,9 +89,15 @@ def resolve_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> TokenizerSpec:
         return TokenizerSpec(
             safe_name(path.name), str(path.resolve()), _files_hash(path), str(path.resolve())
         )
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) and not any(
+        part in (".", "..") or part.startswith(".") for part in name_or_path.split("/")
+    ):
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+        )
 
         try:
             folder = Path(
@@ -101,7 +107,7 @@ def resolve_tokenizer(name_or_path: str = DEFAULT_TOKENIZER) -> TokenizerSpec:
                     token=os.environ.get("HF_TOKEN"),
                 )
             )
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError) as exc:
             raise DecodeError(
                 f"tokenizer {name_or_path!r}: not available ({type(exc).__name__}); "
                 "with HF_HUB_OFFLINE=1 it must already be in the Hugging Face cache"

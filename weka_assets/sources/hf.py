@@ -210,7 +210,10 @@ def _record_ref(spec: SourceSpec, commit: str, cache_dir) -> None:
     if COMMIT_RE.match(revision):
         return
     root = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
-    ref = root / ("datasets--" + spec.repo_id.replace("/", "--")) / "refs" / revision
+    refs = root / ("datasets--" + spec.repo_id.replace("/", "--")) / "refs"
+    ref = refs / revision
+    if not ref.resolve().is_relative_to(refs.resolve()):
+        return  # never write outside the cache (parse_source refuses such revisions already)
     try:
         ref.parent.mkdir(parents=True, exist_ok=True)
         if not ref.is_file() or ref.read_text() != commit:

@@ -115,8 +115,17 @@ def _parse_hf(uri: str, rest: str) -> SourceSpec:
         revision = unquote(rev_text)
         if not revision:
             raise SourceURIError(uri, "empty revision after '@'")
-        if any(c.isspace() or ord(c) < 32 for c in revision) or ".." in revision:
+        if any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in revision) or ".." in revision:
             raise SourceURIError(uri, f"invalid revision {revision!r}")
+        # git's ref-name rules for what could act as a path (the client's cache keeps
+        # refs/<revision>): no leading or trailing '/', no empty segment, no segment starting
+        # with '.', no backslash
+        if "\\" in revision or any(p == "" or p.startswith(".") for p in revision.split("/")):
+            raise SourceURIError(
+                uri,
+                f"invalid revision {revision!r}: a branch, tag or commit has no leading or "
+                "trailing '/', empty segment, segment starting with '.' or backslash",
+            )
     path = parts[2] if len(parts) == 3 else ""
     if path == "":
         path = DEFAULT_HF_FILE

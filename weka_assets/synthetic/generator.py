@@ -595,6 +595,19 @@ def _temp_beside(out: Path, directory: bool) -> Path:
     return tmp
 
 
+def _is_file_stem(trace_id) -> bool:
+    """True when `<trace_id>.json` is one plain file name inside the folder: a non-empty
+    string without '/', '\\' or NUL, not starting with '.', at most 255 bytes with the suffix."""
+    if not isinstance(trace_id, str) or not trace_id or trace_id.startswith("."):
+        return False
+    if any(c in trace_id for c in "/\\\0"):
+        return False
+    try:
+        return len(os.fsencode(trace_id + ".json")) <= 255
+    except UnicodeEncodeError:  # a lone surrogate the file system cannot name
+        return False
+
+
 def write_corpus(trace_iter: Iterable[dict], out: Path | str) -> Path:
     """Stream traces to `out`: `.jsonl`, `.jsonl.gz` or a directory of `<id>.json`.
 
@@ -633,7 +646,7 @@ def write_corpus(trace_iter: Iterable[dict], out: Path | str) -> Path:
         seen: set[str] = set()
         for trace in trace_iter:
             trace_id = trace["id"]
-            if not trace_id or "/" in trace_id or "\\" in trace_id or trace_id.startswith("."):
+            if not _is_file_stem(trace_id):
                 raise ValueError(f"trace id {trace_id!r} cannot be a file name")
             if trace_id in seen:
                 raise ValueError(f"duplicate trace id {trace_id!r}")

@@ -150,8 +150,8 @@ def fast_decode(data: bytes) -> tuple[dict, dict] | None:
     the ids each call shares with its conversation's previous call; None: use the strict path."""
     try:
         skel = _DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        return None  # deep nesting or bad bytes: the strict path names it
     if skel.requests is UNSET:
         return None
     try:

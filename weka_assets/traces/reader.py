@@ -145,7 +145,7 @@ def parse_record(raw: RawRecord) -> Record:
     if obj is None:
         try:
             obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
+        except (orjson.JSONDecodeError, RecursionError) as exc:
             return Record(
                 file, line, error=TraceError("invalid_json", str(exc), Location(file, line))
             )
@@ -245,8 +245,8 @@ def iter_raw_records(path: Path | str, lazy: bool = False) -> Iterator[RawRecord
                     rec = RawRecord(
                         name, lineno, done=done, total=total, offset=offset, length=length
                     )
-                    if length <= 64 and not rec.load().strip():
-                        continue  # a blank line
+                    if lineno is not None and length <= 64 and not rec.load().strip():
+                        continue  # a blank line of a .jsonl (a blank .json file is an error)
                     if not lazy:
                         rec.load()
                     yield rec

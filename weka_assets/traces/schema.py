@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from weka_assets.errors import Location, TraceError
 
-NonNegInt = Annotated[int, Field(ge=0)]
+INT64_MAX = 2**63 - 1  # counts and sizes are analysed as int64
+NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=INT64_MAX)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 _EMPTY_IDS = np.empty(0, dtype=np.int64)
@@ -160,6 +161,7 @@ _RULE_BY_PYDANTIC_TYPE = {
     "greater_than": "not_positive",
     "missing": "missing_field",
     "finite_number": "not_finite",
+    "less_than_equal": "number_too_large",
     "union_tag_invalid": "unknown_request_type",
     "union_tag_not_found": "unknown_request_type",
 }

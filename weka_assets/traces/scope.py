@@ -598,6 +598,7 @@ SCHEMA_RULES = (
     "negative_number",
     "not_positive",
     "not_finite",
+    "number_too_large",
     "unknown_request_type",
     "trace_too_large",
     "too_many_ids",
