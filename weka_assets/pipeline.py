@@ -24,7 +24,7 @@ from weka_assets.decoding.dataset import (
     quarantine,
     verify_dataset,
 )
-from weka_assets.decoding.decoder import decode_record, scope_and_decode_record
+from weka_assets.decoding.decoder import concat_pieces, decode_record, scope_and_decode_record
 from weka_assets.decoding.filler import build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
 from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resolve_tokenizer
@@ -177,8 +177,9 @@ def decode_corpus(
         )
         return material, decode_key(material)
 
-    def existing(key: str) -> dict | None:
-        """The manifest of a complete, intact dataset at `key` (corrupt ones are moved aside)."""
+    def existing(key: str, repair: bool = True) -> dict | None:
+        """The manifest of a complete, intact dataset at `key`. With `repair` (only under the
+        key's lock), a corrupt one is moved aside and a remote copy tried once more."""
         target = root / key
         for _ in range(2):  # the local copy, then (when it was corrupt) a fresh remote one
             if not is_complete(target) and not (
@@ -188,6 +189,8 @@ def decode_corpus(
             problem = verify_dataset(target)
             if problem is None:
                 return orjson.loads((target / "manifest.json").read_bytes())
+            if not repair:
+                return None
             aside = quarantine(target)
             log.warning("stored dataset %s is corrupt (%s): moved to %s", key, problem, aside)
         return None
@@ -200,7 +203,7 @@ def decode_corpus(
         if report is not None:
             gate(report)
             material, key = key_for(report)
-            if (manifest := existing(key)) is None:
+            if (manifest := existing(key, repair=False)) is None:
                 # one writer per key: a second one waits here, then finds it published
                 stack.enter_context(key_lock(root, key))
                 manifest = existing(key)
@@ -209,7 +212,11 @@ def decode_corpus(
         writer = stack.enter_context(DatasetWriter(root, filler.tokens, settings.sub_blocks))
         totals = {"prompt_tokens": 0, "ids": 0}
 
+        first: list = []  # the first trace, kept for the drift measurement
+
         def append(piece) -> None:
+            if not first:
+                first.append(piece)
             writer.append(piece)
             totals["prompt_tokens"] += int(piece.calls["tokens_in"].sum())
             totals["ids"] += int(piece.calls["n_ids"].sum())
@@ -252,10 +259,9 @@ def decode_corpus(
             "filler_tokens": int(filler.size),
             **totals,
         }
-        if measure_drift:
-            ds = writer.dataset(manifest)
-            manifest["retokenization_drift"] = retokenization_drift(ds, spec, 4, 256)
-            del ds
+        if measure_drift and first:
+            sample = concat_pieces(first, filler.tokens, {})  # the first trace, in memory
+            manifest["retokenization_drift"] = retokenization_drift(sample, spec, 4, 256)
         final = writer.publish(key, manifest)
     return DecodeOutcome(final, key, False, material, _since(started), manifest)
 

@@ -21,6 +21,7 @@ import io
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -318,7 +319,7 @@ class DatasetWriter:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         remove_abandoned(self.root)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.root))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{_writer()}-", dir=self.root))
         np.save(self.tmp / "filler.npy", np.ascontiguousarray(filler, dtype=np.int32))
         self.filler = filler
         self._arrays = {
@@ -444,13 +445,23 @@ class DatasetWriter:
 TMP_PREFIX = ".tmp-decode-"
 
 
+def _writer() -> str:
+    """`<pid>@<host>`: the writer of a folder aside (a pid means something on its host only)."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
 def remove_abandoned(root: Path) -> list[Path]:
     """Remove folders aside left by writers that died (killed mid-write): a folder aside is
-    named after its writer's pid, and one whose process is gone is never published."""
+    named after its writer's pid and host, and one whose process is gone is never published.
+    Folders of writers on other hosts (a root shared over the network) are left alone."""
     removed = []
     for p in root.glob(f"{TMP_PREFIX}*"):
+        # .tmp-decode-<pid>@<host>-<mkdtemp suffix, no '-'>; older ones: .tmp-decode-<pid>-...
+        pid, _, host = p.name[len(TMP_PREFIX) :].rsplit("-", 1)[0].partition("@")
+        if host and host != socket.gethostname():
+            continue
         try:
-            pid = int(p.name[len(TMP_PREFIX) :].split("-", 1)[0])
+            pid = int(pid)
         except ValueError:
             continue
         if pid != os.getpid() and not _alive(pid):
@@ -485,7 +496,10 @@ def verify_dataset(path: Path | str) -> str | None:
             return f"{f}: missing"
         # the manifest's entry is the digest of its own content (manifests written before it
         # existed have none); every other entry is a file's sha256
-        actual = _manifest_digest(manifest) if name == MANIFEST else _sha256(f)
+        try:
+            actual = _manifest_digest(manifest) if name == MANIFEST else _sha256(f)
+        except OSError as exc:  # gone or unreadable meanwhile (moved aside by another reader)
+            return f"{f}: unreadable ({exc.strerror or exc})"
         if actual != digest:
             return f"{f}: checksum mismatch"
     return None
