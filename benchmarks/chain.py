@@ -246,12 +246,13 @@ def main() -> int:
         a, b = runs[0], runs[-1]
         key = "FULL CHAIN: validate, scope, decode, replay"
         k = b["traces"] / a["traces"]
+        ids = b["size"]["ids"] / a["size"]["ids"]
         t = b["stages"][key]["wall_s"] / a["stages"][key]["wall_s"]
         m = b["stages"][key]["peak_rss_mb"] / a["stages"][key]["peak_rss_mb"]
         mp = b["stages"][key]["peak_pss_mb"] / a["stages"][key]["peak_pss_mb"]
         print(
-            f"\nscaling {k:.0f}x corpus: full chain time x{t:.2f}, peak RSS x{m:.2f}, "
-            f"peak PSS x{mp:.2f}"
+            f"\nscaling {k:.0f}x traces ({ids:.2f}x hash ids): full chain time x{t:.2f} "
+            f"(x{t / ids:.2f} per hash id), peak RSS x{m:.2f}, peak PSS x{mp:.2f}"
         )
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a") as fh:

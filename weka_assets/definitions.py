@@ -1,5 +1,7 @@
 """The code location: `defs` composes the assets, checks, resources, jobs and sensors."""
 
+import os
+
 import dagster as dg
 
 from weka_assets.defs.automation import automation_sensor
@@ -45,8 +47,27 @@ def resources_for(store: WekaStore, catalog: CorpusCatalog | None = None) -> dic
     }
 
 
+EXECUTORS = {
+    "multiprocess": dg.multiprocess_executor,
+    "in_process": dg.in_process_executor,
+}
+
+
+def executor_from_env() -> dg.ExecutorDefinition:
+    """How runs launched by the UI, sensors and backfills execute their steps:
+    $WEKA_ASSETS_EXECUTOR, `multiprocess` (default: one process per step, steps in parallel)
+    or `in_process` (the whole run in one process: no start-up per step, faster on a small
+    machine)."""
+    name = os.environ.get("WEKA_ASSETS_EXECUTOR", "multiprocess")
+    if name not in EXECUTORS:
+        raise ValueError(f"WEKA_ASSETS_EXECUTOR={name!r}: use one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[name]
+
+
 def build_defs(
-    manifest_version: int = MANIFEST_VERSION, resource_defs: dict | None = None
+    manifest_version: int = MANIFEST_VERSION,
+    resource_defs: dict | None = None,
+    executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(manifest_version),
@@ -54,6 +75,7 @@ def build_defs(
         sensors=[corpus_discovery_sensor, automation_sensor],
         schedules=[corpus_refresh_schedule],
         resources=resource_defs if resource_defs is not None else resources(),
+        executor=executor if executor is not None else executor_from_env(),
     )
 
 

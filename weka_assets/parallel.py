@@ -6,12 +6,12 @@ most `window` items are in flight, so memory stays bounded by a few traces howev
 corpus is, and the same code scales from 1 core to many.
 
 `WEKA_ASSETS_WORKERS` sets the number of worker processes (default: the CPUs this process
-may use); 1 runs everything in this process. Workers come from a fork server (no fork of a
-threaded Dagster process) and are kept for the life of the process, so a chain of steps pays
-their start once.
+may use); 1 runs everything in this process. Workers are forked from a fork server (never a
+fork of a threaded Dagster process; the server starts once per process, its modules
+preloaded) and live for one map: a pool kept alive past the step would hold the step's
+process open at exit.
 """
 
-import atexit
 import multiprocessing as mp
 import os
 from collections import deque
@@ -26,10 +26,9 @@ R = TypeVar("R")
 _PRELOAD = [
     "weka_assets.traces.scope",
     "weka_assets.decoding.decoder",
+    "weka_assets.decoding.expand",
     "weka_assets.replay.unbounded",
 ]
-_pool: ProcessPoolExecutor | None = None
-_pool_size = 0
 
 
 def workers() -> int:
@@ -46,25 +45,10 @@ def workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _executor(n: int) -> ProcessPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size != n:
-        shutdown()
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
-        _pool, _pool_size = ProcessPoolExecutor(max_workers=n, mp_context=ctx), n
-    return _pool
-
-
-def shutdown() -> None:
-    """Stop the worker processes (they are started again on the next use)."""
-    global _pool, _pool_size
-    if _pool is not None:
-        _pool.shutdown(wait=True, cancel_futures=True)
-    _pool, _pool_size = None, 0
-
-
-atexit.register(shutdown)
+def _context():
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
 
 
 def ordered_map(
@@ -79,16 +63,16 @@ def ordered_map(
     if n <= 1:
         yield from map(fn, items)
         return
-    pool = _executor(n)
     window = window or 2 * n
     pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
+    with ProcessPoolExecutor(max_workers=n, mp_context=_context()) as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
+        finally:
+            for f in pending:
+                f.cancel()

@@ -31,7 +31,7 @@ from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resol
 from weka_assets.errors import CorpusRejected, TraceError
 from weka_assets.parallel import ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
-from weka_assets.traces.reader import corpus_digest, file_digests, iter_raw_records
+from weka_assets.traces.reader import corpus_digest, corpus_files, file_digests, iter_raw_records
 from weka_assets.traces.scope import Policy, ScopeReport, analyse_record, build_report
 from weka_assets.versions import MANIFEST_VERSION
 
@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int | None, str], None]
 
 
-def _ticking(records, stage: str, progress: ProgressFn | None):
-    """Pass records through, reporting the corpus bytes read to `progress`."""
+def _ticking(records, stage: str, progress: ProgressFn | None, path=None):
+    """Pass analysed records through, reporting the corpus bytes done to `progress` (a first
+    report at 0 when `path` gives the total, so the stage's time counts the workers' start)."""
+    if progress is not None and path is not None:
+        progress(stage, 0, sum(f.stat().st_size for f in corpus_files(path)), "bytes")
     for rec in records:
         yield rec
         first = rec[0] if isinstance(rec, tuple) else rec
@@ -56,7 +59,7 @@ def scope_report(
     path: Path | str, policy: Policy = "fail", progress: ProgressFn | None = None
 ) -> ScopeReport:
     analysed = ordered_map(analyse_record, iter_raw_records(path, lazy=True))
-    report, _ = build_report(_ticking(analysed, "scope", progress), policy)
+    report, _ = build_report(_ticking(analysed, "scope", progress, path), policy)
     return report
 
 
@@ -225,7 +228,7 @@ def decode_corpus(
             excluded = frozenset(report.excluded_traces)
             task = partial(decode_record, settings=settings, n=filler.size, excluded=excluded)
             for piece in _ticking(
-                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress
+                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress, path
             ):
                 if isinstance(piece, TraceError):
                     raise piece
@@ -235,7 +238,7 @@ def decode_corpus(
             task = partial(scope_and_decode_record, settings=settings, n=filler.size)
             analysed = []
             for rec, piece in _ticking(
-                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress
+                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress, path
             ):
                 analysed.append(rec)
                 keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")

@@ -8,40 +8,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from weka_assets.versions import MANIFEST_VERSION
+from weka_assets_tests.dagster_dev import ROOT, bumped_copy, start_dagster_dev
 
-ROOT = Path(__file__).resolve().parents[1]
 DECODING_ASSETS = {"decoded_dataset", "replay_benchmark", "manifest_blast_radius"}
 PARTITION = "sample-kvt|deepseek"
-
-
-def bumped_copy(dest: Path) -> Path:
-    """The project with `MANIFEST_VERSION = N` raised to N + 1 in that single literal."""
-    shutil.copytree(
-        ROOT / "weka_assets", dest / "weka_assets", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    for name in ("workspace.yaml", "dagster.yaml", "pyproject.toml"):
-        shutil.copy(ROOT / name, dest / name)
-    versions = dest / "weka_assets" / "versions.py"
-    text, n = re.subn(
-        r"^MANIFEST_VERSION = (\d+)$",
-        lambda m: f"MANIFEST_VERSION = {int(m[1]) + 1}",
-        versions.read_text(),
-        flags=re.M,
-    )
-    assert n == 1, "MANIFEST_VERSION must be written as one literal"
-    versions.write_text(text)
-    return dest
 
 
 @pytest.fixture
@@ -114,48 +92,11 @@ def test_bump_stale_backfill_in_process(flow):
     assert_rebuilt(cli, copy, tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bump_stale_backfill_through_a_running_webserver(flow):
     cli, copy, env, tmp_path = flow
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "dagster-dev.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=copy,
-        env=dict(env, PYTHONPATH=str(copy)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so it is stopped by PID with its children
-    )
+    server = start_dagster_dev(copy, env, tmp_path / "dagster-dev.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "dagster-dev.log"
-            ).read_text()[-3000:]
-            time.sleep(1)
+        url = server.url
         launched = cli("backfill-stale", "--url", url, "--wait", project=copy)
         backfill_id = re.search(r"^backfill (\S+)$", launched.stdout, flags=re.M)[1]
         listed = httpx.post(
@@ -169,10 +110,4 @@ def test_bump_stale_backfill_through_a_running_webserver(flow):
         assert listed[0]["status"] in ("COMPLETED", "COMPLETED_SUCCESS")
         assert_rebuilt(cli, copy, tmp_path)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()
+        server.stop()

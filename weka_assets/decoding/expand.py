@@ -68,6 +68,8 @@ def expand_dataset(path: Path | str, progress=None) -> Expansion:
     if first < ds.n_calls:
         shards.append((str(path), first, ds.n_calls))
     total = Expansion(0, 0, 0)
+    if progress is not None:
+        progress("expand", 0, len(shards), "shards")
     for done, part in enumerate(ordered_map(_task, shards, n), start=1):
         total = total + part
         if progress is not None:

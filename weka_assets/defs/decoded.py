@@ -10,6 +10,7 @@ from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partiti
 from weka_assets.defs.resources import DecodeOptions, WekaStore
 from weka_assets.errors import WekaError
 from weka_assets.pipeline import decode_corpus
+from weka_assets.progress import dagster_progress
 from weka_assets.traces.scope import ScopeReport
 
 
@@ -95,10 +96,19 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
         corpus, tokenizer = keys["corpus"], keys["tokenizer"]
         report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
         settings: DecodeSettings = decode.settings(tokenizer)
+        progress = dagster_progress(context)
+        progress.expect("decode", report.traces)
         try:
-            out = decode_in_store(
-                store, store.pull(raw_traces.key), settings, report, manifest_version
-            )
+            with progress:
+                out = decode_in_store(
+                    store,
+                    store.pull(raw_traces.key),
+                    settings,
+                    report,
+                    manifest_version,
+                    progress=progress,
+                    digest=raw_traces.digest,  # verified by raw_traces: not hashed again
+                )
         except WekaError as exc:
             raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
         m = out.manifest
@@ -119,6 +129,7 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
             metadata={
                 "decode_key": out.key,
                 "manifest_version": m["manifest_version"],
+                "tokenizer": tokenizer,
                 "reused": out.reused,
                 "dagster/row_count": m.get("calls", 0),
                 "traces": m.get("traces", 0),
@@ -127,6 +138,9 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
                 "prompt_tokens": m.get("prompt_tokens", 0),
                 "seconds": round(out.seconds, 3),
                 "dataset_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}")),
+                "manifest_path": dg.MetadataValue.path(
+                    store.url(f"datasets/{out.key}/manifest.json")
+                ),
                 "key_material": dg.MetadataValue.json(out.material),
                 "retokenization_drift": key_values(m.get("retokenization_drift", {})),
             },

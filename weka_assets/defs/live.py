@@ -10,6 +10,7 @@ from weka_assets.defs.decoded import decoding_asset
 from weka_assets.defs.metadata import table
 from weka_assets.defs.outputs import DatasetRef, LiveRef
 from weka_assets.defs.resources import WekaStore
+from weka_assets.progress import dagster_progress
 from weka_assets.replay.live import LiveReplayError, run_live_replay
 from weka_assets.replay.schedule import Arrival
 
@@ -61,24 +62,36 @@ def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
             raise dg.Failure(
                 "live_replay needs a server: set the live_server resource's url and model"
             )
-        ds = open_dataset(store.pull(decoded_dataset.key))
+        ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
         out_key = f"live/{decoded_dataset.decode_key}/{context.run.run_id}"
         out_path = store.dir(out_key) / "result.json"
+        progress = dagster_progress(context, interval=5.0)
+        # every call is sent unless max_context drops some (then the total is unknown)
+        total = ds.n_calls if live_server.max_context is None else None
+        answered = 0
+
+        def on_call(_rec) -> None:
+            nonlocal answered
+            answered += 1
+            progress("replay-live", answered, total, "calls")
+
         try:
-            result = run_live_replay(
-                ds,
-                live_server.url,
-                live_server.model,
-                concurrency=live_server.concurrency,
-                time_scale=live_server.time_scale,
-                arrival=Arrival(mode=live_server.arrival),
-                max_context=live_server.max_context,
-                drop=live_server.drop,
-                max_tokens_cap=live_server.max_tokens_cap,
-                block_size=live_server.block_size,
-                timeout_s=live_server.timeout_s,
-                out_path=out_path,
-            )
+            with progress:
+                result = run_live_replay(
+                    ds,
+                    live_server.url,
+                    live_server.model,
+                    concurrency=live_server.concurrency,
+                    time_scale=live_server.time_scale,
+                    arrival=Arrival(mode=live_server.arrival),
+                    max_context=live_server.max_context,
+                    drop=live_server.drop,
+                    max_tokens_cap=live_server.max_tokens_cap,
+                    block_size=live_server.block_size,
+                    timeout_s=live_server.timeout_s,
+                    out_path=out_path,
+                    progress=on_call,
+                )
         except LiveReplayError as exc:
             store.push(out_key)
             raise dg.Failure(
@@ -115,6 +128,7 @@ def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
                 "latency_and_ttft": table(_percentile_rows(result)),
                 "per_call": table(calls),
                 "decode_key": decoded_dataset.decode_key,
+                "manifest_version": decoded_dataset.manifest_version,
                 "result_path": dg.MetadataValue.path(store.url(f"{out_key}/result.json")),
             },
         )

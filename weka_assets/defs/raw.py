@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from weka_assets.defs.metadata import table
 from weka_assets.defs.outputs import RawCorpus
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
@@ -42,6 +43,7 @@ def raw_traces(
         raise dg.Failure(f"corpus {corpus!r} ({source}): {exc}") from None
     snapshot = f"raw/{got.sha256}"
     store.push(snapshot)
+    files = [{"name": f.name, "sha256": f.sha256, "bytes": f.bytes} for f in got.files]
     context.log.info(
         f"{corpus}: {got.traces} traces, {got.bytes:,} bytes at {got.revision} from {source}"
     )
@@ -52,7 +54,7 @@ def raw_traces(
             revision=got.revision,
             key=store.relative(got.path),
             digest=got.sha256,
-            files=[{"name": f.name, "sha256": f.sha256, "bytes": f.bytes} for f in got.files],
+            files=files,
             bytes=got.bytes,
             records=got.traces,
         ),
@@ -63,7 +65,7 @@ def raw_traces(
             "revision": got.revision,
             "digest": got.sha256,
             "bytes": got.bytes,
-            "files": len(got.files),
+            "files": table(files),
             "snapshot": dg.MetadataValue.path(store.url(snapshot)),
         },
     )

@@ -1,10 +1,10 @@
 """`replay_benchmark`: prefix-cache hit rates of a decoded dataset, their fidelity proof, and
 what the historic per-session scope bug would have reported for the same corpus."""
 
-import base64
 import hashlib
 
 import dagster as dg
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,8 +13,10 @@ from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.decoded import decode_in_store, decoding_asset
 from weka_assets.defs.metadata import pct, table
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
+from weka_assets.defs.plots import markdown_image
 from weka_assets.defs.resources import DecodeOptions, ReplayOptions, WekaStore
 from weka_assets.pipeline import replay, write_json
+from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
     KV_PRESETS,
     CapacityCurve,
@@ -71,19 +73,31 @@ def _write_per_call(ds, cf, path) -> None:
     tmp.replace(path)
 
 
-def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes]:
-    """The shared-LRU capacity sweep of a dataset, and its plot."""
+def capacity_traces(ds, max_blocks: int) -> int:
+    """How many leading traces fit in `max_blocks` block accesses (at least one; 0: all)."""
+    if max_blocks <= 0:
+        return len(ds.traces)
+    blocks = ds.calls["tokens_in"] // ds.calls["block_size"]
+    per_trace = np.array([int(blocks[sl].sum()) for sl in ds.trace_slices()], dtype=np.int64)
+    return max(1, int(np.searchsorted(np.cumsum(per_trace), max_blocks, side="right")))
+
+
+def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, int]:
+    """The shared-LRU capacity sweep of a dataset (bounded by `capacity_max_blocks`), its plot,
+    and how many traces it covers."""
     geometry = KV_PRESETS.get(options.kv_model)
     if options.kv_model and geometry is None:
         raise dg.Failure(f"unknown kv_model {options.kv_model!r} (known: {', '.join(KV_PRESETS)})")
+    n = capacity_traces(ds, options.capacity_max_blocks)
+    part = ds.head(n)
     curve = capacity_curve(
-        ds,
-        default_capacities(ds, options.points),
+        part,
+        default_capacities(part, options.points),
         Arrival(mode=options.arrival),
         options.time_scale,
         geometry,
     )
-    return curve, plot_png(curve)
+    return curve, plot_png(curve), n
 
 
 def curve_rows(curve: CapacityCurve) -> list[dict]:
@@ -97,6 +111,24 @@ def curve_rows(curve: CapacityCurve) -> list[dict]:
         }
         for p in curve.points
     ]
+
+
+def hit_rate_markdown(result: ReplayResult, legacy: ReplayResult) -> str:
+    """The headline: token-replay hit rate per role, the fidelity proof, the legacy figure."""
+    roles = ", ".join(
+        f"{role} {pct(f.token_replay_hit_rate)}" for role, f in result.per_role.items()
+    )
+    fidelity = (
+        "identical to the theoretical full-block hits call by call"
+        if result.fidelity_mismatched_calls == 0
+        else f"**{result.fidelity_mismatched_calls} calls differ** from the theoretical hits"
+    )
+    return (
+        f"**Token-replay hit rate {pct(result.token_replay_hit_rate)}** over {result.calls:,} "
+        f"calls ({roles}); theoretical {pct(result.theoretical_hit_rate)}. Token replay "
+        f"{fidelity}. The legacy per-session scope would report "
+        f"{pct(legacy.token_replay_hit_rate)}."
+    )
 
 
 def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
@@ -116,25 +148,30 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
         and trace; the token replay's hits must equal the theoretical full-block hits call by
         call. Beside them, the same corpus decoded with the legacy per-session scope: the hit
         rate the historic loader bug reported."""
-        ds = open_dataset(store.pull(decoded_dataset.key))
-        result, cf = replay(ds)
+        ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
+        with dagster_progress(context) as progress:
+            result, cf = replay(ds, progress)
         result_dir = f"replay/{decoded_dataset.decode_key}"
         out_dir = store.dir(result_dir)
         write_json(result, out_dir / "result.json")
         _write_per_call(ds, cf, out_dir / "per_call.parquet")
 
         report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
-        legacy_out = decode_in_store(
-            store,
-            store.pull(raw_traces.key),
-            decode.settings(decoded_dataset.tokenizer, scope_policy="session"),
-            report,
-            manifest_version,
-            measure_drift=False,
-        )
-        legacy, _ = replay(legacy_out.path)
+        with dagster_progress(context, label="legacy session scope: ") as progress:
+            progress.expect("decode", report.traces)
+            legacy_out = decode_in_store(
+                store,
+                store.pull(raw_traces.key),
+                decode.settings(decoded_dataset.tokenizer, scope_policy="session"),
+                report,
+                manifest_version,
+                measure_drift=False,
+                progress=progress,
+                digest=raw_traces.digest,
+            )
+            legacy, _ = replay(legacy_out.path, progress)
         comparison = policy_comparison(result, legacy)
-        curve, png = capacity_figures(ds, replay_options)
+        curve, png, curve_traces = capacity_figures(ds, replay_options)
         write_json(curve, out_dir / "capacity_curve.json")
         (out_dir / "capacity.png").write_bytes(png)
         both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
@@ -167,6 +204,7 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
             ),
             data_version=dg.DataVersion(version),
             metadata={
+                "hit_rates": dg.MetadataValue.md(hit_rate_markdown(result, legacy)),
                 "theoretical_hit_rate": result.theoretical_hit_rate,
                 "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
                 "token_replay_hit_rate": result.token_replay_hit_rate,
@@ -179,13 +217,26 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 "scope_policy_comparison": table(comparison),
                 "per_trace": table(result.per_trace),
                 "capacity_curve": table(curve_rows(curve)),
+                "capacity_curve_traces": dg.MetadataValue.text(
+                    f"{curve_traces} of {len(ds.traces)} traces"
+                    + (
+                        ""
+                        if curve_traces == len(ds.traces)
+                        else f" (the first, up to capacity_max_blocks={replay_options.capacity_max_blocks:,})"
+                    )
+                ),
                 "capacity_plot": dg.MetadataValue.md(
-                    f"![hit rate against KV-cache capacity](data:image/png;base64,{base64.b64encode(png).decode()})"
+                    markdown_image(png, "hit rate against KV-cache capacity")
                 ),
                 "decode_key": decoded_dataset.decode_key,
                 "legacy_session_decode_key": legacy_out.key,
                 "manifest_version": decoded_dataset.manifest_version,
+                "tokenizer": decoded_dataset.tokenizer,
                 "result_path": dg.MetadataValue.path(store.url(f"{result_dir}/result.json")),
+                "per_call_path": dg.MetadataValue.path(store.url(f"{result_dir}/per_call.parquet")),
+                "capacity_plot_path": dg.MetadataValue.path(
+                    store.url(f"{result_dir}/capacity.png")
+                ),
             },
         )
 

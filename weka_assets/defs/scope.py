@@ -16,6 +16,7 @@ from weka_assets.defs.outputs import RawCorpus, ScopeGate
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.pipeline import scope_report
+from weka_assets.progress import dagster_progress
 from weka_assets.traces.scope import CONTRACT_FIGURES, CONTRACT_RULES, ScopeReport
 
 CHECK_SPECS = [
@@ -52,16 +53,55 @@ def report_markdown(report: ScopeReport) -> str:
     return "\n".join(lines)
 
 
+def verdict_markdown(report: ScopeReport) -> str:
+    """The gate's verdict in one line: `PASS: 12/12 shared, document order, 0 fresh-below, ...`."""
+    v, f = report.verdict, report.findings
+    total = v["shared"] + v["reset"] + v["ambiguous"]
+    orders = {k: n for k, n in report.minting_order.items() if n}
+    if len(orders) == 1:
+        order = f"{next(iter(orders)).replace('_', '-')} order"
+    else:
+        order = "minting " + " / ".join(f"{k.replace('_', '-')} {n}" for k, n in orders.items())
+    parts = [
+        f"{v['shared']}/{total} shared",
+        order,
+        f"{f.get('fresh_below_events_minting_walk', 0)} fresh-below",
+        f"{f.get('gap_events_minting_walk', 0)} gaps",
+        f"{report.holes_traces} with holes",
+        f"{f.get('truncated_calls', 0)} truncated lists",
+        f"{report.position_violations} position violations",
+        f"{len(report.hard_errors)} hard errors",
+    ]
+    if v["reset"] or v["ambiguous"]:
+        parts.insert(1, f"{v['reset']} reset, {v['ambiguous']} ambiguous")
+    head = "PASS" if report.passed else "FAIL"
+    tail = f"policy `{report.policy}`, {len(report.excluded_traces)} excluded"
+    return f"**{head}**: " + ", ".join(parts) + f"; {tail}"
+
+
+def attention_reasons(row: dict) -> list[str]:
+    """Why a per-trace row needs a person's attention (empty: it does not)."""
+    why = []
+    if row["verdict"] != "shared":
+        why.append(row["verdict"])
+    if row["holes"]:
+        why.append("holes")
+    if row["truncated_calls"]:
+        why.append("truncated lists")
+    if row["position_violations"]:
+        why.append("position violations")
+    if not row["perfect"] and not why:
+        why.append("not perfect")
+    return why
+
+
 def attention_rows(report: ScopeReport) -> list[dict]:
-    """Per-trace rows a person should look at: not perfect, holes, truncated, violations."""
+    """Per-trace rows a person should look at (reset, ambiguous, holes, truncated lists,
+    position violations, not perfect), each with the reasons first."""
     return [
-        r
+        {"needs_attention": ", ".join(why), **r}
         for r in report.per_trace
-        if r["verdict"] != "shared"
-        or not r["perfect"]
-        or r["holes"]
-        or r["truncated_calls"]
-        or r["position_violations"]
+        if (why := attention_reasons(r))
     ]
 
 
@@ -84,21 +124,31 @@ def trace_scope(
 
     Fails the partition, and so stops decoding, when the corpus breaks the contract.
     """
-    report = scope_report(store.pull(raw_traces.key), catalog.policy(raw_traces.corpus))
+    progress = dagster_progress(context)
+    progress.expect("scope", raw_traces.records)
+    with progress:
+        report = scope_report(
+            store.pull(raw_traces.key), catalog.policy(raw_traces.corpus), progress
+        )
     report_key = f"scope/{raw_traces.digest}-{report.policy}.json"
     store.write_bytes(
         report_key, orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
     )
     checks = list(check_results(report))
+    attention = attention_rows(report)
     metadata = {
-        "summary": dg.MetadataValue.md(report_markdown(report)),
-        "report": key_values({k: _plain(getattr(report, k)) for k in REPORT_FIGURES}),
-        "per_trace": table(report.per_trace),
-        "needs_attention": table(attention_rows(report)),
-        "hard_errors": table(report.hard_errors[:200]),
-        "report_path": dg.MetadataValue.path(store.url(report_key)),
+        "verdict": dg.MetadataValue.md(verdict_markdown(report)),
         "dagster/row_count": report.traces,
         "passed": report.passed,
+        "traces_needing_attention": len(attention),
+        "summary": dg.MetadataValue.md(report_markdown(report)),
+        "report": key_values({k: _plain(getattr(report, k)) for k in REPORT_FIGURES}),
+        "needs_attention": table(attention),
+        "per_trace": table(report.per_trace),
+        "hard_errors": table(report.hard_errors[:200]),
+        "corpus_digest": raw_traces.digest,
+        "report_path": dg.MetadataValue.path(store.url(report_key)),
+        "snapshot_path": dg.MetadataValue.path(store.url(raw_traces.key)),
     }
     if not report.passed:
         # the checks are recorded for this partition, then the step fails: nothing downstream runs
@@ -142,6 +192,8 @@ def check_results(report: ScopeReport):
             description=rule.description,
             metadata={
                 "violations": count,
+                "blocking": rule.hard,
+                "policy": report.policy,
                 "examples": table(examples) if examples else dg.MetadataValue.md("_none_"),
             },
         )

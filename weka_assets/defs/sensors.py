@@ -19,6 +19,9 @@ REFRESH_CRON = os.environ.get("WEKA_ASSETS_REFRESH_CRON", "0 3 * * *")
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=[RAW],
+    description="Adds a `corpus` partition for every registry entry (corpora.yaml) and requests "
+    "`raw_traces` when a corpus's source resolves to a revision it has not seen; an unchanged "
+    "upstream requests nothing.",
 )
 def corpus_discovery_sensor(
     context: dg.SensorEvaluationContext, catalog: CorpusCatalog

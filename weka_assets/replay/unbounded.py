@@ -331,6 +331,8 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
     else:
         results = (_replay_traces(ds, f, e) for f, e in shards)
     keys, done = [], 0
+    if progress is not None:
+        progress("replay", 0, len(shards), "shards")
     for r in results:
         cf.hits[r.calls] = r.hits
         cf.token_hits[r.calls] = r.token_hits
