@@ -224,7 +224,8 @@ def main() -> int:
         size["corpus_mb"] = round(path.stat().st_size / 2**20, 1)
         print(f"\n== {n} traces: {size}")
         print(
-            f"{'stage':<46} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'calls/s':>9} {'Mids/s':>8} {'Mtok/s':>9}"
+            f"{'stage':<46} {'wall s':>7} {'cpu s':>7} {'RSS MB':>7} {'PSS MB':>7} "
+            f"{'calls/s':>9} {'Mids/s':>8} {'Mtok/s':>9}"
         )
         for name, st in stages.items():
             st.pop("stdout", None)

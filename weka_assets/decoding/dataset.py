@@ -211,7 +211,11 @@ class DecodedDataset:
         prev, shared, n_full = c["prev"], c["shared"], c["n_full"]
         walker = RowWalker(self)
         bufs: dict[int, np.ndarray] = {}
+        trace = c["trace"]
         for i in range(start, stop):
+            if i > start and trace[i] != trace[i - 1]:
+                bufs.clear()  # conversations never cross traces: drop finished buffers
+                walker.clear()
             rows = walker.rows(i)
             p, n, bs = int(prev[i]), int(c["tokens_in"][i]), int(c["block_size"][i])
             buf = bufs.pop(p, None) if p >= 0 else None
@@ -258,6 +262,10 @@ class RowWalker:
         c = ds.calls
         self._prev, self._shared = c["prev"], c["shared"]
         self._n, self._start = c["n_ids"], c["rows_start"]
+
+    def clear(self) -> None:
+        """Forget every conversation's buffer (at a trace boundary)."""
+        self._last.clear()
 
     def rows(self, i: int) -> np.ndarray:
         p, n = int(self._prev[i]), int(self._n[i])

@@ -15,6 +15,7 @@ import numpy as np
 
 from weka_assets.decoding.dataset import DecodedDataset, open_dataset
 from weka_assets.parallel import ordered_map, workers
+from weka_assets.replay.unbounded import SHARD_CALLS
 
 MASK = (1 << 64) - 1
 
@@ -59,7 +60,7 @@ def expand_dataset(path: Path | str, progress=None) -> Expansion:
     ds = open_dataset(path)
     slices = ds.trace_slices()
     n = workers()
-    target = max(1, ds.n_calls // (8 * n) + 1)
+    target = SHARD_CALLS  # fixed, so a worker's memory does not grow with the corpus
     shards, first = [], 0
     for sl in slices:
         if sl.stop - first >= target:

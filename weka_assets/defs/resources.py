@@ -176,7 +176,7 @@ class ReplayOptions(dg.ConfigurableResource):
     time_scale: float = 1.0
     points: int = Field(default=12, description="capacities in the log-spaced sweep")
     capacity_max_blocks: int = Field(
-        default=16_000_000,
+        default=8_000_000,
         description=(
             "the sweep replays whole traces, in corpus order, up to this many block accesses "
             "(its memory is about 100 bytes each); 0: every trace"

@@ -8,7 +8,9 @@ would say so. Each distinct block row's content hash is computed once (memoised)
 tokens.
 """
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
@@ -26,6 +28,7 @@ from weka_assets.replay.prefix import (
 )
 
 ROW_CHUNK = 1 << 16
+SHARD_CALLS = 2048  # calls per worker task (whole traces)
 
 
 class HitFigures(BaseModel):
@@ -307,6 +310,37 @@ def _trace_shards(ds: DecodedDataset, target_calls: int) -> list[tuple[int, int]
     return out
 
 
+class _KeyBuckets:
+    """Every trace's distinct token keys, spilled to 16 files by their top bits, so counting
+    the keys several traces share needs memory for a sixteenth of them, not all."""
+
+    N = 16
+
+    def __enter__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="weka-keys-")
+        self._files = [open(Path(self._dir.name) / f"{b}.u64", "wb") for b in range(self.N)]
+        return self
+
+    def add(self, keys: np.ndarray) -> None:
+        bucket = (keys >> np.uint64(60)).astype(np.int8)
+        for b in range(self.N):
+            keys[bucket == b].tofile(self._files[b])
+
+    def repeated(self) -> int:
+        """How many keys beyond the first of each distinct key (a key in k traces counts k-1)."""
+        total = 0
+        for f in self._files:
+            f.close()
+            keys = np.fromfile(f.name, dtype=np.uint64)
+            total += int(keys.size - distinct(keys).size)
+        return total
+
+    def __exit__(self, *exc):
+        for f in self._files:
+            f.close()
+        self._dir.cleanup()
+
+
 def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, CallFigures]:
     """All unbounded-cache figures of a decoded dataset, per corpus, role and trace.
 
@@ -325,24 +359,25 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
         token_hits=np.zeros(m, np.int64),
     )
     n_workers = workers() if ds.path is not None else 1
-    shards = _trace_shards(ds, max(1024, m // (8 * n_workers) + 1))
+    # shards of a fixed size, so a worker's memory does not grow with the corpus
+    shards = _trace_shards(ds, SHARD_CALLS)
     if n_workers > 1:
         results = ordered_map(_replay_task, [(str(ds.path), f, e) for f, e in shards], n_workers)
     else:
         results = (_replay_traces(ds, f, e) for f, e in shards)
-    keys, done = [], 0
+    done = 0
     if progress is not None:
         progress("replay", 0, len(shards), "shards")
-    for r in results:
-        cf.hits[r.calls] = r.hits
-        cf.token_hits[r.calls] = r.token_hits
-        keys.append(r.keys)
-        done += 1
-        if progress is not None:
-            progress("replay", done, len(shards), "shards")
+    with _KeyBuckets() as buckets:
+        for r in results:
+            cf.hits[r.calls] = r.hits
+            cf.token_hits[r.calls] = r.token_hits
+            buckets.add(r.keys)
+            done += 1
+            if progress is not None:
+                progress("replay", done, len(shards), "shards")
+        cross = buckets.repeated()
     cf.full_hits = np.minimum(cf.hits, n_full)
-    allk = _cat(keys)
-    cross = int(allk.size - distinct(allk).size)
     overall = figures(cf)
     per_role = {role: figures(cf, ds.role_mask(role)) for role in ROLES}
     per_trace = []

@@ -190,3 +190,17 @@ def test_vectorised_new_keys_equal_the_call_by_call_walk(corpus):
             assert k0 == lead[j]
             assert np.array_equal(new[at : at + lengths[j]], keys[k0:])
             at += lengths[j]
+
+
+def test_keys_shared_across_traces_are_counted_through_the_spill_buckets():
+    from weka_assets.replay.unbounded import _KeyBuckets
+
+    rng = np.random.default_rng(3)
+    a = np.unique(rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64))
+    b = np.concatenate([a[:700], np.unique(rng.integers(0, 2**64 - 1, 3000, dtype=np.uint64))])
+    c = np.concatenate([a[:100], b[-50:]])
+    with _KeyBuckets() as buckets:
+        for keys in (a, b, c):
+            buckets.add(keys.copy())
+        # a key in k traces counts k - 1
+        assert buckets.repeated() == 700 + 100 + 50
