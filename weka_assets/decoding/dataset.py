@@ -18,6 +18,7 @@ visible and an existing one is never overwritten.
 import fcntl
 import hashlib
 import io
+import mmap
 import os
 import secrets
 import shutil
@@ -121,6 +122,30 @@ class DecodedDataset:
             traces=self.traces[:traces],
             manifest=self.manifest,
             path=self.path,
+        )
+
+    def shard(self, first: int, last: int) -> "DecodedDataset":
+        """Traces [first, last) as a small dataset of their own (arrays copied and renumbered):
+        what a worker process gets, instead of opening the whole stored dataset."""
+        slices = self.trace_slices()
+        a, b = slices[first].start, slices[last - 1].stop
+        r0, r1 = (int(x) for x in np.searchsorted(np.asarray(self.block_trace), [first, last]))
+        start = self.calls["rows_start"]
+        t0 = int(start[a]) if a < b else 0
+        t1 = int(start[b]) if b < self.n_calls else int(self.tail_rows.size)
+        calls = {k: np.array(v[a:b]) for k, v in self.calls.items()}
+        calls["trace"] -= first
+        calls["rows_start"] -= t0
+        calls["prev"] = np.where(calls["prev"] >= 0, calls["prev"] - a, -1)
+        return DecodedDataset(
+            filler=np.array(self.filler),
+            block_trace=_read_rows(self.block_trace, r0, r1) - first,
+            block_id=_read_rows(self.block_id, r0, r1),
+            block_offsets=_read_rows(self.block_offsets, r0, r1),
+            tail_rows=_read_rows(self.tail_rows, t0, t1) - r0,
+            calls=calls,
+            traces=self.traces[first:last],
+            manifest={},
         )
 
     def call_rows(self, i: int) -> np.ndarray:
@@ -249,6 +274,19 @@ class DecodedDataset:
             )
             self.path = w.publish(key, self.manifest)
         return self.path
+
+
+def _read_rows(arr: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Rows [a, b) of an array as a copy. A stored (memory-mapped) array is read with a plain
+    file read, so the pages do not stay mapped in this process: copying shard after shard
+    never makes the reader hold the whole dataset."""
+    if isinstance(arr, np.memmap) and arr.filename and isinstance(arr.base, mmap.mmap):
+        row = int(np.prod(arr.shape[1:], dtype=np.int64))
+        with open(arr.filename, "rb") as fh:
+            fh.seek(int(arr.offset) + a * row * arr.dtype.itemsize)
+            out = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * row)
+        return out.reshape((b - a, *arr.shape[1:]))
+    return np.array(arr[a:b])
 
 
 class RowWalker:

@@ -50,29 +50,44 @@ def expand_calls(ds: DecodedDataset, start: int = 0, stop: int | None = None) ->
     return total
 
 
-def _task(task: tuple[str, int, int]) -> Expansion:
-    path, start, stop = task
-    return expand_calls(open_dataset(path), start, stop)
+def _expand_shard(shard: DecodedDataset) -> Expansion:
+    """Worker task: expand every call of one shard (checksums weighted by global index)."""
+    offset = shard.manifest["first_call"]
+    total = Expansion(0, 0, 0)
+    checksum = 0
+    for i, tokens in shard.expand_all():
+        total.calls += 1
+        total.tokens += tokens.size
+        checksum += call_checksum(i + offset, tokens)
+    total.checksum = checksum & MASK
+    return total
 
 
 def expand_dataset(path: Path | str, progress=None) -> Expansion:
-    """Expand every call of the stored dataset at `path`, in trace shards across workers."""
+    """Expand every call of the stored dataset at `path`, in trace shards across workers
+    (each worker gets its shard's arrays, not the whole dataset)."""
     ds = open_dataset(path)
     slices = ds.trace_slices()
-    n = workers()
-    target = SHARD_CALLS  # fixed, so a worker's memory does not grow with the corpus
-    shards, first = [], 0
-    for sl in slices:
-        if sl.stop - first >= target:
-            shards.append((str(path), first, sl.stop))
-            first = sl.stop
-    if first < ds.n_calls:
-        shards.append((str(path), first, ds.n_calls))
+    bounds, first, calls = [], 0, 0
+    for t, sl in enumerate(slices):
+        calls += sl.stop - sl.start
+        if calls >= SHARD_CALLS:
+            bounds.append((first, t + 1))
+            first, calls = t + 1, 0
+    if first < len(slices):
+        bounds.append((first, len(slices)))
+
+    def shards():
+        for f, e in bounds:
+            shard = ds.shard(f, e)
+            shard.manifest = {"first_call": slices[f].start}
+            yield shard
+
     total = Expansion(0, 0, 0)
     if progress is not None:
-        progress("expand", 0, len(shards), "shards")
-    for done, part in enumerate(ordered_map(_task, shards, n), start=1):
+        progress("expand", 0, len(bounds), "shards")
+    for done, part in enumerate(ordered_map(_expand_shard, shards(), workers()), start=1):
         total = total + part
         if progress is not None:
-            progress("expand", done, len(shards), "shards")
+            progress("expand", done, len(bounds), "shards")
     return total

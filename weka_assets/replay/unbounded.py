@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from weka_assets.arrays import distinct
-from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker, open_dataset
+from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker
 from weka_assets.decoding.prf import MASK, mix64
 from weka_assets.parallel import ordered_map, workers
 from weka_assets.replay.prefix import (
@@ -292,9 +292,15 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
 
-def _replay_task(task: tuple[str, int, int]) -> _TraceHits:
-    path, first, last = task
-    return _replay_traces(open_dataset(path), first, last)
+def _replay_shard(shard: DecodedDataset) -> _TraceHits:
+    """Worker task: the figures of one shard (its call indices local to it)."""
+    return _replay_traces(shard, 0, len(shard.traces))
+
+
+def _shifted(r: _TraceHits, first_call: int) -> _TraceHits:
+    """A shard's figures with its call indices made global again."""
+    r.calls = slice(r.calls.start + first_call, r.calls.stop + first_call)
+    return r
 
 
 def _trace_shards(ds: DecodedDataset, target_calls: int) -> list[tuple[int, int]]:
@@ -358,11 +364,14 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
         token_total=token_total,
         token_hits=np.zeros(m, np.int64),
     )
-    n_workers = workers() if ds.path is not None else 1
-    # shards of a fixed size, so a worker's memory does not grow with the corpus
+    # shards of a fixed size, so memory does not grow with the corpus; a worker gets its
+    # shard's arrays, not the whole dataset
     shards = _trace_shards(ds, SHARD_CALLS)
+    n_workers = workers() if len(shards) > 1 else 1
     if n_workers > 1:
-        results = ordered_map(_replay_task, [(str(ds.path), f, e) for f, e in shards], n_workers)
+        pieces = ordered_map(_replay_shard, (ds.shard(f, e) for f, e in shards), n_workers)
+        starts = [ds.trace_slices()[f].start for f, _ in shards]
+        results = (_shifted(r, a) for r, a in zip(pieces, starts, strict=True))
     else:
         results = (_replay_traces(ds, f, e) for f, e in shards)
     done = 0

@@ -34,6 +34,9 @@ def test_checksum_is_the_same_however_the_calls_are_sharded(monkeypatch):
     tokens = int(ds.calls["tokens_in"].sum())
     halves = expand_calls(ds, 0, 100) + expand_calls(ds, 100)
     assert (halves.calls, halves.tokens, halves.checksum) == (ds.n_calls, tokens, direct)
+    import weka_assets.decoding.expand as expand
+
+    monkeypatch.setattr(expand, "SHARD_CALLS", 30)  # several shards
     for n in ("1", "2"):
         monkeypatch.setenv("WEKA_ASSETS_WORKERS", n)
         e = expand_dataset(ds.path)

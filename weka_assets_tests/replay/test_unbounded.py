@@ -204,3 +204,17 @@ def test_keys_shared_across_traces_are_counted_through_the_spill_buckets():
             buckets.add(keys.copy())
         # a key in k traces counts k - 1
         assert buckets.repeated() == 700 + 100 + 50
+
+
+def test_replay_in_small_shards_across_workers_equals_one_pass(monkeypatch):
+    import weka_assets.replay.unbounded as unbounded
+
+    ds = decoded(synthetic("semianalysis", traces=6, seed=4))
+    whole, cf_whole = replay_unbounded(ds)
+    monkeypatch.setattr(unbounded, "SHARD_CALLS", 40)
+    monkeypatch.setenv("WEKA_ASSETS_WORKERS", "2")
+    assert len(unbounded._trace_shards(ds, 40)) >= 2
+    sharded, cf = replay_unbounded(ds)
+    assert sharded.model_dump() == whole.model_dump()
+    for name in ("hits", "full_hits", "token_hits"):
+        assert np.array_equal(getattr(cf, name), getattr(cf_whole, name))
