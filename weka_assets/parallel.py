@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
+from weka_assets.env import positive_int
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -33,16 +35,8 @@ _PRELOAD = [
 
 def workers() -> int:
     """How many worker processes to use (WEKA_ASSETS_WORKERS, else the usable CPUs)."""
-    value = os.environ.get("WEKA_ASSETS_WORKERS", "").strip()
-    if value:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"WEKA_ASSETS_WORKERS={value!r} is not an integer") from None
-        if n < 1:
-            raise ValueError(f"WEKA_ASSETS_WORKERS={value!r} must be 1 or more")
-        return n
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return positive_int("WEKA_ASSETS_WORKERS", usable or 1)
 
 
 def _context():

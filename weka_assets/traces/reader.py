@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from weka_assets.env import positive_int
 from weka_assets.errors import Location, SourceError, TraceError
 from weka_assets.traces.fastparse import fast_decode
 from weka_assets.traces.schema import Trace, declared_scope, parse_trace
@@ -26,25 +27,12 @@ MAX_TRACE_BYTES_ENV = "WEKA_ASSETS_MAX_TRACE_BYTES"  # one trace's JSON (default
 MAX_IDS_PER_CALL_ENV = "WEKA_ASSETS_MAX_IDS_PER_CALL"  # hash ids of one call (default 4M)
 
 
-def _limit(env: str, default: int) -> int:
-    value = os.environ.get(env, "").strip()
-    if not value:
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise SourceError(f"{env}={value!r} is not an integer") from None
-    if n < 1:
-        raise SourceError(f"{env}={value!r} must be 1 or more")
-    return n
-
-
 def max_trace_bytes() -> int:
-    return _limit(MAX_TRACE_BYTES_ENV, 512 << 20)
+    return positive_int(MAX_TRACE_BYTES_ENV, 512 << 20)
 
 
 def max_ids_per_call() -> int:
-    return _limit(MAX_IDS_PER_CALL_ENV, 4_000_000)
+    return positive_int(MAX_IDS_PER_CALL_ENV, 4_000_000)
 
 
 @dataclass(slots=True)
