@@ -8,7 +8,8 @@ and unhashed tail. `call_rows` rebuilds any call's rows; `RowWalker` rebuilds th
 call by rewriting only what changed; `expand_call` turns any call into exactly `in` token ids
 with one vectorised gather.
 
-On disk, `<root>/<decode key>/` holds `.npy` arrays (memory-mapped on read), `calls.parquet`,
+On disk, `<root>/<decode key>/` holds `.npy` arrays (memory-mapped on read; the calls table as
+one record array `calls.npy`), `calls.parquet` (the same table, for people),
 `traces.parquet` and `manifest.json`, written last with the sha256 of every file: a folder
 without a manifest is never read. `DatasetWriter` appends trace after trace (memory bounded by
 one trace) into a folder aside and renames it into place, so a half-written dataset is never
@@ -17,12 +18,12 @@ visible and an existing one is never overwritten.
 
 import fcntl
 import hashlib
-import io
 import mmap
 import os
 import secrets
 import shutil
 import socket
+import struct
 import tempfile
 import time
 from contextlib import contextmanager
@@ -58,7 +59,10 @@ CALL_COLUMNS = {
 }
 ARRAYS = ("filler", "block_trace", "block_id", "block_offsets", "tail_rows")
 # On-disk layout version; part of the decode key, so a layout change never reads old folders.
-DATASET_FORMAT = 2
+DATASET_FORMAT = 3
+# The calls table, also stored as one record array (`calls.npy`): memory-mapped on read, so a
+# process touches only the columns and rows it uses; `calls.parquet` is the same table for people.
+CALLS_DTYPE = np.dtype([(k, np.dtype(v).newbyteorder("<")) for k, v in CALL_COLUMNS.items()])
 ROLES = ("parent", "subagent")
 MANIFEST = "manifest.json"
 
@@ -321,7 +325,17 @@ class RowWalker:
         return buf[:n]
 
 
-_NPY_HEADER = 128  # bytes reserved for an .npy header written when the shape is known
+def _npy_header(dtype: np.dtype, shape: tuple, size: int | None = None) -> bytes:
+    """An .npy (version 1.0) header, padded with spaces to `size` bytes (default: the next
+    multiple of 64), so a header written last can fill exactly the room reserved for it."""
+    body = repr(
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    ).encode("latin1")
+    size = size if size is not None else -(-(10 + len(body) + 1) // 64) * 64
+    pad = size - 10 - len(body) - 1
+    if pad < 0:
+        raise DecodeError(f".npy header needs {10 + len(body) + 1} bytes, {size} reserved")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", size - 10) + body + b" " * pad + b"\n"
 
 
 class _NpyAppender:
@@ -329,8 +343,10 @@ class _NpyAppender:
 
     def __init__(self, path: Path, dtype, row_shape: tuple = ()):
         self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), row_shape, 0
+        # room for the header of the largest shape it could ever have
+        self.header_size = len(_npy_header(self.dtype, (10**18, *row_shape)))
         self.fh = open(path, "wb")
-        self.fh.write(b"\0" * _NPY_HEADER)
+        self.fh.write(b"\0" * self.header_size)
 
     def append(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
@@ -338,21 +354,9 @@ class _NpyAppender:
         self.rows += arr.shape[0] if arr.ndim else 1
 
     def close(self) -> None:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header,
-            {
-                "descr": self.dtype.str,
-                "fortran_order": False,
-                "shape": (self.rows, *self.row_shape),
-            },
-        )
-        if header.tell() != _NPY_HEADER:
-            raise DecodeError(
-                f"{self.path}: .npy header is {header.tell()} bytes, not {_NPY_HEADER}"
-            )
+        header = _npy_header(self.dtype, (self.rows, *self.row_shape), self.header_size)
         self.fh.seek(0)
-        self.fh.write(header.getvalue())
+        self.fh.write(header)
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
@@ -373,6 +377,7 @@ class DatasetWriter:
             "block_id": _NpyAppender(self.tmp / "block_id.npy", np.int64),
             "block_offsets": _NpyAppender(self.tmp / "block_offsets.npy", np.uint32, (sub_blocks,)),
             "tail_rows": _NpyAppender(self.tmp / "tail_rows.npy", np.int64),
+            "calls": _NpyAppender(self.tmp / "calls.npy", CALLS_DTYPE),
         }
         self._schema = pa.schema([(k, pa.from_numpy_dtype(v)) for k, v in CALL_COLUMNS.items()])
         self._calls = pq.ParquetWriter(self.tmp / "calls.parquet", self._schema)
@@ -416,6 +421,10 @@ class DatasetWriter:
             self._arrays[name].append(arr)
         n = int(np.asarray(calls["tokens_in"]).size)
         self._pending.append({k: np.asarray(calls[k], dtype=v) for k, v in CALL_COLUMNS.items()})
+        records = np.empty(n, dtype=CALLS_DTYPE)
+        for k in CALL_COLUMNS:
+            records[k] = self._pending[-1][k]
+        self._arrays["calls"].append(records)
         self._pending_rows += n
         if self._pending_rows >= 1 << 16:
             self._flush_calls()
@@ -632,9 +641,13 @@ def read_manifest(path: Path | str) -> dict:
 def _read(path: Path, manifest: dict) -> DecodedDataset:
     try:
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        calls_t = pq.read_table(path / "calls.parquet")
         traces = pq.read_table(path / "traces.parquet").to_pylist()
-        calls = {k: calls_t.column(k).to_numpy() for k in CALL_COLUMNS}
+        if (path / "calls.npy").is_file():
+            records = np.load(path / "calls.npy", mmap_mode="r")
+            calls = {k: records[k] for k in CALL_COLUMNS}
+        else:  # a folder written before calls.npy existed
+            calls_t = pq.read_table(path / "calls.parquet")
+            calls = {k: calls_t.column(k).to_numpy() for k in CALL_COLUMNS}
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         raise DecodeError(f"{path}: cannot read dataset ({exc})") from None
     return DecodedDataset(calls=calls, traces=traces, manifest=manifest, path=path, **arrays)
