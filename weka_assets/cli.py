@@ -549,7 +549,7 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
 def cmd_replay_live(args: argparse.Namespace) -> int:
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.progress import cli_progress
-    from weka_assets.replay.live import run_live_replay
+    from weka_assets.replay.live import answered_calls, run_live_replay
     from weka_assets.replay.schedule import Arrival
 
     dataset = Path(args.dataset).expanduser()
@@ -561,14 +561,7 @@ def cmd_replay_live(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     ds = open_dataset(dataset)
     reporter = cli_progress()
-    # every call is sent unless --max-context drops some (then the total is unknown)
-    total = ds.n_calls if args.max_context is None else None
-    answered = 0
-
-    def progress(rec) -> None:
-        nonlocal answered
-        answered += 1
-        reporter("replay-live", answered, total, "calls")
+    progress = answered_calls(reporter, ds, args.max_context)
 
     try:
         with reporter:

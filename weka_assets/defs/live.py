@@ -11,7 +11,7 @@ from weka_assets.defs.metadata import table
 from weka_assets.defs.outputs import DatasetRef, LiveRef
 from weka_assets.defs.resources import WekaStore
 from weka_assets.progress import dagster_progress
-from weka_assets.replay.live import LiveReplayError, run_live_replay
+from weka_assets.replay.live import LiveReplayError, answered_calls, run_live_replay
 from weka_assets.replay.schedule import Arrival
 
 LIVE_GROUP = "live"
@@ -66,14 +66,7 @@ def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
         out_key = f"live/{decoded_dataset.decode_key}/{context.run.run_id}"
         out_path = store.dir(out_key) / "result.json"
         progress = dagster_progress(context, interval=5.0)
-        # every call is sent unless max_context drops some (then the total is unknown)
-        total = ds.n_calls if live_server.max_context is None else None
-        answered = 0
-
-        def on_call(_rec) -> None:
-            nonlocal answered
-            answered += 1
-            progress("replay-live", answered, total, "calls")
+        on_call = answered_calls(progress, ds, live_server.max_context)
 
         try:
             with progress:

@@ -2,9 +2,9 @@
 files kept beside the data."""
 
 import base64
-import io
 
 from weka_assets.replay.blast_radius import BlastRadius
+from weka_assets.replay.capacity import figure_png
 
 ROLES_SHOWN = ("all", "parent", "subagent")
 
@@ -70,9 +70,6 @@ def blast_radius_png(br: BlastRadius) -> bytes:
             fontsize=9,
         )
         right.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return figure_png(fig)
     finally:
         plt.close(fig)

@@ -561,6 +561,14 @@ def capacity_curve(
     )
 
 
+def figure_png(fig) -> bytes:
+    """A laid-out matplotlib figure as PNG bytes (the caller closes it)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def plot_png(curve: CapacityCurve) -> bytes:
     """Hit rate against capacity (log x), one line per role and one for all calls; the
     unbounded hit rates as dotted lines. A small PNG."""
@@ -613,9 +621,6 @@ def plot_png(curve: CapacityCurve) -> bytes:
         )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return figure_png(fig)
     finally:
         plt.close(fig)

@@ -809,6 +809,20 @@ def write_result(result: LiveResult, path: Path | str) -> Path:
     return path
 
 
+def answered_calls(report, ds, max_context) -> Callable[[LiveCall], None]:
+    """A `run_live_replay` progress callback: `report("replay-live", answered, total, "calls")`,
+    total being every call unless `max_context` may drop some (then unknown)."""
+    total = ds.n_calls if max_context is None else None
+    answered = 0
+
+    def on_call(_rec: LiveCall) -> None:
+        nonlocal answered
+        answered += 1
+        report("replay-live", answered, total, "calls")
+
+    return on_call
+
+
 def run_live_replay(
     ds: DecodedDataset | Path | str,
     url: str,
