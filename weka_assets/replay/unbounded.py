@@ -266,8 +266,7 @@ def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
     slices = ds.trace_slices()
     a, b = slices[first].start, slices[last - 1].stop
     c = ds.calls
-    bt = np.asarray(ds.block_trace)
-    r0, r1 = (int(x) for x in np.searchsorted(bt, [first, last]))
+    r0, r1 = (int(x) for x in ds.trace_rows()[[first, last]])
     content = row_content_hashes(ds, r0, r1)
     hits = np.zeros(b - a, np.int64)
     token_hits = np.zeros(b - a, np.int64)
@@ -351,11 +350,11 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
     """All unbounded-cache figures of a decoded dataset, per corpus, role and trace.
 
     A stored dataset is replayed in trace shards across the worker processes."""
-    c = ds.calls
+    # the coordinator reads only the columns it needs (file reads when stored)
     m = ds.n_calls
-    n_ids = c["n_ids"].astype(np.int64)
-    n_full = c["n_full"].astype(np.int64)
-    token_total = (c["tokens_in"] // c["block_size"]).astype(np.int64)
+    n_ids = ds.column("n_ids").astype(np.int64)
+    n_full = ds.column("n_full").astype(np.int64)
+    token_total = (ds.column("tokens_in") // ds.column("block_size")).astype(np.int64)
     cf = CallFigures(
         total=n_ids,
         hits=np.zeros(m, np.int64),
@@ -368,12 +367,13 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
     # shard's arrays, not the whole dataset
     shards = _trace_shards(ds, SHARD_CALLS)
     n_workers = workers() if len(shards) > 1 else 1
+    pieces = (ds.shard(f, e) for f, e in shards)
     if n_workers > 1:
-        pieces = ordered_map(_replay_shard, (ds.shard(f, e) for f, e in shards), n_workers)
-        starts = [ds.trace_slices()[f].start for f, _ in shards]
-        results = (_shifted(r, a) for r, a in zip(pieces, starts, strict=True))
+        pieces = ordered_map(_replay_shard, pieces, n_workers)
     else:
-        results = (_replay_traces(ds, f, e) for f, e in shards)
+        pieces = map(_replay_shard, pieces)
+    starts = [ds.trace_slices()[f].start for f, _ in shards]
+    results = (_shifted(r, a) for r, a in zip(pieces, starts, strict=True))
     done = 0
     if progress is not None:
         progress("replay", 0, len(shards), "shards")

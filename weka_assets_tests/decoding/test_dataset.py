@@ -106,3 +106,50 @@ def test_retokenisation_drift_is_measured_and_reported(tmp_path, corpus):
     assert drift["calls_checked"] > 0 and drift["tokens_checked"] > 0
     assert 0 <= drift["mismatch_fraction"] <= 1
     assert open_dataset(out.path).manifest["retokenization_drift"] == drift
+
+
+def test_stored_dataset_is_read_in_chunks_like_the_one_in_memory(tmp_path, corpus, monkeypatch):
+    """What the coordinator of a replay reads with file reads (trace bounds, columns, a
+    shard's calls) equals the same thing taken from the table in memory, at any chunk size;
+    calls.parquet (written from calls.npy, in row groups) holds the same table."""
+    import pyarrow.parquet as pq
+
+    import weka_assets.decoding.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CHUNK_ROWS", 7)  # chunk edges inside traces
+    out = decode_corpus(corpus, tmp_path, measure_drift=False)
+    stored = open_dataset(out.path)
+    assert stored.records is not None
+    in_memory = dataset.DecodedDataset(
+        filler=np.array(stored.filler),
+        block_trace=np.array(stored.block_trace),
+        block_id=np.array(stored.block_id),
+        block_offsets=np.array(stored.block_offsets),
+        tail_rows=np.array(stored.tail_rows),
+        calls={k: np.array(v) for k, v in stored.calls.items()},
+        traces=stored.traces,
+    )
+    assert stored.trace_slices() == in_memory.trace_slices()
+    assert len(stored.trace_slices()) == 4 and stored.trace_slices()[-1].stop == stored.n_calls
+    rows = stored.trace_rows()
+    assert (rows == in_memory.trace_rows()).all() and rows[-1] == stored.block_id.size
+    for t in range(4):  # each trace's block rows carry its index, and only those
+        assert (np.asarray(stored.block_trace)[rows[t] : rows[t + 1]] == t).all()
+    table = pq.read_table(out.path / "calls.parquet")
+    assert table.num_rows == stored.n_calls
+    for k in dataset.CALL_COLUMNS:
+        assert (stored.column(k) == in_memory.column(k)).all()
+        assert (table.column(k).to_numpy() == np.asarray(stored.calls[k])).all()
+    for a, b in ((0, 3), (5, 19), (stored.n_calls - 2, stored.n_calls)):
+        got, want = stored.calls_range(a, b), in_memory.calls_range(a, b)
+        assert all((got[k] == want[k]).all() and got[k].size == b - a for k in got)
+    for first, last in ((0, 1), (1, 3), (2, 4)):
+        s, m = stored.shard(first, last), in_memory.shard(first, last)
+        assert s.trace_slices() == m.trace_slices()
+        for name in ("block_trace", "block_id", "block_offsets", "tail_rows"):
+            assert (getattr(s, name) == getattr(m, name)).all()
+        assert all((s.calls[k] == m.calls[k]).all() for k in s.calls)
+        start = stored.trace_slices()[first].start
+        assert s.n_calls == stored.trace_slices()[last - 1].stop - start
+        for j in range(s.n_calls):
+            assert (s.expand_call(j) == stored.expand_call(start + j)).all()
