@@ -60,7 +60,7 @@ def policy_comparison(correct: ReplayResult, legacy: ReplayResult) -> list[dict]
 
 
 def _write_per_call(ds, cf, path) -> None:
-    c = ds.calls
+    c = {k: ds.column(k) for k in ("trace", "conv", "request", "inner", "role")}
     per_call = pa.table(
         {
             "trace": c["trace"], "conv": c["conv"], "request": c["request"], "inner": c["inner"],
@@ -77,7 +77,7 @@ def capacity_traces(ds, max_blocks: int) -> int:
     """How many leading traces fit in `max_blocks` block accesses (at least one; 0: all)."""
     if max_blocks <= 0:
         return len(ds.traces)
-    blocks = ds.calls["tokens_in"] // ds.calls["block_size"]
+    blocks = ds.column("tokens_in") // ds.column("block_size")
     per_trace = np.array([int(blocks[sl].sum()) for sl in ds.trace_slices()], dtype=np.int64)
     return max(1, int(np.searchsorted(np.cumsum(per_trace), max_blocks, side="right")))
 
