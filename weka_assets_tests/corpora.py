@@ -32,6 +32,14 @@ def synthetic(profile: str, traces: int = 6, seed: int = 7, size: str = "small")
     )
 
 
+def both_profiles(traces: int, seed: int) -> list[Path]:
+    """A synthetic corpus of each profile, plus the real sample when it is there."""
+    out = [synthetic(p, traces=traces, seed=seed) for p in ("semianalysis", "kv-cache-tester")]
+    if REAL_SAMPLE.is_dir():
+        out.append(REAL_SAMPLE)
+    return out
+
+
 @cache
 def decoded(corpus: Path, scope_policy: str = "trace", seed: int = 0) -> DecodedDataset:
     out = decode_corpus(

@@ -4,17 +4,10 @@ import numpy as np
 import pytest
 
 from weka_assets.decoding.expand import MASK, call_checksum, expand_calls, expand_dataset
-from weka_assets_tests.corpora import REAL_SAMPLE, decoded, synthetic
+from weka_assets_tests.corpora import both_profiles, decoded, synthetic
 
 
-def corpora():
-    out = [synthetic(p, traces=5, seed=7) for p in ("semianalysis", "kv-cache-tester")]
-    if REAL_SAMPLE.is_dir():
-        out.append(REAL_SAMPLE)
-    return out
-
-
-@pytest.mark.parametrize("corpus", corpora(), ids=lambda p: p.name)
+@pytest.mark.parametrize("corpus", both_profiles(traces=5, seed=7), ids=lambda p: p.name)
 def test_streamed_expansion_equals_random_access_expansion(corpus):
     ds = decoded(corpus)
     seen = 0

@@ -11,20 +11,21 @@ from weka_assets.definitions import defs
 from weka_assets.versions import MANIFEST_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
+ASSETS = {
+    "raw_traces",
+    "trace_scope",
+    "decoded_dataset",
+    "replay_benchmark",
+    "manifest_blast_radius",
+    "live_replay",
+}
 
 
 def test_definitions_are_loadable():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {
-        "raw_traces",
-        "trace_scope",
-        "decoded_dataset",
-        "replay_benchmark",
-        "manifest_blast_radius",
-        "live_replay",
-    }
+    assert keys == ASSETS
     assert graph.get(dg.AssetKey("decoded_dataset")).code_version == f"manifest-v{MANIFEST_VERSION}"
     assert (
         graph.get(dg.AssetKey("replay_benchmark")).code_version == f"manifest-v{MANIFEST_VERSION}"

@@ -15,15 +15,8 @@ from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.scope import attention_rows, verdict_markdown
 from weka_assets.traces.scope import CONTRACT_RULES, ScopeReport
 from weka_assets.versions import MANIFEST_VERSION
+from weka_assets_tests.defs.test_definitions import ASSETS
 
-ASSETS = {
-    "raw_traces",
-    "trace_scope",
-    "decoded_dataset",
-    "replay_benchmark",
-    "manifest_blast_radius",
-    "live_replay",
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

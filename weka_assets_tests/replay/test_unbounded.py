@@ -8,7 +8,7 @@ import pytest
 
 from weka_assets.replay.prefix import leading_hits
 from weka_assets.replay.unbounded import replay_unbounded
-from weka_assets_tests.corpora import REAL_SAMPLE, decoded, synthetic, truncated
+from weka_assets_tests.corpora import REAL_SAMPLE, both_profiles, decoded, synthetic, truncated
 from weka_assets_tests.reference import reference_theoretical
 
 needs_real = pytest.mark.skipif(
@@ -164,15 +164,9 @@ def test_filler_hasher_for_any_block_size_and_wrapping_offsets(bs):
     )
 
 
-def _corpora_for_keys():
-    out = [synthetic(p, traces=4, seed=9) for p in ("semianalysis", "kv-cache-tester")]
-    out.append(truncated())
-    if REAL_SAMPLE.is_dir():
-        out.append(REAL_SAMPLE)
-    return out
-
-
-@pytest.mark.parametrize("corpus", _corpora_for_keys(), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "corpus", [*both_profiles(traces=4, seed=9), truncated()], ids=lambda p: p.name
+)
 def test_vectorised_new_keys_equal_the_call_by_call_walk(corpus):
     from weka_assets.replay.unbounded import KeyWalker, row_content_hashes, trace_new_keys
 

@@ -129,13 +129,7 @@ class Group:
         return self
 
     def __exit__(self, *exc):
-        # whatever happened, nothing we started outlives the test
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self._out.close()
+        self.kill()  # whatever happened, nothing we started outlives the test
 
 
 def wait_for(predicate, group: Group, timeout: float, poll: float = 0.005) -> bool:
