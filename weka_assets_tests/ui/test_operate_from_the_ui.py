@@ -135,6 +135,26 @@ def choose(page, dialog, values: list[str]) -> None:
         expect(dialog.get_by_text(value, exact=True).first).to_be_visible()
 
 
+def select_all(dialog, dimensions: int, partitions: int, tries: int = 6) -> None:
+    """Click every dimension's "All" until the dialog counts `partitions` partitions. "All"
+    selects the partitions the dialog has loaded, so a click before they are loaded selects
+    none (seen once under load); clicking it again is harmless."""
+    buttons = dialog.get_by_role("button", name="All", exact=True)
+    expect(buttons).to_have_count(dimensions)
+    summary = dialog.get_by_text(f"{partitions} partitions", exact=True)
+    for _ in range(tries - 1):
+        for i in range(dimensions):
+            buttons.nth(i).click()
+        try:
+            expect(summary).to_be_visible(timeout=5_000)
+            return
+        except AssertionError:
+            continue
+    for i in range(dimensions):
+        buttons.nth(i).click()
+    expect(summary).to_be_visible()
+
+
 def launch_backfill(page, dialog) -> str:
     """Click Launch backfill; the backfill id from the toast."""
     dialog.get_by_role("button", name="Launch backfill").click()
@@ -268,10 +288,7 @@ def _walk_through(server, project, store, page, url, shot):
     open_lineage(page, url, "group:decoded or group:replay")
     page.get_by_role("button", name="Materialize all").click()
     dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize 3 assets")
-    all_buttons = dialog.get_by_role("button", name="All", exact=True)
-    expect(all_buttons).to_have_count(2)  # corpus, then tokenizer
-    all_buttons.nth(0).click()
-    all_buttons.nth(1).click()
+    select_all(dialog, dimensions=2, partitions=len(MULTI))  # corpus, then tokenizer
     expect(dialog.get_by_role("button", name="Launch backfill")).to_be_enabled()
     shot("launch-the-stale-backfill")
     second = launch_backfill(page, dialog)
