@@ -9,6 +9,8 @@
   `RevisionNotFound`, `EntryNotFound`) and 401s. Repos live in memory: `commit()` adds a commit
   and moves its branch; `truncate` / `corrupt` switch the bodies GET sends.
 - `s3`: moto's threaded S3 server (one per session), state reset before each test.
+- `resetting_endpoint`: a TCP endpoint that resets every connection and counts them, to bound
+  the connections a client spends on an unreachable service (no timing).
 
 Registered in conftest.py with `pytest_plugins = ["weka_assets_tests.servers"]`.
 """
@@ -17,6 +19,7 @@ import hashlib
 import json
 import re
 import socket
+import struct
 import threading
 import urllib.request
 from dataclasses import dataclass, field
@@ -204,6 +207,40 @@ def _handler(hub: HubServer):
         do_HEAD = do_GET
 
     return Handler
+
+
+class ResettingEndpoint:
+    """A TCP endpoint on 127.0.0.1 that accepts each connection and resets it at once,
+    counting them: how many connections a client spends before it gives up (`url`,
+    `connections`; `close()` stops it)."""
+
+    def __init__(self):
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def resetting_endpoint():
+    endpoint = ResettingEndpoint()
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from huggingface_hub import HfApi, constants
@@ -161,7 +160,7 @@ def test_tokens(hub, tmp_path, v1, monkeypatch):
     assert resolve_revision(URI) == r.revision
 
 
-def test_offline_from_a_filled_cache(hub, tmp_path, v1, v2, monkeypatch):
+def test_offline_from_a_filled_cache(hub, tmp_path, v1, v2, monkeypatch, resetting_endpoint):
     cache = tmp_path / "hf-cache"
     old = hub.commit(REPO, {"traces.jsonl": v1})
     fetch(f"{URI}@{old}", tmp_path / "online", cache_dir=cache)
@@ -176,10 +175,10 @@ def test_offline_from_a_filled_cache(hub, tmp_path, v1, v2, monkeypatch):
     assert pinned.revision == old and pinned.path.read_bytes() == v1
     main = fetch(URI, tmp_path / "offline", cache_dir=cache)  # through the cache's refs/main
     assert main.revision == new and main.path.read_bytes() == v2
-    t = time.monotonic()
+    monkeypatch.setenv("HF_ENDPOINT", resetting_endpoint.url)  # offline: never contacted
     with pytest.raises(NotCached, match="not in the Hugging Face cache"):
         fetch(f"{URI}@{'e' * 40}", tmp_path / "offline", cache_dir=cache)
-    assert time.monotonic() - t < 2
+    assert resetting_endpoint.connections == 0
 
 
 def test_offline_env_var_in_a_fresh_process(hub, tmp_path, v1):
@@ -205,8 +204,12 @@ def test_offline_env_var_in_a_fresh_process(hub, tmp_path, v1):
     assert result["revision"] == sha and result["traces"] == 6
 
 
-def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
-    url = f"http://127.0.0.1:{_closed_port()}"
+@pytest.mark.parametrize("endpoint", ["refused", "reset"])
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch, endpoint, resetting_endpoint):
+    """One clear error after one connection: huggingface_hub's own retry loop (about 23 s
+    against a refusing port here) is never entered."""
+    reset = endpoint == "reset"
+    url = resetting_endpoint.url if reset else f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
@@ -215,11 +218,12 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
         lambda: fetch(URI, tmp_path / "raw", cache_dir=tmp_path / "c"),
         lambda: fetch(f"{URI}@{'a' * 40}", tmp_path / "raw", cache_dir=tmp_path / "c"),
     ):
-        t = time.monotonic()
+        before = resetting_endpoint.connections
         with pytest.raises(NetworkUnreachable) as info:
             call()
-        assert time.monotonic() - t < 3  # huggingface_hub alone retries for ~23 s here
         assert url in str(info.value) and "unreachable" in str(info.value)
+        if reset:
+            assert resetting_endpoint.connections - before == 1
     assert _visible(tmp_path / "raw") == []
 
 
