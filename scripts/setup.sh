@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,deploy]"
   echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
