@@ -10,8 +10,13 @@ may use); 1 runs everything in this process. Workers are forked from a fork serv
 fork of a threaded Dagster process; the server starts once per process, its modules
 preloaded) and live for one map: a pool kept alive past the step would hold the step's
 process open at exit.
+
+A daemonic process may not have children (Python refuses: "daemonic processes are not allowed
+to have children"). A prefork Celery worker runs each task in such a process, so there the map
+runs in process: the deployment's parallelism is then its workers, one step each.
 """
 
+import logging
 import multiprocessing as mp
 import os
 from collections import deque
@@ -21,6 +26,7 @@ from typing import TypeVar
 
 from weka_assets.env import positive_int
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -34,9 +40,16 @@ _PRELOAD = [
 
 
 def workers() -> int:
-    """How many worker processes to use (WEKA_ASSETS_WORKERS, else the usable CPUs)."""
+    """How many worker processes to use (WEKA_ASSETS_WORKERS, else the usable CPUs); 1 in a
+    daemonic process, which may not start any."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return positive_int("WEKA_ASSETS_WORKERS", usable or 1)
+    n = positive_int("WEKA_ASSETS_WORKERS", usable or 1)
+    return 1 if n > 1 and _daemonic() else n
+
+
+def _daemonic() -> bool:
+    """True in a process that may not start children (a prefork Celery worker's child)."""
+    return bool(mp.current_process().daemon)
 
 
 def _context():
@@ -54,6 +67,9 @@ def ordered_map(
     worker is raised here, at that item's place in the order.
     """
     n = workers() if n_workers is None else n_workers
+    if n > 1 and _daemonic():
+        log.info("a daemonic process may not start workers: mapping in process")
+        n = 1
     if n <= 1:
         yield from map(fn, items)
         return

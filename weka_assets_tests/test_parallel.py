@@ -1,0 +1,43 @@
+"""The process map works in every kind of worker process, a daemonic one included (a prefork
+Celery worker runs each task in a daemonic process, which may not start children)."""
+
+import multiprocessing as mp
+
+from weka_assets.parallel import ordered_map, workers
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _map_in_child(queue, n_workers) -> None:
+    try:
+        queue.put(("ok", list(ordered_map(_square, range(20), n_workers)), workers()))
+    except BaseException as exc:  # reported to the test, which names it
+        queue.put(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+def _run_in(daemon: bool, n_workers: int | None, monkeypatch) -> tuple:
+    monkeypatch.setenv("WEKA_ASSETS_WORKERS", "2")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_map_in_child, args=(queue, n_workers), daemon=daemon)
+    child.start()
+    out = queue.get(timeout=120)
+    child.join(timeout=60)
+    return out
+
+
+def test_map_in_a_daemonic_process_runs_in_process(monkeypatch):
+    for n_workers in (None, 2):  # the configured count, and an explicit one
+        status, result, n = _run_in(True, n_workers, monkeypatch)
+        assert status == "ok", result
+        assert result == [x * x for x in range(20)]
+        assert n == 1
+
+
+def test_map_in_an_ordinary_process_uses_workers(monkeypatch):
+    status, result, n = _run_in(False, None, monkeypatch)
+    assert status == "ok", result
+    assert result == [x * x for x in range(20)]
+    assert n == 2
