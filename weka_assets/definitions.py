@@ -1,7 +1,5 @@
 """The code location: `defs` composes the assets, checks, resources, jobs and sensors."""
 
-import os
-
 import dagster as dg
 
 from weka_assets.defs.automation import automation_sensor
@@ -15,6 +13,7 @@ from weka_assets.defs.replay import build_replay_benchmark
 from weka_assets.defs.resources import CorpusCatalog, DecodeOptions, ReplayOptions, WekaStore
 from weka_assets.defs.scope import trace_scope
 from weka_assets.defs.sensors import corpus_discovery_sensor, corpus_refresh_schedule
+from weka_assets.executors import executor_from_env
 from weka_assets.versions import MANIFEST_VERSION
 
 
@@ -45,23 +44,6 @@ def resources_for(store: WekaStore, catalog: CorpusCatalog | None = None) -> dic
         "live_server": LiveServer(),
         "replay_options": ReplayOptions(),
     }
-
-
-EXECUTORS = {
-    "multiprocess": dg.multiprocess_executor,
-    "in_process": dg.in_process_executor,
-}
-
-
-def executor_from_env() -> dg.ExecutorDefinition:
-    """How runs launched by the UI, sensors and backfills execute their steps:
-    $WEKA_ASSETS_EXECUTOR, `multiprocess` (default: one process per step, steps in parallel)
-    or `in_process` (the whole run in one process: no start-up per step, faster on a small
-    machine)."""
-    name = os.environ.get("WEKA_ASSETS_EXECUTOR", "multiprocess")
-    if name not in EXECUTORS:
-        raise ValueError(f"WEKA_ASSETS_EXECUTOR={name!r}: use one of {', '.join(EXECUTORS)}")
-    return EXECUTORS[name]
 
 
 def build_defs(

@@ -1,0 +1,1 @@
+"""The deployment files under deploy/, checked offline."""
