@@ -823,6 +823,55 @@ def cmd_backfill_stale(args: argparse.Namespace) -> int:
         instance.dispose()
 
 
+# --------------------------------------------------------------------------- launch
+
+
+def _add_launch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus", required=True, metavar="NAME", help="corpus partition (registry name)"
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="NAME",
+        default=None,
+        help="tokenizer partition (default: the first configured, $WEKA_ASSETS_TOKENIZERS)",
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        metavar="URL",
+        help="the deployment's webserver, e.g. http://127.0.0.1:3000",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for every run; exit 1 unless all succeeded"
+    )
+    p.add_argument(
+        "--timeout", type=_positive_int, default=3600, metavar="S", help="for --wait (3600)"
+    )
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from weka_assets.defs.launch import launch
+    from weka_assets.defs.partitions import configured_tokenizers
+    from weka_assets.defs.staleness import WebserverError
+
+    tokenizer = args.tokenizer or configured_tokenizers()[0]
+    try:
+        summary, ok = launch(args.url, args.corpus, tokenizer, args.wait, args.timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except (WebserverError, httpx.HTTPError, OSError) as exc:
+        raise UsageError(f"cannot launch through {args.url}: {exc}") from None
+    print(json.dumps(summary, indent=2))
+    if not ok:
+        _err(f"{PROG} launch: backfill {summary['backfill_id']} did not succeed")
+    return 0 if ok else 1
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -881,6 +930,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "launch one backfill of every stale partition (webserver, or in process)",
         _add_backfill_stale,
         cmd_backfill_stale,
+    ),
+    "launch": Subcommand(
+        "submit a corpus's whole chain to a running deployment (its webserver's GraphQL API); "
+        "prints a JSON summary",
+        _add_launch,
+        cmd_launch,
     ),
     "materialize": Subcommand(
         "materialize the whole chain for one corpus in the Dagster instance at $DAGSTER_HOME",

@@ -1,6 +1,7 @@
 """Settings read from the environment (limits, worker count): one parser, one clear error."""
 
 import os
+import socket
 
 from weka_assets.errors import WekaError
 
@@ -21,3 +22,9 @@ def positive_int(name: str, default: int) -> int:
     if n < 1:
         raise SettingError(f"{name}={value!r} must be 1 or more")
     return n
+
+
+def host_name() -> str:
+    """The machine this process reports in metadata and provenance: WEKA_ASSETS_HOST (set per
+    worker where several share one host, as `scripts/cluster` does), else the hostname."""
+    return os.environ.get("WEKA_ASSETS_HOST", "").strip() or socket.gethostname()

@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel
 
 from weka_assets.defs.resources import WekaStore
+from weka_assets.env import host_name
 from weka_assets.store import StoreError, key
 
 
@@ -40,6 +41,8 @@ class DescriptorIOManager(dg.ConfigurableIOManager):
         self.store.write_bytes(
             self._key(context.asset_key, self._partition(context)), orjson.dumps(body)
         )
+        # which machine ran the step: `weka-assets launch` counts steps per host from it
+        context.add_output_metadata({"host": host_name()})
 
     def load_input(self, context: dg.InputContext) -> BaseModel:
         partition = self._partition(context)

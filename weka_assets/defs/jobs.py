@@ -2,16 +2,18 @@
 
 import dagster as dg
 
+# the chain of one corpus: its corpus-partitioned assets, then its corpus x tokenizer ones
+CORPUS_ASSETS = ("raw_traces", "trace_scope")
+DECODE_ASSETS = ("decoded_dataset", "replay_benchmark", "manifest_blast_radius")
+
 scope_job = dg.define_asset_job(
     "scope_job",
-    selection=dg.AssetSelection.assets("raw_traces", "trace_scope"),
+    selection=dg.AssetSelection.assets(*CORPUS_ASSETS),
     description="Snapshot a corpus and prove its hash-id scope layout.",
 )
 decode_job = dg.define_asset_job(
     "decode_job",
-    selection=dg.AssetSelection.assets(
-        "decoded_dataset", "replay_benchmark", "manifest_blast_radius"
-    ),
+    selection=dg.AssetSelection.assets(*DECODE_ASSETS),
     description="Decode a corpus with one tokenizer, replay it through a prefix cache, and compare with the previous decode.",
 )
 live_replay_job = dg.define_asset_job(

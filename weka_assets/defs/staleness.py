@@ -133,9 +133,12 @@ def webserver_reachable(url: str) -> bool:
 
 
 def launch_backfill(
-    url: str, stale: list[StalePartition], title: str = "weka-assets: backfill stale partitions"
+    url: str,
+    stale: list[StalePartition],
+    title: str = "weka-assets: backfill stale partitions",
+    trigger: str = "backfill-stale",
 ) -> str:
-    """One asset backfill covering exactly the stale (asset, partition) pairs; its id."""
+    """One asset backfill covering exactly the given (asset, partition) pairs; its id."""
     by_asset: dict[str, list[str]] = defaultdict(list)
     for s in stale:
         by_asset[s.asset].append(s.partition)
@@ -148,7 +151,7 @@ def launch_backfill(
             for asset, parts in by_asset.items()
         ],
         "title": title,
-        "tags": [{"key": "weka-assets/trigger", "value": "backfill-stale"}],
+        "tags": [{"key": "weka-assets/trigger", "value": trigger}],
     }
     data = _graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
     if data["__typename"] != "LaunchBackfillSuccess":
