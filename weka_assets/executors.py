@@ -67,6 +67,7 @@ def _quantity(name: str, default: str) -> str:
 
 def celery_config() -> dict:
     """The `celery_executor` config from the environment (`execution: config:` of a worker)."""
+    visibility = positive_int("WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT)
     return {
         "broker": _required("WEKA_ASSETS_CELERY_BROKER"),
         "backend": _required("WEKA_ASSETS_CELERY_BACKEND"),
@@ -75,9 +76,11 @@ def celery_config() -> dict:
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
             "broker_transport_options": {
-                "visibility_timeout": positive_int(
-                    "WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
-                )
+                "visibility_timeout": visibility,
+                # Redis looks for such tasks every interval x throttle seconds (100 by
+                # default): within a sixth of the timeout instead, at most every 10 s
+                "unacked_restore_interval": min(10, max(1, visibility // 6)),
+                "unacked_restore_throttle": 1,
             },
         },
     }

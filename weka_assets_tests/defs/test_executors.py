@@ -69,13 +69,34 @@ def test_celery(monkeypatch):
     assert config["config_source"] == {
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "broker_transport_options": {"visibility_timeout": 900},
+        "broker_transport_options": {
+            "visibility_timeout": 900,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
     }
 
 
 def test_celery_visibility_timeout_defaults_to_600(monkeypatch):
     config = resolved(loaded(monkeypatch, WEKA_ASSETS_EXECUTOR="celery", **CELERY_ENV))
-    assert config["config_source"]["broker_transport_options"] == {"visibility_timeout": 600}
+    assert config["config_source"]["broker_transport_options"] == {
+        "visibility_timeout": 600,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
+
+
+def test_a_short_visibility_timeout_is_looked_for_sooner(monkeypatch):
+    config = resolved(
+        loaded(
+            monkeypatch,
+            WEKA_ASSETS_EXECUTOR="celery",
+            WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT="30",
+            **CELERY_ENV,
+        )
+    )
+    options = config["config_source"]["broker_transport_options"]
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] == 5
 
 
 def test_k8s(monkeypatch):
