@@ -16,18 +16,22 @@ import numpy as np
 import orjson
 
 from weka_assets.decoding.dataset import (
+    PROVENANCE,
     DatasetWriter,
     DecodedDataset,
     is_complete,
     key_lock,
     open_dataset,
     quarantine,
+    read_manifest,
+    read_provenance,
     verify_dataset,
 )
 from weka_assets.decoding.decoder import concat_pieces, decode_record, scope_and_decode_record
 from weka_assets.decoding.filler import build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
 from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resolve_tokenizer
+from weka_assets.env import host_name
 from weka_assets.errors import CorpusRejected, TraceError
 from weka_assets.parallel import ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
@@ -82,6 +86,26 @@ def write_json(obj, path: Path | str) -> Path:
     return path
 
 
+def provenance(written_from: Path | str, **more) -> dict:
+    """Where, when and by whom something was written: kept beside the stored bytes (which
+    depend on content only), never in them."""
+    return {
+        "created_unix": time.time(),
+        "host": host_name(),
+        "pid": os.getpid(),
+        "written_from": str(written_from),
+        **more,
+    }
+
+
+def portable_tokenizer_source(spec: TokenizerSpec) -> str:
+    """The tokenizer's source as every machine names it: a local folder by its name only (its
+    files' hash is in the decode key), never by this machine's path."""
+    if spec.source.startswith(("builtin:", "hf:")):
+        return spec.source
+    return f"local:{spec.name}"
+
+
 @dataclass
 class DecodeOutcome:
     path: Path
@@ -90,6 +114,8 @@ class DecodeOutcome:
     material: dict
     seconds: float
     manifest: dict = field(default_factory=dict)
+    published: bool = False  # this call's dataset is the one stored at the key
+    provenance: dict = field(default_factory=dict)  # where and when the dataset was written
 
 
 def retokenization_drift(
@@ -149,6 +175,7 @@ def decode_corpus(
     fetch_existing: Callable[[str], bool] | None = None,
     progress: ProgressFn | None = None,
     digest: str | None = None,
+    provenance_dir: Path | str | None = None,
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
@@ -159,9 +186,12 @@ def decode_corpus(
     returns True after making one available under `root/<key>/` (a remote store pulls it).
     `digest`: the corpus digest when already known (raw_traces verified it); else it is
     computed, in a thread beside the decoding pass when there is no report yet.
+    A new dataset's provenance (time, host, pid, local paths: nothing of it in the dataset)
+    is written to `provenance_dir/<key>.json` (default `root/.provenance/`).
     """
     started = time.perf_counter()
     root = Path(root)
+    provenance_dir = Path(provenance_dir) if provenance_dir is not None else root / PROVENANCE
     spec = resolve_tokenizer(settings.tokenizer)
     filler = build_filler(spec, settings.filler_text, cache_dir=root / FILLER_CACHE)
     hashing = ThreadPoolExecutor(1)
@@ -211,7 +241,7 @@ def decode_corpus(
                 stack.enter_context(key_lock(root, key))
                 manifest = existing(key)
             if manifest is not None:
-                return DecodeOutcome(root / key, key, True, material, _since(started), manifest)
+                return _reused(root / key, key, material, started, manifest)
         writer = stack.enter_context(DatasetWriter(root, filler.tokens, settings.sub_blocks))
         totals = {"prompt_tokens": 0, "ids": 0}
 
@@ -248,13 +278,13 @@ def decode_corpus(
             gate(report)
             material, key = key_for(report)
             if (manifest := existing(key)) is not None:
-                return DecodeOutcome(root / key, key, True, material, _since(started), manifest)
+                return _reused(root / key, key, material, started, manifest)
+        # content only: the time, host and local paths go to the provenance record
         manifest = {
             "decode_key": key,
             "key_material": material,
             "manifest_version": manifest_version,
-            "tokenizer_source": spec.source,
-            "created_unix": time.time(),
+            "tokenizer_source": portable_tokenizer_source(spec),
             "traces": len(writer.traces),
             "calls": writer.n_calls,
             "blocks": writer.n_blocks,
@@ -266,7 +296,20 @@ def decode_corpus(
             sample = concat_pieces(first, filler.tokens, {})  # the first trace, in memory
             manifest["retokenization_drift"] = retokenization_drift(sample, spec, 4, 256)
         final = writer.publish(key, manifest)
-    return DecodeOutcome(final, key, False, material, _since(started), manifest)
+        if writer.won:
+            record = provenance(
+                final, corpus=str(Path(path).absolute()), tokenizer_source=spec.source
+            )
+            write_json(record, provenance_dir / f"{key}.json")
+        else:  # a concurrent writer's dataset was there first: it is the stored one
+            manifest, record = read_manifest(final), read_provenance(final)
+    return DecodeOutcome(final, key, False, material, _since(started), manifest, writer.won, record)
+
+
+def _reused(path: Path, key: str, material: dict, started: float, manifest: dict):
+    return DecodeOutcome(
+        path, key, True, material, _since(started), manifest, False, read_provenance(path)
+    )
 
 
 def _since(started: float) -> float:

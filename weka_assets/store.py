@@ -6,6 +6,12 @@ so a local working copy can be cached freely. The chain's functions work on loca
 and `push` publishes a finished local subpath, its `manifest.json` (when it has one) last, so
 a reader that checks for the manifest never sees half a dataset.
 
+Remote reads never trust a listing cached by this process: another machine may have published
+since (s3fs's listings cache is off). A folder with a manifest is published exclusively
+(`publish`): every object with a conditional write (`IfNoneMatch="*"`), the manifest last, so
+of two machines publishing one key the first manifest wins and the other adopts it, where a
+local lock (`key_lock`) could not reach the other machine.
+
 Store-relative keys are built only from validated names and hex digests; `key()` refuses
 anything that could leave the base (absolute paths, `..`, empty parts).
 """
@@ -15,11 +21,15 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from weka_assets.errors import WekaError
 
 MANIFEST = "manifest.json"
+# Test hook: called as (store, subpath) when `publish` starts, before its first upload; tests
+# set it to bring two writers (processes standing in for machines) to the same point. None in use.
+PUBLISH_TEST_HOOK: Callable[["Store", str], None] | None = None
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
@@ -82,9 +92,10 @@ class Store:
             import s3fs
 
             _check_s3_base(self.base)
-            self.fs = s3fs.S3FileSystem(
-                skip_instance_cache=True, **(s3_options or s3_options_from_env())
-            )
+            # no listings cache: a long-lived process (a Celery worker) must see what another
+            # machine published since its last listing, never a stale "not there"
+            options = {**(s3_options or s3_options_from_env()), "use_listings_cache": False}
+            self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
             tag = hashlib.sha256(self.base.encode()).hexdigest()[:16]
             default_cache = Path(
                 os.environ.get("WEKA_ASSETS_CACHE") or Path.home() / ".cache" / "weka-assets"
@@ -128,6 +139,7 @@ class Store:
     def exists(self, subpath: str) -> bool:
         if not self.remote:
             return self.local(subpath).exists()
+        self.fs.invalidate_cache()  # asked of S3 itself, never of an earlier listing
         return bool(self.fs.exists(self.url(subpath)))
 
     def pull(self, subpath: str) -> Path:
@@ -142,17 +154,14 @@ class Store:
                 raise StoreError(f"{self.url(subpath)}: not in the store")
             return local
         remote = self.url(subpath)
+        self.fs.invalidate_cache()
         if not self.fs.exists(remote):
             raise StoreError(f"{remote}: not in the store")
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".pull-{local.name}-", dir=local.parent))
         try:
             if self.fs.isdir(remote):
-                (tmp / local.name).mkdir()
-                # one object at a time, to the path its checked key names (no glob expansion)
-                for obj, dest in self._folder_objects(remote, tmp / local.name):
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    self.fs.get_file(obj, str(dest))
+                self._fetch_folder(remote, tmp / local.name)
             else:
                 self.fs.get_file(remote, str(tmp / local.name))
             try:
@@ -163,6 +172,14 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return local
+
+    def _fetch_folder(self, remote: str, dest: Path) -> None:
+        """Every object of the remote folder into the new local folder `dest`."""
+        dest.mkdir()
+        # one object at a time, to the path its checked key names (no glob expansion)
+        for obj, path in self._folder_objects(remote, dest):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(obj, str(path))
 
     def _folder_objects(self, remote: str, dest: Path) -> list[tuple[str, Path]]:
         """(object path, local file) for every object under the remote folder `remote`;
@@ -185,19 +202,124 @@ class Store:
         return pairs
 
     def push(self, subpath: str) -> str:
-        """Publish a local file or folder at its key; a folder's manifest.json goes last."""
+        """Publish a local file or folder at its key. A folder with a manifest.json is published
+        exclusively (`publish`: an existing dataset is never overwritten, the local copy then
+        becomes it); anything else is overwritten."""
         local = self.local(subpath)
         if not self.remote:
             return str(local)
         remote = self.url(subpath)
-        if local.is_dir():
-            files = sorted(p for p in local.rglob("*") if p.is_file())
-            files.sort(key=lambda p: p.name == MANIFEST)
-            for f in files:
+        if local.is_dir() and (local / MANIFEST).is_file():
+            self.publish(subpath)
+        elif local.is_dir():
+            for f in sorted(p for p in local.rglob("*") if p.is_file()):
                 self.fs.put_file(str(f), f"{remote}/{f.relative_to(local).as_posix()}")
         else:
             self.fs.put_file(str(local), remote)
         return remote
+
+    def publish(self, subpath: str) -> bool:
+        """Publish the finished local folder `subpath` (its manifest.json written last) unless
+        another writer's was there first. True: our manifest is the stored one (written now,
+        or a damaged remote copy replaced). False: another writer published first; the local
+        folder is then the stored one too (kept when its manifest has the same bytes, else
+        moved aside and replaced by the winner's, pulled).
+
+        Every object goes up with a conditional write (`IfNoneMatch="*"`), so nothing another
+        writer stored is ever overwritten, except objects that no intact manifest vouches for:
+        left by a writer that died before its manifest, or damaged (a reader's checksums
+        caught them and the dataset was rebuilt)."""
+        local = self.local(subpath)
+        if not (local / MANIFEST).is_file():
+            raise StoreError(f"{local}: no {MANIFEST}: not a finished folder to publish")
+        if not self.remote:
+            return True
+        if PUBLISH_TEST_HOOK is not None:
+            PUBLISH_TEST_HOOK(self, subpath)
+        remote = self.url(subpath)
+        manifest = f"{remote}/{MANIFEST}"
+        data = sorted(p for p in local.rglob("*") if p.is_file() and p != local / MANIFEST)
+        objects = {f: f"{remote}/{f.relative_to(local).as_posix()}" for f in data}
+        differ = [f for f, obj in objects.items() if not self._put_new(f, obj)]
+        self.fs.invalidate_cache()
+        if differ and not self.fs.exists(manifest):
+            # no manifest vouches for them: a dead writer's objects; ours replace them
+            for f in differ:
+                self.fs.put_file(str(f), objects[f])
+            differ = []
+        try:
+            self.fs.put_file(str(local / MANIFEST), manifest, mode="create")
+            return True
+        except FileExistsError:
+            pass  # another writer's manifest was there first
+        theirs = self._remote_bytes(manifest)
+        if theirs == (local / MANIFEST).read_bytes():
+            for f in differ:  # the same manifest: a differing object is damaged, repair it
+                self.fs.put_file(str(f), objects[f])
+            return False
+        return self._adopt(subpath, objects)
+
+    def _adopt(self, subpath: str, objects: dict[Path, str]) -> bool:
+        """Another manifest is stored at `subpath`: pull that dataset aside and, when it
+        verifies, make it the local copy (False). A stored copy that does not verify is
+        damaged: ours replaces it, manifest last (True)."""
+        from weka_assets.decoding.dataset import quarantine, verify_dataset
+
+        local = self.local(subpath)
+        remote = self.url(subpath)
+        tmp = Path(tempfile.mkdtemp(prefix=f".adopt-{local.name}-", dir=local.parent))
+        try:
+            theirs = tmp / local.name
+            try:
+                self._fetch_folder(remote, theirs)
+                problem = verify_dataset(theirs)
+            except (OSError, StoreError) as exc:
+                problem = str(exc)
+            if problem is None:
+                aside = quarantine(local)  # ours is moved out whole; readers never see a mix
+                os.rename(theirs, local)
+                shutil.rmtree(aside, ignore_errors=True)  # not damaged, only not the winner
+                return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for f, obj in objects.items():
+            if not self._same(f, obj):
+                self.fs.put_file(str(f), obj)
+        self.fs.put_file(str(local / MANIFEST), f"{remote}/{MANIFEST}")
+        return True
+
+    def _put_new(self, path: Path, obj: str) -> bool:
+        """Upload `path` as `obj` unless `obj` exists (a conditional write): True when it was
+        written or already holds the same bytes; False when it holds other bytes."""
+        try:
+            self.fs.put_file(str(path), obj, mode="create")
+        except FileExistsError:
+            return self._same(path, obj)
+        return True
+
+    def _same(self, path: Path, obj: str) -> bool:
+        """Whether the remote object holds the bytes of the local file (size, then the ETag
+        when it is the plain MD5 of a single-part upload, else the bytes themselves)."""
+        try:
+            info = self.fs.info(obj)
+        except FileNotFoundError:
+            return False
+        if int(info.get("size", -1)) != path.stat().st_size:
+            return False
+        etag = str(info.get("ETag", "")).strip('"')
+        if re.fullmatch(r"[0-9a-f]{32}", etag) and etag == _digest(path, _md5):
+            return True
+        h = hashlib.sha256()
+        with self.fs.open(obj, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest() == _digest(path, hashlib.sha256)
+
+    def _remote_bytes(self, obj: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(obj)
+        except FileNotFoundError:
+            return None
 
     def write_bytes(self, subpath: str, data: bytes) -> str:
         """Write one small object (atomically on local disk; S3 puts are atomic)."""
@@ -227,6 +349,7 @@ class Store:
 
         out: dict[str, dict] = {}
         if self.remote:
+            self.fs.invalidate_cache()
             for path in self.fs.glob(f"{self.url(prefix)}/*/{MANIFEST}"):
                 name = path.rstrip("/").split("/")[-2]
                 if not _is_piece(name):
@@ -245,3 +368,15 @@ class Store:
             except (OSError, ValueError):
                 continue
         return out
+
+
+def _md5():
+    return hashlib.md5(usedforsecurity=False)  # to compare with an S3 ETag, not for security
+
+
+def _digest(path: Path, algorithm) -> str:
+    h = algorithm()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -11,7 +11,9 @@ with one vectorised gather.
 On disk, `<root>/<decode key>/` holds `.npy` arrays (memory-mapped on read; the calls table as
 one record array `calls.npy`), `calls.parquet` (the same table, for people),
 `traces.parquet` and `manifest.json`, written last with the sha256 of every file: a folder
-without a manifest is never read. `DatasetWriter` appends trace after trace (memory bounded by
+without a manifest is never read. Its bytes depend on the content only (no local path, time or
+host), so two machines decoding one key write identical folders; where and when a dataset was
+written is kept beside it, in `<root>/.provenance/<decode key>.json`. `DatasetWriter` appends trace after trace (memory bounded by
 one trace) into a folder aside and renames it into place, so a half-written dataset is never
 visible and an existing one is never overwritten.
 """
@@ -59,12 +61,14 @@ CALL_COLUMNS = {
 }
 ARRAYS = ("filler", "block_trace", "block_id", "block_offsets", "tail_rows")
 # On-disk layout version; part of the decode key, so a layout change never reads old folders.
-DATASET_FORMAT = 3
+# 4: content-only bytes (trace files by name, no creation time in the manifest).
+DATASET_FORMAT = 4
 # The calls table, also stored as one record array (`calls.npy`): memory-mapped on read, so a
 # process touches only the columns and rows it uses; `calls.parquet` is the same table for people.
 CALLS_DTYPE = np.dtype([(k, np.dtype(v).newbyteorder("<")) for k, v in CALL_COLUMNS.items()])
 ROLES = ("parent", "subagent")
 MANIFEST = "manifest.json"
+PROVENANCE = ".provenance"  # under a dataset root: <decode key>.json, where and when written
 
 
 @dataclass
@@ -94,6 +98,13 @@ class DecodedDataset:
         self._filler_ext = np.concatenate([self.filler, self.filler[: min(longest, n)]])
 
     # ---- shape -------------------------------------------------------------------------------
+    @property
+    def decode_key(self) -> str | None:
+        """The stored dataset's decode key: how results name it (a local path would differ
+        from machine to machine); None for a dataset built in memory."""
+        key = self.manifest.get("decode_key") if isinstance(self.manifest, dict) else None
+        return key if isinstance(key, str) else None
+
     @property
     def n_calls(self) -> int:
         return int(self.calls["trace"].size)
@@ -431,6 +442,7 @@ class DatasetWriter:
             "calls": _NpyAppender(self.tmp / "calls.npy", CALLS_DTYPE),
         }
         self._open = True
+        self.won = False  # whether `publish` renamed this writer's folder into place
         self.traces: list[dict] = []
         self.n_blocks = self.n_rows = self.n_calls = 0
 
@@ -518,6 +530,7 @@ class DatasetWriter:
                 break  # a complete dataset already there wins
             try:
                 os.rename(self.tmp, final)
+                self.won = True
                 break
             except OSError:
                 if is_complete(final):
@@ -666,6 +679,30 @@ def _fsync_path(path: Path) -> None:
 
 def is_complete(path: Path | str) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def provenance_path(dataset: Path | str) -> Path:
+    """Where the provenance record of the dataset folder `dataset` is kept: beside it, never in
+    it (its bytes are content only)."""
+    dataset = Path(dataset)
+    return dataset.parent / PROVENANCE / f"{dataset.name}.json"
+
+
+def read_provenance(dataset: Path | str) -> dict:
+    """The provenance record of a dataset folder ({} when there is none): beside it, or at
+    store key `provenance/<prefix>/<key>.json` when the folder is `<store>/<prefix>/<key>`."""
+    dataset = Path(dataset)
+    for p in (
+        provenance_path(dataset),
+        dataset.parent.parent / "provenance" / dataset.parent.name / f"{dataset.name}.json",
+    ):
+        try:
+            record = orjson.loads(p.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return {}
 
 
 def read_manifest(path: Path | str) -> dict:

@@ -13,6 +13,7 @@ traces are independent shards that any number of workers can decode.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import numpy as np
 
@@ -126,7 +127,9 @@ def decode_trace(trace: Trace, settings: DecodeSettings, n: int) -> TracePiece:
     return TracePiece(
         trace={
             "id": trace.id,
-            "file": trace.file,
+            # the file's name: its path within the corpus (a folder's traces lie directly in
+            # it), never where this machine keeps the corpus
+            "file": PurePath(trace.file).name,
             "line": trace.line,
             "block_size": bs,
             "scopes": scopes,

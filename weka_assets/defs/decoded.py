@@ -1,7 +1,10 @@
 """`decoded_dataset`: synthetic token datasets keyed by decode key (manifest version included)."""
 
+import dataclasses
+
 import dagster as dg
 
+from weka_assets.decoding.dataset import read_manifest
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.defs.automation import rebuild_condition
 from weka_assets.defs.metadata import key_values
@@ -57,7 +60,9 @@ def decode_in_store(
     **kw,
 ):
     """decode_corpus into the store's datasets/: an existing key (also a remote one) is reused;
-    a new dataset is published (its manifest last)."""
+    a new dataset is published exclusively (its manifest last, with conditional writes on S3),
+    so of two machines decoding one key at once, one publishes and the other adopts its
+    dataset. Its provenance goes to `provenance/datasets/<key>.json`, beside it."""
 
     def fetch_existing(key: str) -> bool:
         if store.exists(f"datasets/{key}/manifest.json"):
@@ -67,11 +72,23 @@ def decode_in_store(
 
     out = decode_corpus(
         corpus_path, store.dir("datasets"), settings, report=report, manifest_version=manifest_version,
-        fetch_existing=fetch_existing, **kw,
+        fetch_existing=fetch_existing, provenance_dir=store.dir("provenance/datasets"), **kw,
     )  # fmt: skip
-    if not out.reused:
-        store.push(f"datasets/{out.key}")
-    return out
+    if out.reused:
+        return out
+    record = f"provenance/datasets/{out.key}.json"
+    won = store.publish(f"datasets/{out.key}")
+    if won and out.published:
+        store.push(record)
+        return out
+    if not out.published:  # another process here published it first (out tells its dataset)
+        return out
+    # another machine published first: the local copy is now its dataset, and our provenance
+    # record describes a dataset that was never stored
+    store.local(record).unlink(missing_ok=True)
+    return dataclasses.replace(
+        out, manifest=read_manifest(out.path), published=False, provenance={}
+    )
 
 
 def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
@@ -131,6 +148,7 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
                 "manifest_version": m["manifest_version"],
                 "tokenizer": tokenizer,
                 "reused": out.reused,
+                "published": out.published,
                 "dagster/row_count": m.get("calls", 0),
                 "traces": m.get("traces", 0),
                 "distinct_blocks": m.get("blocks", 0),
@@ -142,6 +160,9 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
                     store.url(f"datasets/{out.key}/manifest.json")
                 ),
                 "key_material": dg.MetadataValue.json(out.material),
+                "provenance_path": dg.MetadataValue.path(
+                    store.url(f"provenance/datasets/{out.key}.json")
+                ),
                 "retokenization_drift": key_values(m.get("retokenization_drift", {})),
             },
         )

@@ -15,7 +15,7 @@ from weka_assets.defs.metadata import pct, table
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
 from weka_assets.defs.plots import markdown_image
 from weka_assets.defs.resources import DecodeOptions, ReplayOptions, WekaStore
-from weka_assets.pipeline import replay, write_json
+from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
     KV_PRESETS,
@@ -177,6 +177,9 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
         both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
         write_json({**both, "rows": comparison}, out_dir / "scope_policy_comparison.json")
         store.push(result_dir)
+        # where and when, beside the results (their bytes depend on the dataset only)
+        record_key = f"provenance/{result_dir}.json"
+        store.write_bytes(record_key, orjson.dumps(provenance(out_dir), option=orjson.OPT_INDENT_2))
 
         context.log.info(
             f"theoretical {pct(result.theoretical_hit_rate)}, token replay {pct(result.token_replay_hit_rate)}, "
@@ -237,6 +240,7 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 "capacity_plot_path": dg.MetadataValue.path(
                     store.url(f"{result_dir}/capacity.png")
                 ),
+                "provenance_path": dg.MetadataValue.path(store.url(record_key)),
             },
         )
 

@@ -84,6 +84,9 @@ class WekaStore(dg.ConfigurableResource):
     def push(self, key: str) -> str:
         return self._store().push(key)
 
+    def publish(self, key: str) -> bool:
+        return self._store().publish(key)
+
     def exists(self, key: str) -> bool:
         return self._store().exists(key)
 

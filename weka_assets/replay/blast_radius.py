@@ -127,23 +127,33 @@ def _role_split(br: BlastRadius, field: str) -> str:
 def previous_key(candidates: dict[str, dict], current_manifest: dict) -> str | None:
     """Among `{decode key: manifest}` of complete datasets, the newest decoded from the same
     inputs as `current_manifest` (corpus digest, tokenizer, settings, excluded traces) under
-    another decode key; None when there is none."""
+    another decode key; None when there is none. Newest: the highest manifest version, then
+    dataset format (a manifest holds no time: its bytes are content only; older ones' creation
+    time still breaks ties), then decode key."""
     material = current_manifest.get("key_material")
     if not isinstance(material, dict):
         return None
     current_key = current_manifest.get("decode_key")
-    best: tuple[float, str] | None = None
+    best: tuple | None = None
     for key, m in sorted(candidates.items()):
         km = m.get("key_material") if isinstance(m, dict) else None
         if not isinstance(km, dict) or key == current_key:
             continue
         if any(km.get(f) != material.get(f) for f in SAME_INPUTS):
             continue
-        created = m.get("created_unix")
-        created = float(created) if isinstance(created, int | float) else float("-inf")
-        if best is None or (created, key) > best:
-            best = (created, key)
-    return best[1] if best else None
+        rank = (
+            _number(km.get("manifest_version")),
+            _number(km.get("format")),
+            _number(m.get("created_unix")),  # manifests of dataset format 3 and before
+            key,
+        )
+        if best is None or rank > best:
+            best = rank
+    return best[-1] if best else None
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, int | float) else float("-inf")
 
 
 def find_previous_dataset(datasets_root: Path | str, current: DecodedDataset) -> Path | None:

@@ -462,7 +462,7 @@ class CapacityPoint(BaseModel):
 
 
 class CapacityCurve(BaseModel):
-    dataset: str | None = None
+    dataset: str | None = None  # the decode key
     arrival: dict
     time_scale: float
     geometry: dict | None = None
@@ -540,7 +540,7 @@ def capacity_curve(
             )
         )
     return CapacityCurve(
-        dataset=str(ds.path) if ds.path else None,
+        dataset=ds.decode_key,  # content-derived, never a local path
         arrival={
             "mode": arrival.mode,
             "interval_s": arrival.interval_s,

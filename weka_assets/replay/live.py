@@ -229,17 +229,31 @@ def context_cap(
     return ~np.isin(trace, bad), bad
 
 
-def subagent_status(ds: DecodedDataset) -> dict[tuple[int, int], bool]:
+def subagent_status(
+    ds: DecodedDataset, corpus: Path | str | None = None
+) -> dict[tuple[int, int], bool]:
     """{(trace index, conv): background?} read from the traces' own files where they are still
     readable (`status == "async_launched"`); a trace whose file is gone or no longer matches
-    the dataset (id, calls per conversation) is left out."""
+    the dataset (id, calls per conversation) is left out. A dataset names each trace's file
+    within its corpus; the corpus is `corpus`, else the one its provenance record names."""
+    from weka_assets.decoding.dataset import read_provenance
     from weka_assets.traces.reader import iter_records
 
+    if corpus is None and ds.path is not None:
+        corpus = read_provenance(ds.path).get("corpus")
+    base = Path(corpus) if corpus else None
+    if base is not None and not base.is_dir():
+        base = base.parent  # a one-file corpus: its file is named within its folder
     out: dict[tuple[int, int], bool] = {}
     by_file: dict[str, dict[tuple[int | None, str], int]] = {}
     for k, t in enumerate(ds.traces):
         if t.get("file"):
-            by_file.setdefault(str(t["file"]), {})[(t.get("line"), str(t["id"]))] = k
+            file = Path(str(t["file"]))
+            if not file.is_absolute():  # datasets written before format 4 hold full paths
+                if base is None:
+                    continue
+                file = base / file
+            by_file.setdefault(str(file), {})[(t.get("line"), str(t["id"]))] = k
     conv = np.asarray(ds.calls["conv"])
     slices = ds.trace_slices()
     for file, wanted in by_file.items():

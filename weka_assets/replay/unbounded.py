@@ -49,7 +49,7 @@ class ReplayResult(HitFigures):
     per_role: dict[str, HitFigures]
     per_trace: list[dict]
     cross_trace_shared_blocks: int
-    dataset: str | None = None
+    dataset: str | None = None  # the decode key
 
 
 @dataclass
@@ -408,6 +408,6 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
         per_role=per_role,
         per_trace=per_trace,
         cross_trace_shared_blocks=cross,
-        dataset=str(ds.path) if ds.path else None,
+        dataset=ds.decode_key,  # content-derived, never a local path
     )
     return result, cf

@@ -55,7 +55,13 @@ def test_whole_chain_reads_s3_and_stores_on_s3(s3, monkeypatch, tmp_path):
         # ... by pulling it (manifest included) into its own cache, not by decoding again
         pulled = tmp_path / "cache-b" / "datasets" / ref.decode_key
         assert (pulled / "manifest.json").is_file()
-        assert (
-            orjson.loads((pulled / "manifest.json").read_bytes())["created_unix"]
-            == manifest["created_unix"]
-        )
+        assert orjson.loads((pulled / "manifest.json").read_bytes()) == manifest
+        # where and when it was written is beside it, not in it
+        assert "created_unix" not in manifest
+        record = client.get_object(Bucket="store", Key=f"weka/provenance/{ref.key}.json")
+        assert set(orjson.loads(record["Body"].read())) >= {
+            "created_unix",
+            "host",
+            "pid",
+            "written_from",
+        }

@@ -147,7 +147,7 @@ def wait_for(predicate, group: Group, timeout: float, poll: float = 0.005) -> bo
 
 # ---- what a dataset root holds --------------------------------------------------------------
 
-VOLATILE = {"created_unix"}  # the only manifest field that differs between identical decodes
+VOLATILE = {"created_unix"}  # in manifests before dataset format 4; none since (content only)
 
 
 def fingerprint(path: Path) -> dict:
