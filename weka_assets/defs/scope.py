@@ -126,10 +126,10 @@ def trace_scope(
     """
     progress = dagster_progress(context)
     progress.expect("scope", raw_traces.records)
+    corpus = store.pull(raw_traces.key)
     with progress:
-        report = scope_report(
-            store.pull(raw_traces.key), catalog.policy(raw_traces.corpus), progress
-        )
+        report = scope_report(corpus, catalog.policy(raw_traces.corpus), progress)
+    report = report.relative_to(corpus)  # stored: the same bytes whichever machine wrote it
     report_key = f"scope/{raw_traces.digest}-{report.policy}.json"
     store.write_bytes(
         report_key, orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2)

@@ -8,6 +8,7 @@ decides whether anything may be decoded. docs/definitions.md pins every interpre
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -333,6 +334,26 @@ class ScopeReport(BaseModel):
     calls: int
     ids: int
     per_trace: list[dict]
+
+    def relative_to(self, corpus: Path | str) -> "ScopeReport":
+        """The report with its trace files named within the corpus at `corpus` (a folder, or
+        a file and its folder): what is stored, so its bytes do not depend on where a machine
+        keeps the corpus."""
+        corpus = Path(corpus)
+        prefix = f"{corpus if corpus.is_dir() else corpus.parent}/"
+
+        def strip(text):
+            return text.replace(prefix, "") if isinstance(text, str) else text
+
+        return self.model_copy(
+            update={
+                "per_trace": [{**r, "file": strip(r.get("file"))} for r in self.per_trace],
+                "hard_errors": [
+                    {**e, "file": strip(e.get("file")), "message": strip(e.get("message"))}
+                    for e in self.hard_errors
+                ],
+            }
+        )
 
     def summary(self) -> str:
         v = self.verdict

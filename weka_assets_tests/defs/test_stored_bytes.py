@@ -15,7 +15,11 @@ from weka_assets_tests.corpora import synthetic
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def materialize_on_a_machine(machine: Path) -> dict:
@@ -38,7 +42,7 @@ def test_two_machines_store_identical_datasets_and_replay_results(tmp_path, monk
     key = first["decoded_dataset"].decode_key
     assert second["decoded_dataset"].decode_key == key
     stores = [tmp_path / "machine-a" / "store", tmp_path / "elsewhere" / "machine-b" / "store"]
-    for sub in (f"datasets/{key}", f"replay/{key}"):
+    for sub in (f"datasets/{key}", f"replay/{key}", "scope", "raw"):
         a, b = (files_of(s / sub) for s in stores)
         assert a and set(a) == set(b), sub
         assert [n for n in a if a[n] != b[n]] == [], sub
