@@ -33,8 +33,10 @@ LOG_BUCKET = "dagster-logs"
 # moto accepts any credentials; these name no real account
 FAKE_KEY = "testing"
 DB = "dagster"
-# a killed worker's unacknowledged step goes back to the queue after this long
-VISIBILITY_TIMEOUT = 30
+# a killed worker's unacknowledged step goes back to the queue after this long; a step that
+# runs longer is delivered twice (harmless: publication is exclusive, but wasted), so it must
+# exceed the longest step
+VISIBILITY_TIMEOUT = 600
 DATA_SERVICES = ("postgres", "redis", "s3")
 CODE_SERVICES = ("daemon", "webserver")
 
@@ -105,7 +107,9 @@ class Cluster:
             "WEKA_ASSETS_EXECUTOR": "celery",
             "WEKA_ASSETS_CELERY_BROKER": f"{redis}/0",
             "WEKA_ASSETS_CELERY_BACKEND": f"{redis}/1",
-            "WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+            "WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT": str(
+                state.get("visibility_timeout") or VISIBILITY_TIMEOUT
+            ),
             "WEKA_ASSETS_WEBSERVER": f"http://127.0.0.1:{p['webserver']}",
             **({"WEKA_ASSETS_REGISTRY": state["registry"]} if state.get("registry") else {}),
         }
@@ -254,6 +258,7 @@ def start(
     registry: str | None = None,
     pin_cores: bool = False,
     sensors_stopped: bool = False,
+    visibility_timeout: int = VISIBILITY_TIMEOUT,
 ) -> dict:
     """Start every part; returns the state. Refuses when a cluster is already running there."""
     if cluster.state_file.exists() and any(alive(pid) for pid in _pids(cluster.load()).values()):
@@ -269,6 +274,7 @@ def start(
         "workers": workers,
         "pin_cores": pin_cores,
         "sensors_stopped": sensors_stopped,
+        "visibility_timeout": visibility_timeout,
         "ports": {n: free_port() for n in (*DATA_SERVICES, "webserver")},
         "pids": {},
     }
@@ -524,6 +530,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="stop the discovery and automation sensors: runs start only when launched",
     )
+    p_start.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=VISIBILITY_TIMEOUT,
+        metavar="S",
+        help=f"seconds before a dead worker's step is redelivered (default {VISIBILITY_TIMEOUT}; "
+        "longer than the longest step)",
+    )
     sub.add_parser("stop", help="stop every part by PID")
     sub.add_parser("status", help="every part, its PID and whether it is alive")
     p_reload = sub.add_parser("reload", help="restart daemon, webserver, workers on new code")
@@ -541,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.registry,
                 args.pin_cores,
                 args.sensors_stopped,
+                args.visibility_timeout,
             )
         elif args.command == "reload":
             state = reload(cluster, Path(args.project) if args.project else None)

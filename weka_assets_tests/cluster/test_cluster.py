@@ -69,7 +69,12 @@ def deployment():
     cluster = wc.Cluster(state_dir / "state")
     try:
         state = wc.start(
-            cluster, workers=2, project=project, registry=str(registry), sensors_stopped=True
+            cluster,
+            workers=2,
+            project=project,
+            registry=str(registry),
+            sensors_stopped=True,
+            visibility_timeout=20,  # every step here takes seconds; the killed one comes back soon
         )
         env = dict(os.environ, **cluster.environment(state), PYTHONPATH=str(project))
         yield {
