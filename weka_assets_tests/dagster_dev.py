@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from weka_assets.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("workspace.yaml", "dagster.yaml", "pyproject.toml")
@@ -62,12 +63,6 @@ def bumped_copy(dest: Path, registry: bool = False) -> Path:
     """The project with `MANIFEST_VERSION = N` raised to N + 1 in that single literal."""
     bump_manifest(copy_project(dest, registry))
     return dest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

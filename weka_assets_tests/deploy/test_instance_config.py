@@ -3,7 +3,6 @@ log manager against moto's S3 server; with a local PostgreSQL (initdb), the whol
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ from dagster._config import process_config
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config, dagster_instance_config_schema
 from dagster._serdes.config_class import ConfigurableClassData
+
+from weka_assets.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"
@@ -141,12 +142,6 @@ def test_compute_logs_reach_an_http_s3_endpoint_with_the_file_as_is(env, tmp_pat
 # ---- the whole instance on a local PostgreSQL ----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd: list[str], timeout: float = 120) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd}: {proc.stderr[-2000:]}"
@@ -169,7 +164,7 @@ def postgres():
     try:
         if prefix:
             shutil.chown(root, "postgres")
-        port = _free_port()
+        port = free_port()
         _run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "dagster"])
         opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
         _run([*prefix, pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o", opts, "start"])

@@ -26,6 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
+from weka_assets.cluster import free_port
 from weka_assets.decoding.dataset import CALL_COLUMNS, DecodedDataset
 from weka_assets.replay.live import (
     EXPLANATIONS,
@@ -437,12 +438,6 @@ def stub():
     yield make
     for s in servers:
         s.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _partial(path: Path) -> dict:
