@@ -53,7 +53,7 @@ def deployment():
     state_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
     project = copy_project(state_dir / "project", registry=False)
     corpora = state_dir / "corpora"
-    big = write_corpus(iter_corpus("semianalysis", 120, 3, "full"), corpora / "big.jsonl")
+    big = write_corpus(iter_corpus("semianalysis", 60, 3, "full"), corpora / "big.jsonl")
     dup = write_corpus(iter_corpus("kv-cache-tester", 6, 5, "small"), corpora / "dup.jsonl")
     sources = {
         "sample": "builtin:sample",
@@ -74,7 +74,9 @@ def deployment():
             project=project,
             registry=str(registry),
             sensors_stopped=True,
-            visibility_timeout=20,  # every step here takes seconds; the killed one comes back soon
+            # longer than any step here even on a busy machine (a longer step would be
+            # delivered twice), short enough that the killed one comes back soon
+            visibility_timeout=40,
         )
         env = dict(os.environ, **cluster.environment(state), PYTHONPATH=str(project))
         yield {
