@@ -507,7 +507,8 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="drop calls whose tokens_in + max_tokens exceed N (the server's context window)",
+        help="drop calls whose tokens_in + max_tokens exceed N (default: the model's "
+        "max_model_len as the server's /v1/models states it; none when it states none)",
     )
     p.add_argument(
         "--drop",

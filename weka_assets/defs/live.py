@@ -28,7 +28,9 @@ class LiveServer(dg.ConfigurableResource):
     time_scale: float = Field(default=1.0, description="0.1 replays ten times faster than recorded")
     arrival: str = Field(default="together", description="together | staggered | poisson")
     max_context: int | None = Field(
-        default=None, description="Drop calls (or traces) above this many tokens"
+        default=None,
+        description="Drop calls (or traces) above this many tokens (default: the model's "
+        "max_model_len from the server's /v1/models)",
     )
     drop: str = Field(default="calls", description="calls | traces")
     max_tokens_cap: int = 16

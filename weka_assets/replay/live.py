@@ -75,6 +75,8 @@ EXPLANATIONS = {
     "retried": "more hits than predicted after a retry: the failed attempt had prefilled blocks",
     "block_size_mismatch": "the cached count is not a multiple of the block size: the server's "
     "block size differs from the one predicted with",
+    "reordered": "calls in flight together that share blocks reached the server in the other "
+    "order than sent: one got hits predicted for the other, which got fewer",
 }
 
 PREDICTION_RULE = (
@@ -156,6 +158,8 @@ class LiveSettings(BaseModel):
     time_scale: float
     arrival: dict
     max_context: int | None
+    # "option": given; "server": the model's max_model_len from /v1/models; None: no cap
+    max_context_source: str | None = None
     drop: DropPolicy
     max_tokens_cap: int
     block_size: int
@@ -431,6 +435,43 @@ def explain(rec: LiveCall, keys: list[bytes], predictor: PrefixPredictor, finish
     return "evicted"
 
 
+def reordered(
+    recs: list[LiveCall], keys: dict[int, list[bytes]], predictor: PrefixPredictor, finished: dict
+) -> set[int]:
+    """Calls whose mismatch is a swap: a call with more hits than predicted (first attempt)
+    whose extra blocks another call in flight at the same time also sent, and that other call
+    when it got fewer hits than predicted for want of this call's blocks. Such calls reach the
+    server in either order; a cache reset before the run rules out a warm cache."""
+    b = predictor.block_size
+
+    def in_flight_together(i: LiveCall, j: LiveCall) -> bool:
+        if i.sent_s is None or j.sent_s is None:
+            return False
+        return j.sent_s < finished.get(i.index, np.inf) and i.sent_s < finished.get(j.index, np.inf)
+
+    out: set[int] = set()
+    for r in recs:
+        if r.cached_tokens is None or r.cached_tokens <= r.predicted_cached_tokens:
+            continue
+        if r.attempts > 1 or r.cached_tokens % b:
+            continue
+        extra = set(keys.get(r.index, [])[r.predicted_cached_tokens // b : r.cached_tokens // b])
+        for other in recs:
+            if other.index == r.index or not in_flight_together(r, other):
+                continue
+            if extra & set(keys.get(other.index, [])):
+                out.add(r.index)
+                lost = other.cached_tokens is not None and (
+                    other.cached_tokens < other.predicted_cached_tokens
+                )
+                missed = keys.get(other.index, [])[
+                    (other.cached_tokens or 0) // b : (other.predicted_cached_tokens or 0) // b
+                ]
+                if lost and any(predictor.owner.get(k) == r.index for k in missed):
+                    out.add(other.index)
+    return out
+
+
 def _percentiles(values: list[float]) -> Percentiles:
     if not values:
         return Percentiles(count=0, p50=None, p90=None, p99=None)
@@ -478,6 +519,19 @@ def _error_message(body: bytes) -> str:
         return body[:300].decode("utf-8", "replace").strip() or "(empty body)"
 
 
+def served_context_window(models: httpx.Response, model: str) -> int | None:
+    """The model's context window as `/v1/models` states it (vLLM: `max_model_len`), or None."""
+    try:
+        entries = models.json().get("data", [])
+    except (ValueError, AttributeError):
+        return None
+    for m in entries if isinstance(entries, list) else []:
+        if isinstance(m, dict) and m.get("id") == model:
+            n = m.get("max_model_len")
+            return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+    return None
+
+
 class LiveReplay:
     """One live replay run. `run()` is the coroutine; results accumulate in `records`."""
 
@@ -516,6 +570,7 @@ class LiveReplay:
                 "seed": arrival.seed,
             },
             max_context=max_context,
+            max_context_source="option" if max_context is not None else None,
             drop=drop,
             max_tokens_cap=max_tokens_cap,
             block_size=block_size,
@@ -525,11 +580,9 @@ class LiveReplay:
         )
         self.retry_backoff_s = retry_backoff_s
         self.progress = progress
-        self.plan = build_plan(
-            ds,
+        self._plan_args = dict(
             arrival=arrival,
             time_scale=time_scale,
-            max_context=max_context,
             drop=drop,
             max_tokens_cap=max_tokens_cap,
             background=subagent_status(ds) if subagent_status_from_files else None,
@@ -545,12 +598,11 @@ class LiveReplay:
                 inner=int(c["inner"][i]),
                 role=ROLES[int(c["role"][i])],
                 tokens_in=int(c["tokens_in"][i]),
-                max_tokens=int(self.plan.max_tokens[i]),
-                status="not_sent" if self.plan.keep[i] else "dropped",
-                scheduled_s=float(self.plan.start_s[i]) if self.plan.keep[i] else None,
+                max_tokens=0,
             )
             for i in range(ds.n_calls)
         ]
+        self._replan(max_context)
         self._keys: dict[int, list[bytes]] = {}
         self._finished: dict[int, float] = {}  # call -> seconds from the start
         self.sent = 0
@@ -562,15 +614,27 @@ class LiveReplay:
         self._t0_wall = time.perf_counter()
         self._t0: float | None = None
 
+    def _replan(self, max_context: int | None) -> None:
+        """The plan for a context window (None: no cap); calls over it are dropped."""
+        self.plan = build_plan(self.ds, max_context=max_context, **self._plan_args)
+        for i, rec in enumerate(self.records):
+            keep = bool(self.plan.keep[i])
+            rec.max_tokens = int(self.plan.max_tokens[i])
+            rec.status = "not_sent" if keep else "dropped"
+            rec.scheduled_s = float(self.plan.start_s[i]) if keep else None
+
     # ---- result ----------------------------------------------------------------------------
     def result(self) -> LiveResult:
         recs = self.records
         ok = [r for r in recs if r.status == "ok"]
         with_cached = [r for r in ok if r.cached_tokens is not None]
+        swapped = reordered(with_cached, self._keys, self.predictor, self._finished)
         for r in with_cached:
             if r.cached_tokens != r.predicted_cached_tokens and r.explanation is None:
-                r.explanation = explain(
-                    r, self._keys.get(r.index, []), self.predictor, self._finished
+                r.explanation = (
+                    "reordered"
+                    if r.index in swapped
+                    else explain(r, self._keys.get(r.index, []), self.predictor, self._finished)
                 )
         mismatched = [r for r in with_cached if r.cached_tokens != r.predicted_cached_tokens]
         by_reason: dict[str, int] = {}
@@ -671,6 +735,11 @@ class LiveReplay:
                     f"{self.url} does not serve model {self.model!r} (it serves: "
                     f"{', '.join(map(str, served))})"
                 )
+            window = served_context_window(r, self.model)
+            if self.settings.max_context is None and window is not None:
+                # over-long calls are dropped and counted, not sent to fail with HTTP 400
+                self.settings.max_context, self.settings.max_context_source = window, "server"
+                self._replan(window)
         if self.settings.reset_cache:
             try:
                 r = await client.post(f"{self.url}/reset_prefix_cache", timeout=30.0)

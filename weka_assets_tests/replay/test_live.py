@@ -38,6 +38,7 @@ from weka_assets.replay.live import (
     context_cap,
     explain,
     max_tokens_for,
+    reordered,
     run_live_replay,
 )
 
@@ -225,6 +226,28 @@ def test_explanations():
     assert set(EXPLANATIONS) >= {"in_flight_prefix", "evicted", "warm_server_cache"}
 
 
+def test_calls_in_flight_together_that_swap_order_are_reordered_not_a_warm_cache():
+    rng = np.random.default_rng(4)
+    shared = rng.integers(0, 100_000, 128, dtype=np.int32)  # 4 blocks both calls start with
+    p = PrefixPredictor(32)
+    a = np.concatenate([shared, rng.integers(0, 100_000, 40, dtype=np.int32)])
+    b = np.concatenate([shared, rng.integers(0, 100_000, 40, dtype=np.int32)])
+    _, _, keys_a = p.send(1, a)  # sent first: predicted 0 hits, its blocks cached
+    _, _, keys_b = p.send(2, b)  # predicted to hit a's 4 blocks
+    keys = {1: keys_a, 2: keys_b}
+    # the server got b first: b found nothing cached, a found b's 4 shared blocks
+    ra = _rec(index=1, sent_s=1.0, cached_tokens=128, predicted_cached_tokens=0)
+    rb = _rec(index=2, sent_s=1.001, cached_tokens=0, predicted_cached_tokens=128)
+    together = {1: 2.0, 2: 2.0}
+    assert reordered([ra, rb], keys, p, together) == {1, 2}
+    assert "reordered" in EXPLANATIONS
+    # not in flight together (b sent after a had finished): no swap, the old explanations
+    apart = {1: 1.0005, 2: 2.0}
+    assert reordered([ra, rb], keys, p, apart) == set()
+    assert explain(ra, keys_a, p, apart) == "warm_server_cache"
+    assert explain(rb, keys_b, p, apart) == "evicted"
+
+
 # --------------------------------------------------------------------------- scheduler (mock)
 
 
@@ -340,15 +363,20 @@ class FakeCompletionsServer:
     """A STUB of an OpenAI-compatible completions server, for failure modes only.
 
     It answers `GET /v1/models`, `POST /v1/completions` (streamed, 0 cached tokens) and
-    `POST /reset_prefix_cache`. Knobs: `delay_s` per completion, `die_after` (after that many
+    `POST /reset_prefix_cache`. Knobs: `max_model_len` (stated in /v1/models), `delay_s` per
+    completion, `die_after` (after that many
     answered completions it closes its socket and stops listening: a server that went away),
     `fail_first` (that many 503s first), `reject_len` (prompt lengths answered 400),
     `list_models` (False: /v1/models answers 404, so a wrong model surfaces as the
     completions route's own 404).
     """
 
-    def __init__(self, model="tiny", delay_s=0.0, die_after=None, fail_first=0, reject_len=()):
+    def __init__(
+        self, model="tiny", delay_s=0.0, die_after=None, fail_first=0, reject_len=(),
+        max_model_len=None,
+    ):  # fmt: skip
         self.model = model
+        self.max_model_len = max_model_len
         self.delay_s = delay_s
         self.die_after = die_after
         self.fail_first = fail_first
@@ -388,7 +416,10 @@ class FakeCompletionsServer:
 
             def do_GET(self):
                 if self.path == "/v1/models" and stub.list_models:
-                    self._json(200, {"object": "list", "data": [{"id": stub.model}]})
+                    model = {"id": stub.model}
+                    if stub.max_model_len is not None:  # as vLLM states it
+                        model["max_model_len"] = stub.max_model_len
+                    self._json(200, {"object": "list", "data": [model]})
                 else:
                     self._json(404, {"error": {"message": "Not Found"}})
 
@@ -510,6 +541,36 @@ def test_5xx_is_retried_and_4xx_is_not(tmp_path, stub):
     assert result.complete and result.totals.errors == 1
     # the rejected call never reached the cache: call 2 can only reuse call 0's blocks
     assert calls[2].predicted_cached_tokens == 3 * 32
+
+
+def test_the_context_window_is_learned_from_the_server(tmp_path, stub):
+    # calls need 104, 204, 304, 404, 504 positions (prompt + 4 tokens out); the server answers
+    # 400 to the two over its window, so a call sent over it would be an error
+    server = stub(max_model_len=305, reject_len={400, 500})
+    result = run_live_replay(
+        make_ds(serial(5)), server.url, "tiny", out_path=tmp_path / "live.json",
+        concurrency=1, time_scale=0.001,
+    )  # fmt: skip
+    assert (result.settings.max_context, result.settings.max_context_source) == (305, "server")
+    assert [c.status for c in result.calls] == ["ok", "ok", "ok", "dropped", "dropped"]
+    assert result.totals.dropped_calls == 2 and result.totals.errors == 0 and result.complete
+    # a given --max-context wins over the server's
+    given = run_live_replay(
+        make_ds(serial(5)), server.url, "tiny", out_path=tmp_path / "given.json",
+        concurrency=1, time_scale=0.001, max_context=205,
+    )  # fmt: skip
+    assert (given.settings.max_context, given.settings.max_context_source) == (205, "option")
+    assert [c.status for c in given.calls].count("dropped") == 3
+
+
+def test_without_a_stated_window_nothing_is_dropped(tmp_path, stub):
+    server = stub(reject_len={400})
+    result = run_live_replay(
+        make_ds(serial(4)), server.url, "tiny", out_path=tmp_path / "live.json",
+        concurrency=1, time_scale=0.001,
+    )  # fmt: skip
+    assert result.settings.max_context is None and result.settings.max_context_source is None
+    assert [c.status for c in result.calls] == ["ok", "ok", "ok", "error"]
 
 
 def test_5xx_after_the_retries_fails_that_call_only(tmp_path, stub):
@@ -678,3 +739,13 @@ def test_real_vllm_cached_tokens_equal_the_prediction(vllm_server, tmp_path):
     for c in warm.calls:
         if c.status == "ok":
             assert c.cached_tokens == 32 * ((c.prompt_tokens - 1) // 32)  # everything cached
+
+    # without --max-context: the window comes from the server's /v1/models (max_model_len
+    # 4096), so the same calls are dropped and none fails with HTTP 400
+    learned = run_live_replay(
+        dataset, vllm_server, "tiny", concurrency=1, time_scale=0.001,
+        out_path=tmp_path / "learned.json",
+    )  # fmt: skip
+    assert (learned.settings.max_context, learned.settings.max_context_source) == (4096, "server")
+    assert learned.complete and learned.totals.errors == 0
+    assert learned.totals.dropped_calls == t["dropped_calls"]
