@@ -633,6 +633,9 @@ def test_cli_ctrl_c_writes_the_partial_result(tmp_path, stub):
          server.url, "--model", "tiny", "--concurrency", "1", "--time-scale", "0.001",
          "--json", str(out)],
         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        # as a terminal's Ctrl-C finds it: a command started in the background by a
+        # non-interactive shell inherits SIGINT ignored (then it rightly runs to the end)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
