@@ -126,6 +126,14 @@ def _shell_quote(value: str) -> str:
 # ---- processes ---------------------------------------------------------------------------------
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM at their defaults (a parent started in the background
+    by a non-interactive shell passes SIGINT on ignored, and the Dagster servers then ignore
+    SIGTERM too)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _spawn(cluster: Cluster, name: str, argv: list[str], env: dict, cwd: Path, **kw) -> int:
     """Start one part in its own session, output to its log; its PID."""
     log = open(cluster.log(name), "ab")
@@ -138,6 +146,7 @@ def _spawn(cluster: Cluster, name: str, argv: list[str], env: dict, cwd: Path, *
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_default_signals,
             **kw,
         )
     finally:
