@@ -172,9 +172,9 @@ def _ambiguous(real_sample, folder):
     return write_dir(folder, {SMALL: t})
 
 
-def _scope_global(real_sample, folder):
+def _scope_unknown(real_sample, folder):
     t = load(real_sample, SMALL)
-    t["hash_id_scope"] = "global"
+    t["hash_id_scope"] = "galaxy"
     return write_dir(folder, {SMALL: t, OTHER: load(real_sample, OTHER)})
 
 
@@ -219,10 +219,10 @@ BROKEN = {
         {"verdict": "ambiguous", "trace": "trace_0460"},
         [SMALL, "trace 'trace_0460'", "[ambiguous]"],
     ),
-    "scope_global": (
-        _scope_global,
-        {"rule": "scope_not_local", "trace": "trace_0460"},
-        [SMALL, "trace 'trace_0460'", "[scope_not_local]", "'global'"],
+    "scope_unknown": (
+        _scope_unknown,
+        {"rule": "unknown_scope", "trace": "trace_0460"},
+        [SMALL, "trace 'trace_0460'", "[unknown_scope]", "'galaxy'"],
     ),
     "cut_jsonl": (
         _cut_jsonl,
@@ -272,12 +272,12 @@ def test_scope_report_broken_corpus(case, real_sample, tmp_path):
 
 def test_hard_error_lines_are_capped(real_sample, tmp_path):
     t = load(real_sample, SMALL)
-    t["hash_id_scope"] = "global"
+    t["hash_id_scope"] = "galaxy"
     folder = tmp_path / "corpus"
     write_dir(folder, {f"t{i:02d}.json": {**t, "id": f"t{i:02d}"} for i in range(25)})
     run, r = report_of(folder, tmp_path)
     assert run.rc == 1 and len(r["hard_errors"]) == 25
-    assert run.err.count("[scope_not_local]") == 20 + 1  # 20 lines + the first, in the reason
+    assert run.err.count("[unknown_scope]") == 20 + 1  # 20 lines + the first, in the reason
     assert "... and 5 more" in run.err
 
 
@@ -300,7 +300,7 @@ def test_decode_policy_exclude_leaves_the_reset_trace_out(decoded, real_sample, 
     assert manifest["traces"] == 1 and manifest["key_material"]["excluded_traces"] == ["trace_0277"]
 
 
-@pytest.mark.parametrize("case", ["reset", "scope_global"])
+@pytest.mark.parametrize("case", ["reset", "scope_unknown"])
 def test_decode_rejects_a_failing_corpus(case, real_sample, tmp_path):
     build, _, fragments = BROKEN[case]
     corpus = build(real_sample, tmp_path / "corpus")
@@ -462,7 +462,7 @@ def test_console_script_entry_point(real_sample, tmp_path):
     script = str(script) if script.exists() else shutil.which("weka-assets")
     if script is None:
         pytest.skip("the weka-assets console script is not installed")
-    corpus = _scope_global(real_sample, tmp_path / "corpus")
+    corpus = _scope_unknown(real_sample, tmp_path / "corpus")
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [script, "scope-report", str(corpus), "--json", str(out)],
@@ -473,5 +473,5 @@ def test_console_script_entry_point(real_sample, tmp_path):
     )
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.strip().startswith("FAIL: 1/1 shared")
-    assert "[scope_not_local]" in proc.stderr and "Traceback" not in proc.stderr
-    assert json.loads(out.read_text())["hard_errors"][0]["rule"] == "scope_not_local"
+    assert "[unknown_scope]" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(out.read_text())["hard_errors"][0]["rule"] == "unknown_scope"

@@ -24,15 +24,30 @@ from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.errors import TraceError
 from weka_assets.traces.reader import RawRecord, parse_record
 from weka_assets.traces.schema import Trace, common_prefix
-from weka_assets.traces.scope import AnalysedRecord, analyse_parsed
+from weka_assets.traces.scope import AnalysedRecord, analyse_parsed, trace_decode_scope
 from weka_assets.traces.timeline import replay_order
 
+# The PRF scope of every block of a corpus-wide namespace (hash_id_scope global): one string
+# for the whole corpus, so the same id decodes to the same tokens in every trace.
+CORPUS_SCOPE = "@corpus"
 
-def conversation_scope(trace: Trace, conv: int, policy: str) -> str:
-    """The PRF scope of a conversation: the trace id, or (legacy `session`) the agent's own id."""
-    if conv == 0 or policy == "trace":
-        return trace.id
-    return f"{trace.id}#{trace.subagents[conv - 1].agent_id}"
+
+def conversation_scope(trace: Trace, conv: int, policy: str, decode_scope: str = "trace") -> str:
+    """The PRF scope of a conversation's blocks.
+
+    The decode scope (the trace's proven layout) gives the namespace: the trace id (`trace`),
+    the corpus (`corpus`), or for a subagent its own agent id (`context`: each context
+    numbers its own blocks). The legacy `session` policy scopes a subagent on its own agent id
+    whatever the layout, reproducing the historic bug for comparison only."""
+    if conv and (policy == "session" or decode_scope == "context"):
+        return f"{trace.id}#{trace.subagents[conv - 1].agent_id}"
+    return CORPUS_SCOPE if decode_scope == "corpus" else trace.id
+
+
+def tail_scope(trace: Trace, scope: str) -> str:
+    """The scope of a conversation's unhashed tails: always within the trace (a tail is no
+    block, so it is never shared across traces, even in a corpus-wide namespace)."""
+    return trace.id if scope == CORPUS_SCOPE else scope
 
 
 @dataclass
@@ -53,8 +68,10 @@ class TracePiece:
         return int(self.calls["tokens_in"].size)
 
 
-def decode_trace(trace: Trace, settings: DecodeSettings, n: int) -> TracePiece:
-    """Decode one trace against a filler corpus of `n` tokens."""
+def decode_trace(
+    trace: Trace, settings: DecodeSettings, n: int, decode_scope: str = "trace"
+) -> TracePiece:
+    """Decode one trace against a filler corpus of `n` tokens, in its decode scope."""
     order = replay_order(trace)
     policy, seed = settings.scope_policy, settings.seed
     ordinal: dict[int, int] = {}  # id(call) -> index in its conversation (document order)
@@ -77,7 +94,7 @@ def decode_trace(trace: Trace, settings: DecodeSettings, n: int) -> TracePiece:
             same = doc_prev.get(id(c)) is order[p]
             shared[k] = c.shared if same else common_prefix(order[p].ids, c.ids)
         last[c.conv] = k
-    scope_of = [conversation_scope(trace, c.conv, policy) for c in order]
+    scope_of = [conversation_scope(trace, c.conv, policy, decode_scope) for c in order]
     scopes = sorted(set(scope_of))
     tail_rows = [np.empty(0, np.int64)] * m
     ids_parts, offsets_parts = [], []
@@ -117,7 +134,9 @@ def decode_trace(trace: Trace, settings: DecodeSettings, n: int) -> TracePiece:
         "partial_len": partial,
         "tail_len": tail,
         "tail_offset": [
-            tail_offset(seed, scope_of[k], c.conv, ordinal[id(c)], n) if tail[k] else 0
+            tail_offset(seed, tail_scope(trace, scope_of[k]), c.conv, ordinal[id(c)], n)
+            if tail[k]
+            else 0
             for k, c in enumerate(order)
         ],
         "prev": prev,
@@ -133,6 +152,7 @@ def decode_trace(trace: Trace, settings: DecodeSettings, n: int) -> TracePiece:
             "line": trace.line,
             "block_size": bs,
             "scopes": scopes,
+            "decode_scope": decode_scope,
             "calls": m,
         },
         block_id=np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64),
@@ -153,7 +173,7 @@ def decode_record(
         return rec.error
     if rec.trace.id in excluded:
         return None
-    piece = decode_trace(rec.trace, settings, n)
+    piece = decode_trace(rec.trace, settings, n, trace_decode_scope(rec.trace))
     piece.done, piece.total = raw.done, raw.total
     return piece
 
@@ -166,8 +186,8 @@ def scope_and_decode_record(
     rec = parse_record(raw)
     analysed = analyse_parsed(rec, raw)
     piece = None
-    if analysed.scope is not None:
-        piece = decode_trace(rec.trace, settings, n)
+    if analysed.scope is not None and analysed.scope.decode_scope is not None:
+        piece = decode_trace(rec.trace, settings, n, analysed.scope.decode_scope)
         piece.done, piece.total = raw.done, raw.total
     return analysed, piece
 
@@ -212,5 +232,5 @@ def decode_traces(
     traces: Iterable[Trace], settings: DecodeSettings, filler: Filler, manifest: dict | None = None
 ) -> DecodedDataset:
     """Decode every trace into one in-memory dataset (each distinct (scope, id) stored once)."""
-    pieces = (decode_trace(t, settings, filler.size) for t in traces)
+    pieces = (decode_trace(t, settings, filler.size, trace_decode_scope(t)) for t in traces)
     return concat_pieces(pieces, filler.tokens, manifest or {})

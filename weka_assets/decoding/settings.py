@@ -36,8 +36,12 @@ def decode_key_material(
     block_sizes: list[int],
     excluded_traces: list[str],
     manifest_version: int = MANIFEST_VERSION,
+    decode_scopes: dict[str, int] | None = None,
 ) -> dict:
+    """`decode_scopes`: how many traces decode in each scope (trace, corpus, context): the
+    layout the scope proof decided, which determines the bytes as much as any setting."""
     return {
+        "decode_scopes": dict(sorted((decode_scopes or {"trace": 0}).items())),
         "manifest_version": manifest_version,
         "format": DATASET_FORMAT,
         "prf": PRF_NAME,

@@ -91,7 +91,7 @@ class TraceModel(_Strict):
     id: NonEmptyStr
     models: list[str]
     block_size: PositiveInt
-    hash_id_scope: str
+    hash_id_scope: str | None = None  # absent: per-context numbering (formats.md)
     tool_tokens: NonNegInt = 0
     system_tokens: NonNegInt = 0
     requests: list[RequestModel]
@@ -139,7 +139,7 @@ class Trace:
     file: str
     line: int | None
     block_size: int
-    scope: str
+    scope: str | None  # the declared hash_id_scope (None: absent)
     models: list[str]
     tool_tokens: int
     system_tokens: int
@@ -238,6 +238,16 @@ def _prescan(raw: dict, base: Location) -> int:
     return dropped
 
 
+# Declared `hash_id_scope` -> the decode scope it claims (formats.md). Absent (None) claims
+# nothing: the data decides between the trace and the context layouts.
+DECLARED_SCOPES: dict[str | None, str | None] = {
+    "local": "trace",  # one namespace per trace, parent and subagents together
+    "global": "corpus",  # one namespace across the corpus
+    "per_context": "context",  # each context numbers its own blocks (kv-cache-tester's word)
+    None: None,
+}
+
+
 def declared_scope(raw: Any) -> str | None:
     value = raw.get("hash_id_scope") if isinstance(raw, dict) else None
     return value if isinstance(value, str) else None
@@ -270,10 +280,11 @@ def parse_trace(
     except ValidationError as exc:
         raise _validation_error(exc, base, raw) from None
     where = Location(file, line, model.id)
-    if model.hash_id_scope != "local":
+    if model.hash_id_scope not in DECLARED_SCOPES:
+        known = ", ".join(repr(k) for k in DECLARED_SCOPES if k)
         raise TraceError(
-            "scope_not_local",
-            f"hash_id_scope is {model.hash_id_scope!r}; only 'local' (one namespace per trace) can be decoded",
+            "unknown_scope",
+            f"hash_id_scope is {model.hash_id_scope!r}; known: {known} or absent (per context)",
             where,
         )
     return _build(model, file, line, shared or {}), dropped

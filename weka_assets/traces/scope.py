@@ -17,11 +17,13 @@ from pydantic import BaseModel
 from weka_assets.arrays import distinct
 from weka_assets.errors import Location, TraceError
 from weka_assets.traces.reader import RawRecord, Record, parse_record
-from weka_assets.traces.schema import Call, Trace
+from weka_assets.traces.schema import DECLARED_SCOPES, Call, Trace
 from weka_assets.traces.timeline import inner_time_convention
 
 Policy = Literal["fail", "exclude"]
 WALKS = ("document", "parent_first")
+# Decode scopes (formats.md): one namespace per trace, across the corpus, or per context
+DECODE_SCOPES = ("trace", "corpus", "context")
 HASHING = ("floor", "ceil", "truncated", "over")
 # The figures of scope-contract.md's corpus report, in the order a reviewer reads them.
 CONTRACT_FIGURES = (
@@ -67,6 +69,18 @@ class TraceScope:
     partial_prefix_events: int
     convention: str
     verdict: str = field(default="shared")
+    declared: str | None = "local"  # hash_id_scope as written (None: absent)
+    layouts: tuple[str, ...] = ()  # the layouts the data allows: trace, context (corpus: global)
+    decode_scope: str | None = "trace"  # None: no layout (the trace cannot be decoded)
+    evidence: str | None = None  # why the data contradicts, or what decided, the layout
+    # global traces only: the trace's distinct ids in first-appearance order, and the block
+    # index of each first appearance (the corpus-wide proof joins them across traces)
+    first_ids: np.ndarray | None = None
+    first_pos: np.ndarray | None = None
+
+    @property
+    def inferred(self) -> bool:
+        return self.declared is None
 
 
 def _first_appearance_events(walk: np.ndarray, base: int) -> tuple[int, int]:
@@ -253,6 +267,14 @@ def analyse_trace(trace: Trace) -> TraceScope:
         verdict = "ambiguous"
     else:
         verdict = "shared"
+    contexts = [trace.parent_calls] + [s.calls for s in subs]
+    context_events = [
+        _first_appearance_events(_cat([tails.ids[id(c)] for c in conv]), base)
+        if base is not None
+        else (0, 0)
+        for conv in contexts
+    ]
+    layout = _layout(trace, verdict, minting, gaps, sub_scopes, base, context_events)
 
     first_parent_t = trace.parent_calls[0].t if trace.parent_calls else None
     before_parent = sum(1 for s in subs if first_parent_t is not None and s.t < first_parent_t)
@@ -281,8 +303,147 @@ def analyse_trace(trace: Trace) -> TraceScope:
         convention=_convention(
             base, style, minting, [s.inner_time for s in sub_scopes if s.inner_time]
         ),
-        verdict=verdict,
+        verdict=layout.verdict,
+        declared=trace.scope,
+        layouts=layout.layouts,
+        decode_scope=layout.decode_scope,
+        evidence=layout.evidence,
+        first_ids=seq if layout.decode_scope == "corpus" and doc.size else None,
+        first_pos=pos[np.sort(first)] if layout.decode_scope == "corpus" and doc.size else None,
     )
+
+
+def trace_decode_scope(trace: Trace) -> str | None:
+    """The decode scope of a trace past the gate: the declared one, or (declaration absent)
+    the one its data shows."""
+    claimed = DECLARED_SCOPES[trace.scope]
+    return claimed if claimed is not None else analyse_trace(trace).decode_scope
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    verdict: str
+    layouts: tuple[str, ...]
+    decode_scope: str | None
+    evidence: str | None
+
+
+def _layout(trace, verdict, minting, gaps, sub_scopes, base, context_events) -> _Layout:
+    """The layouts the data allows, and the decode scope: the declared one when the data
+    agrees, or (declaration absent) the one the data shows.
+
+    - trace: a minting walk over the whole trace and no subagent renumbering from the base;
+    - context: every context (parent, each subagent) mints its own ids from the base (no
+      fresh-below event in its own first-appearance sequence) and every subagent's first
+      block is the base.
+    A trace with one context allows both (they decode identically). When the data allows both
+    for a trace with subagents, the one with fewer gap events wins, and a tie is read as
+    `context`: without proof of sharing, no sharing is invented.
+    """
+    reset = next((x for x in sub_scopes if x.reset_signature), None)
+    trace_ok = verdict == "shared"
+    starts = [x for x in sub_scopes if x.first_block is not None]
+    late = next((x for x in starts if x.first_block != base), None)
+    fresh = next((k for k, (f, _) in enumerate(context_events) if f), None)
+    context_ok = fresh is None and late is None
+    layouts = tuple(k for k, ok in (("trace", trace_ok), ("context", context_ok)) if ok)
+    claimed = DECLARED_SCOPES[trace.scope]
+
+    def who(k: int) -> str:
+        return "the parent" if k == 0 else f"subagent {trace.subagents[k - 1].agent_id!r}"
+
+    if claimed == "corpus":  # proven across the corpus (`corpus_wide_proof`)
+        return _Layout("shared", ("corpus",), "corpus", None)
+    if claimed == "trace":
+        evidence = None
+        if reset is not None:
+            evidence = (
+                f"subagent {reset.agent_id!r} renumbers from the base {base} (its ids are "
+                f"exactly {base}..max): each context numbers its own blocks, not one namespace "
+                "per trace"
+            )
+        elif verdict == "ambiguous":
+            evidence = "no walk mints the ids in order (fresh-below events under every walk)"
+        return _Layout(verdict, layouts, "trace", evidence)
+    if claimed == "context":
+        if not context_ok:
+            if late is not None:
+                evidence = (
+                    f"subagent {late.agent_id!r} starts at block {late.first_block}, not at the "
+                    f"base {base}: it does not number its own blocks"
+                )
+            else:
+                evidence = f"{who(fresh)} has unseen ids below its own counter (fresh-below)"
+            raise TraceError(
+                "scope_contradicted",
+                f"hash_id_scope 'per_context', but {evidence}",
+                trace.location,
+            )
+        return _Layout("shared", layouts, "context", None)
+    # absent: the data decides
+    if len(layouts) == 2 and trace.subagents:
+        ctx_gaps = sum(g for _, g in context_events)
+        chosen = "trace" if gaps[minting] < ctx_gaps else "context"
+        evidence = (
+            f"both layouts fit; {chosen} has fewer gap events ({gaps[minting]} per trace, "
+            f"{ctx_gaps} per context; a tie reads as context)"
+        )
+        return _Layout("shared", layouts, chosen, evidence)
+    if layouts:
+        # one context: both fit and decode alike, read as per-trace
+        return _Layout("shared", layouts, layouts[0], None)
+    return _Layout(
+        verdict if verdict != "shared" else "ambiguous",
+        layouts,
+        None,
+        "neither a per-trace minting walk nor per-context numbering explains the ids",
+    )
+
+
+def corpus_wide_proof(scopes: list[TraceScope]) -> tuple[dict | None, list[TraceError]]:
+    """The proof of a corpus-wide namespace over the traces decoded with the corpus scope:
+    each id keeps one block index across traces (ids of prefix-chained blocks do), and the
+    first-appearance sequence over the corpus (traces in corpus order) as findings.
+
+    Returns the figures (None without such traces) and one error per trace whose ids sit at
+    other block indices than in an earlier trace, naming the id and both traces."""
+    wide = [s for s in scopes if s.decode_scope == "corpus" and s.first_ids is not None]
+    if not wide:
+        return None, []
+    ids = np.concatenate([s.first_ids for s in wide])
+    pos = np.concatenate([s.first_pos for s in wide])
+    owner = np.concatenate([np.full(s.first_ids.size, k, np.int64) for k, s in enumerate(wide)])
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    conflict = pos != pos[first][inverse]
+    errors = []
+    for k in distinct(owner[conflict]).tolist():
+        at = int(np.flatnonzero(conflict & (owner == k))[0])
+        earlier = wide[int(owner[first[inverse[at]]])]
+        s = wide[k]
+        errors.append(
+            TraceError(
+                "scope_contradicted",
+                f"hash_id_scope 'global', but id {int(ids[at])} is at block "
+                f"{int(pos[at])} here and at block {int(pos[first[inverse[at]]])} in trace "
+                f"{earlier.trace!r}: one corpus-wide namespace keeps each id at one block index",
+                Location(s.file, s.line, s.trace),
+            )
+        )
+    seq = ids[np.sort(first)]
+    base = int(uniq[0])
+    expected = base + np.arange(seq.size, dtype=np.int64)
+    figures = {
+        "traces": len(wide),
+        "ids": int(sum(s.ids for s in wide)),
+        "distinct_ids": int(uniq.size),
+        "base": base,
+        "max_id": int(uniq[-1]),
+        "ids_in_several_traces": int((np.bincount(inverse) > 1).sum()),
+        "position_conflicts": int(distinct(inverse[conflict]).size),
+        "fresh_below_events": int((seq < expected).sum()),
+        "gap_events": int((seq > expected).sum()),
+    }
+    return figures, errors
 
 
 class ShareStats(BaseModel):
@@ -334,6 +495,12 @@ class ScopeReport(BaseModel):
     calls: int
     ids: int
     per_trace: list[dict]
+    # the layout decoded: per decodable trace its decode scope (trace, corpus, context), and
+    # the corpus's in one word (`mixed` when its traces differ)
+    decode_scopes: dict[str, int] = {}
+    layout: str = "trace"
+    inferred_scope_traces: int = 0  # declaration absent: decided by the data alone
+    corpus_wide: dict | None = None  # the corpus-wide proof of `global` traces
 
     def relative_to(self, corpus: Path | str) -> "ScopeReport":
         """The report with its trace files named within the corpus at `corpus` (a folder, or
@@ -361,8 +528,10 @@ class ScopeReport(BaseModel):
         total = ok + v["reset"] + v["ambiguous"]
         mo = self.minting_order
         head = "PASS" if self.passed else "FAIL"
+        inferred = f", {self.inferred_scope_traces} inferred" if self.inferred_scope_traces else ""
         return (
             f"{head}: {ok}/{total} shared ({v['reset']} reset, {v['ambiguous']} ambiguous), "
+            f"layout {self.layout}{inferred}, "
             f"minting document {mo['document']} / parent_first {mo['parent_first']} / none {mo['none']}, "
             f"{self.perfect_traces} perfect, {len(self.hard_errors)} hard errors"
         )
@@ -398,6 +567,11 @@ def trace_row(s: TraceScope) -> dict:
         "position_violations": s.position_violations,
         "truncated_calls": s.hashing["truncated"],
         "reset_subagents": sum(x.reset_signature for x in s.subagents),
+        "declared_scope": s.declared,
+        "layouts": "|".join(s.layouts),
+        "decode_scope": s.decode_scope,
+        "inferred": s.inferred,
+        "evidence": s.evidence,
     }
 
 
@@ -459,6 +633,8 @@ def build_report(
         records_n += 1
         if rec.declared_scope is not None:
             declared[rec.declared_scope] += 1
+        elif rec.trace is not None:
+            declared["absent"] += 1
         nulls += rec.null_keys_dropped
         if rec.trace is None:
             errors.append(rec.error)
@@ -480,6 +656,16 @@ def build_report(
     return aggregate(scopes, errors, records_n, declared, nulls, policy), scopes
 
 
+def _corpus_layout(scopes: list[TraceScope], dropped: set[str]) -> str:
+    """The corpus's layout in one word: the decode scope of its decoded traces, `mixed` when
+    they differ. A trace of one context decodes alike per trace and per context, so it only
+    counts when no trace has subagents."""
+    kept = [s for s in scopes if s.decode_scope is not None and s.trace not in dropped]
+    telling = [s for s in kept if s.subagents or s.decode_scope == "corpus"] or kept
+    found = {s.decode_scope for s in telling}
+    return found.pop() if len(found) == 1 else ("mixed" if found else "none")
+
+
 def aggregate(
     scopes: list[TraceScope],
     errors: list[TraceError],
@@ -488,6 +674,8 @@ def aggregate(
     nulls: int,
     policy: Policy,
 ) -> ScopeReport:
+    wide, wide_errors = corpus_wide_proof(scopes)
+    errors = errors + wide_errors
     subs = [x for s in scopes for x in s.subagents]
     firsts = [
         (x.first_block, s.base) for s in scopes for x in s.subagents if x.first_block is not None
@@ -510,9 +698,10 @@ def aggregate(
     reasons = [f"{len(errors)} hard error(s), first: {errors[0]}"] if errors else []
     if policy == "fail" and (verdict["reset"] or verdict["ambiguous"]):
         bad = [s for s in scopes if s.verdict != "shared"]
+        why = f": {bad[0].evidence}" if bad[0].evidence else ""
         reasons.append(
             f"{verdict['reset']} reset and {verdict['ambiguous']} ambiguous trace(s) under policy 'fail', "
-            f"first: trace {bad[0].trace!r} ({bad[0].verdict})"
+            f"first: trace {bad[0].trace!r} ({bad[0].verdict}{why})"
         )
     hashing = dict.fromkeys(HASHING, 0)
     inner = {"absolute": 0, "relative": 0, "mixed": 0}
@@ -524,6 +713,10 @@ def aggregate(
             if x.inner_time:
                 inner[x.inner_time] += 1
         conventions[s.convention] += 1
+    dropped = set(excluded)
+    decode_scopes = Counter(
+        s.decode_scope for s in scopes if s.decode_scope is not None and s.trace not in dropped
+    )
     mo = {"document": 0, "parent_first": 0, "none": 0}
     mo.update(Counter(s.minting_order for s in scopes))
     return ScopeReport(
@@ -576,6 +769,10 @@ def aggregate(
         calls=sum(s.calls for s in scopes),
         ids=sum(s.ids for s in scopes),
         per_trace=[trace_row(s) for s in scopes],
+        decode_scopes=dict(sorted(decode_scopes.items())),
+        layout=_corpus_layout(scopes, dropped),
+        inferred_scope_traces=sum(s.inferred for s in scopes),
+        corpus_wide=wide,
     )
 
 
@@ -638,10 +835,11 @@ CONTRACT_RULES = (
         ("duplicate_trace_id", "duplicate_agent_id"),
     ),
     ContractRule(
-        "scope_is_local",
-        "Every trace declares hash_id_scope 'local': one namespace per trace.",
+        "scope_matches_data",
+        "Every trace declares a known hash_id_scope (local, global, per_context or none) and "
+        "its ids show that layout (formats.md).",
         True,
-        ("scope_not_local",),
+        ("unknown_scope", "scope_contradicted"),
     ),
     ContractRule(
         "hash_lists_not_over",

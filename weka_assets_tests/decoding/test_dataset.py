@@ -65,7 +65,7 @@ def test_stored_files_carry_checksums(tmp_path, corpus):
 def test_failing_corpus_is_never_decoded(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
-        synthetic("semianalysis", traces=2, seed=5).read_text().replace('"local"', '"global"', 1)
+        synthetic("semianalysis", traces=2, seed=5).read_text().replace('"local"', '"galaxy"', 1)
     )
     with pytest.raises(CorpusRejected, match="hard error"):
         decode_corpus(bad, tmp_path / "out", measure_drift=False)

@@ -26,7 +26,7 @@ def world(tmp_path):
     good = synthetic("kv-cache-tester", traces=4, seed=3)
     other = synthetic("semianalysis", traces=4, seed=3)
     broken = tmp_path / "broken.jsonl"
-    broken.write_text(other.read_text().replace('"local"', '"global"', 1))
+    broken.write_text(other.read_text().replace('"local"', '"galaxy"', 1))
     base = resources(str(tmp_path / "store"))
     catalog = {"alpha": str(good), "beta": str(other)}
 
@@ -46,7 +46,7 @@ def test_bump_requests_exactly_the_dependent_partitions_whose_checks_passed(worl
     # beta's source changes to a corpus that breaks the contract: its scope checks now fail
     v1_broken = defs_for(1, beta=broken)
     steps = materialize_corpus("beta", instance, v1_broken, log_level="WARNING")
-    assert not steps[0].success and any("scope_is_local" in c for c in steps[0].failed_checks)
+    assert not steps[0].success and any("scope_matches_data" in c for c in steps[0].failed_checks)
 
     first = dg.evaluate_automation_conditions(defs=v1_broken, instance=instance)
     assert not {a for a, _ in requested(first, instance)} & {"decoded_dataset", "replay_benchmark"}

@@ -59,8 +59,8 @@ SUBAGENT_MUTATIONS = [
     "negative duration_ms", "nested subagent", "unknown type", "duplicate agent_id",
 ]  # fmt: skip
 TRACE_MUTATIONS = [
-    "block_size zero", "block_size negative", "block_size string", "scope global",
-    "scope missing", "drop id", "empty id", "id number", "drop requests", "requests object",
+    "block_size zero", "block_size negative", "block_size string", "scope unknown",
+    "drop id", "empty id", "id number", "drop requests", "requests object",
     "requests null", "drop models", "tool_tokens negative", "not an object",
 ]  # fmt: skip
 ALL_MUTATIONS = (
@@ -167,12 +167,9 @@ def mutate_trace(raw: dict, what: str, draw) -> str:
     if what == "block_size string":
         raw["block_size"] = "64"
         return "schema"
-    if what == "scope global":
-        raw["hash_id_scope"] = draw(st.sampled_from(["global", "session", "Local", ""]))
-        return "scope_not_local"
-    if what == "scope missing":
-        del raw["hash_id_scope"]
-        return "missing_field"
+    if what == "scope unknown":
+        raw["hash_id_scope"] = draw(st.sampled_from(["galaxy", "session", "Local", ""]))
+        return "unknown_scope"
     if what.startswith("drop"):
         del raw[what.split()[-1]]
         return "missing_field"

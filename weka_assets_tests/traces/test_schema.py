@@ -71,7 +71,7 @@ def test_valid_trace_builds_calls_in_document_order():
         (lambda t: t["requests"][1].__setitem__("type", "x"), "unknown_request_type", 1, None),
         (lambda t: t["requests"][2]["requests"][1].pop("in"), "missing_field", 2, 1),
         (lambda t: t.__setitem__("block_size", 0), "not_positive", None, None),
-        (lambda t: t.__setitem__("hash_id_scope", "global"), "scope_not_local", None, None),
+        (lambda t: t.__setitem__("hash_id_scope", "galaxy"), "unknown_scope", None, None),
         (
             lambda t: t["requests"][2]["requests"].append(dict(t["requests"][2])),
             "nested_subagent",
