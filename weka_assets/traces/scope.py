@@ -267,13 +267,14 @@ def analyse_trace(trace: Trace) -> TraceScope:
         verdict = "ambiguous"
     else:
         verdict = "shared"
-    contexts = [trace.parent_calls] + [s.calls for s in subs]
-    context_events = [
-        _first_appearance_events(_cat([tails.ids[id(c)] for c in conv]), base)
-        if base is not None
-        else (0, 0)
-        for conv in contexts
-    ]
+    if subs and base is not None:  # each context's own first-appearance sequence
+        contexts = [trace.parent_calls] + [s.calls for s in subs]
+        context_events = [
+            _first_appearance_events(_cat([tails.ids[id(c)] for c in conv]), base)
+            for conv in contexts
+        ]
+    else:  # one context: its sequence is the document walk's
+        context_events = [(fresh["document"], gaps["document"])]
     layout = _layout(trace, verdict, minting, gaps, sub_scopes, base, context_events)
 
     first_parent_t = trace.parent_calls[0].t if trace.parent_calls else None
