@@ -5,8 +5,15 @@ import dagster as dg
 from weka_assets.defs.automation import automation_sensor
 from weka_assets.defs.blast_radius import build_manifest_blast_radius
 from weka_assets.defs.decoded import build_decoded_dataset
+from weka_assets.defs.exports import build_export_assets
 from weka_assets.defs.io_manager import DescriptorIOManager
-from weka_assets.defs.jobs import decode_job, live_replay_job, scope_job
+from weka_assets.defs.jobs import (
+    decode_job,
+    export_job,
+    live_replay_job,
+    scope_job,
+    text_export_job,
+)
 from weka_assets.defs.live import LiveServer, build_live_replay
 from weka_assets.defs.raw import raw_traces
 from weka_assets.defs.replay import build_replay_benchmark
@@ -26,6 +33,7 @@ def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefi
         build_replay_benchmark(manifest_version),
         build_manifest_blast_radius(manifest_version),
         build_live_replay(manifest_version),
+        *build_export_assets(manifest_version),
     ]
 
 
@@ -53,7 +61,7 @@ def build_defs(
 ) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(manifest_version),
-        jobs=[scope_job, decode_job, live_replay_job],
+        jobs=[scope_job, decode_job, live_replay_job, export_job, text_export_job],
         sensors=[corpus_discovery_sensor, automation_sensor],
         schedules=[corpus_refresh_schedule],
         resources=resource_defs if resource_defs is not None else resources(),

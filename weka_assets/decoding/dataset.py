@@ -371,6 +371,11 @@ class RowWalker:
         """Forget every conversation's buffer (at a trace boundary)."""
         self._last.clear()
 
+    def forget(self, i: int) -> None:
+        """Drop call `i`'s buffer (its conversation has no later call): a walk in another order
+        than the dataset's (the corpus timeline) frees finished conversations this way."""
+        self._last.pop(i, None)
+
     def rows(self, i: int) -> np.ndarray:
         p, n = int(self._prev[i]), int(self._n[i])
         buf = self._last.pop(p, None) if p >= 0 else None

@@ -21,3 +21,13 @@ live_replay_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("live_replay"),
     description="Replay a decoded corpus against the server configured in the live_server resource.",
 )
+export_job = dg.define_asset_job(
+    "export_job",
+    selection=dg.AssetSelection.assets("mooncake_export", "aiperf_payload_export"),
+    description="Export a decoded corpus as Mooncake hash_ids lines and as aiperf token-id payloads (on demand).",
+)
+text_export_job = dg.define_asset_job(
+    "text_export_job",
+    selection=dg.AssetSelection.assets("text_export"),
+    description="Export a decoded corpus as text prompts: a tokenizer decode of every call (on demand; slow on large corpora).",
+)

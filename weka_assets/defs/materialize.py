@@ -67,13 +67,14 @@ def run_selection(
 
 def decode_assets(defs: dg.Definitions) -> list[str]:
     """The corpus x tokenizer assets of the chain, in definition order (not `live_replay`,
-    which needs a server and runs only on demand). Read from the asset definitions, not the
-    resolved graph, which would load instance-bound state."""
+    which needs a server, nor the exports: both run only on demand). Read from the asset
+    definitions, not the resolved graph, which would load instance-bound state."""
     return [
         key.to_user_string()
         for a in defs.assets
         for key in a.keys
-        if key.to_user_string() not in CORPUS_ASSETS and a.group_names_by_key[key] != "live"
+        if key.to_user_string() not in CORPUS_ASSETS
+        and a.group_names_by_key[key] not in ("live", "exports")
     ]
 
 

@@ -26,6 +26,8 @@ class ScopeGate(BaseModel):
     passed: bool
     excluded_traces: list[str]
     summary: str
+    format: str | None = None  # weka | mooncake, as read (None: written before formats)
+    block_size: int | None = None  # a Mooncake corpus's block size
 
 
 class DatasetRef(BaseModel):
@@ -65,3 +67,14 @@ class LiveRef(BaseModel):
     result_key: str
     matched_calls: int
     mismatched_calls: int
+
+
+class ExportRef(BaseModel):
+    corpus: str
+    tokenizer: str
+    decode_key: str
+    format: str  # mooncake | aiperf-payload | text
+    key: str  # exports/<decode key>/<format>.jsonl; its sidecar: key + ".meta.json"
+    meta_key: str
+    lines: int
+    sha256: str

@@ -24,7 +24,7 @@ from weka_assets.replay.capacity import (
     default_capacities,
     plot_png,
 )
-from weka_assets.replay.schedule import Arrival
+from weka_assets.replay.schedule import arrival_for
 from weka_assets.replay.unbounded import HitFigures, ReplayResult
 from weka_assets.traces.scope import ScopeReport
 
@@ -93,7 +93,7 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
     curve = capacity_curve(
         part,
         default_capacities(part, options.points),
-        Arrival(mode=options.arrival),
+        arrival_for(part, options.arrival),
         options.time_scale,
         geometry,
     )
@@ -212,6 +212,9 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
                 "token_replay_hit_rate": result.token_replay_hit_rate,
                 "token_replay_hit_rate_legacy_session_scope": legacy.token_replay_hit_rate,
+                # one seen-set for the whole corpus on its timeline (replay/corpus_wide.py)
+                "corpus_wide_theoretical_hit_rate": result.corpus_wide_theoretical_hit_rate,
+                "aiperf_analyze_trace_hit_rate": result.aiperf_analyze_trace_hit_rate,
                 "fidelity_mismatched_calls": result.fidelity_mismatched_calls,
                 "cross_trace_shared_blocks": result.cross_trace_shared_blocks,
                 "dagster/row_count": result.calls,

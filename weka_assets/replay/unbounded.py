@@ -19,6 +19,7 @@ from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker
 from weka_assets.decoding.prf import MASK, mix64
 from weka_assets.parallel import ordered_map, workers
+from weka_assets.replay.corpus_wide import corpus_wide_hits
 from weka_assets.replay.prefix import (
     FillerHasher,
     leading_hits,
@@ -50,6 +51,10 @@ class ReplayResult(HitFigures):
     per_trace: list[dict]
     cross_trace_shared_blocks: int
     dataset: str | None = None  # the decode key
+    # one seen-set for the whole corpus, calls on its timeline (replay/corpus_wide.py):
+    # block-weighted, and aiperf analyze-trace's mean of per-request rates
+    corpus_wide_theoretical_hit_rate: float | None = None
+    aiperf_analyze_trace_hit_rate: float | None = None
 
 
 @dataclass
@@ -280,11 +285,22 @@ def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
         added = (c["n_ids"][calls] - shared).astype(np.int64)
         starts = c["rows_start"][calls].astype(np.int64)
         tail = np.asarray(ds.tail_rows)[np.repeat(starts, added) + segment_positions(added)[1]]
-        hits[calls - a] = shared + leading_hits(np.asarray(ds.block_id)[tail], added)
+        ids = np.asarray(ds.block_id)[tail]
+        if ds.traces[t].get("decode_scope") == "context":
+            ids = context_keys(ids, np.repeat(c["conv"][calls], added))
+        hits[calls - a] = shared + leading_hits(ids, added)
         new, lengths, lead = trace_new_keys(ds, calls, content, r0)
         token_hits[calls - a] = lead + leading_hits(new, lengths)
         keys.append(distinct(new))
     return _TraceHits(slice(a, b), hits, token_hits, _cat(keys))
+
+
+def context_keys(ids: np.ndarray, conv: np.ndarray) -> np.ndarray:
+    """Keys of ids in a per-context namespace: the same id in two contexts is two blocks."""
+    if ids.size == 0:
+        return ids
+    pairs = np.stack([conv.astype(np.int64), ids])
+    return np.unique(pairs, axis=1, return_inverse=True)[1].reshape(-1)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -410,4 +426,7 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
         cross_trace_shared_blocks=cross,
         dataset=ds.decode_key,  # content-derived, never a local path
     )
+    wide = corpus_wide_hits(ds)
+    result.corpus_wide_theoretical_hit_rate = wide.corpus_wide_theoretical_hit_rate
+    result.aiperf_analyze_trace_hit_rate = wide.aiperf_analyze_trace_hit_rate
     return result, cf
