@@ -241,8 +241,32 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- scope-report
 
 
+def _add_format(p: argparse.ArgumentParser) -> None:
+    """--format and --block-size: how a corpus is read (see traces.reader.CorpusFormat)."""
+    p.add_argument(
+        "--format",
+        choices=("weka", "mooncake"),
+        default=None,
+        help="corpus format (default: detected from the first record)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="tokens per hash-id block of a Mooncake corpus (default: 512); Weka traces state theirs",
+    )
+
+
+def _corpus_format(args: argparse.Namespace):
+    from weka_assets.traces.reader import CorpusFormat
+
+    return CorpusFormat(args.format, args.block_size, " (--format)" if args.format else "")
+
+
 def _add_scope_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    _add_format(p)
     p.add_argument(
         "--policy",
         choices=("fail", "exclude"),
@@ -260,7 +284,7 @@ def cmd_scope_report(args: argparse.Namespace) -> int:
 
     path = corpus_path(args.path)
     with cli_progress() as progress:
-        report = scope_report(path, args.policy, progress)
+        report = scope_report(path, args.policy, progress, _corpus_format(args))
     _write_json(report, args.json)
     print(report.summary(), flush=True)
     if report.excluded_traces:
@@ -282,6 +306,7 @@ def cmd_scope_report(args: argparse.Namespace) -> int:
 
 def _add_decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    _add_format(p)
     p.add_argument(
         "--out",
         required=True,
@@ -322,11 +347,18 @@ def cmd_decode(args: argparse.Namespace) -> int:
     settings = DecodeSettings(**fields)
     with cli_progress() as progress:
         # the report first, so the decode stage knows how many traces it will read
-        report = scope_report(path, args.policy, progress)
+        fmt = _corpus_format(args)
+        report = scope_report(path, args.policy, progress, fmt)
         progress.finish()
         progress.expect("decode", report.traces)
         outcome = decode_corpus(
-            path, args.out, settings, report=report, policy=args.policy, progress=progress
+            path,
+            args.out,
+            settings,
+            report=report,
+            policy=args.policy,
+            progress=progress,
+            fmt=fmt,
         )
     m = outcome.manifest
     excluded = outcome.material.get("excluded_traces") or []
@@ -371,9 +403,10 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--arrival",
-        choices=("together", "staggered", "poisson"),
-        default="together",
-        help="how traces start on the shared timeline (default: together)",
+        choices=("together", "staggered", "poisson", "recorded"),
+        default=None,
+        help="how traces start on the shared timeline (default: recorded for a Mooncake "
+        "dataset, every request at its timestamp; together otherwise)",
     )
     p.add_argument(
         "--time-scale",
@@ -417,7 +450,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _capacity(dataset: Path, args: argparse.Namespace):
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.replay import capacity as cap
-    from weka_assets.replay.schedule import Arrival
+    from weka_assets.replay.schedule import arrival_for
 
     ds = open_dataset(dataset)
     geometry = None
@@ -438,7 +471,7 @@ def _capacity(dataset: Path, args: argparse.Namespace):
             ]
         except ValueError as exc:
             raise UsageError(f"--capacity: {exc}") from None
-    curve = cap.capacity_curve(ds, sizes, Arrival(mode=args.arrival), args.time_scale, geometry)
+    curve = cap.capacity_curve(ds, sizes, arrival_for(ds, args.arrival), args.time_scale, geometry)
     if args.plot:
         args.plot.write_bytes(cap.plot_png(curve))
     return curve
@@ -491,9 +524,10 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--arrival",
-        choices=("together", "staggered", "poisson"),
-        default="together",
-        help="how traces start on the shared timeline (default: together)",
+        choices=("together", "staggered", "poisson", "recorded"),
+        default=None,
+        help="how traces start on the shared timeline (default: recorded for a Mooncake "
+        "dataset, every request at its timestamp; together otherwise)",
     )
     p.add_argument(
         "--interval-s", type=float, default=60.0, metavar="S", help="staggered: gap between traces"
@@ -551,16 +585,22 @@ def cmd_replay_live(args: argparse.Namespace) -> int:
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.progress import cli_progress
     from weka_assets.replay.live import answered_calls, run_live_replay
-    from weka_assets.replay.schedule import Arrival
+    from weka_assets.replay.schedule import arrival_for
 
     dataset = Path(args.dataset).expanduser()
     if not dataset.exists():
         raise UsageError(f"{args.dataset}: no such dataset folder")
+    ds = open_dataset(dataset)
     try:
-        arrival = Arrival(args.arrival, args.interval_s, args.rate_per_s, args.arrival_seed)
+        arrival = arrival_for(
+            ds,
+            args.arrival,
+            interval_s=args.interval_s,
+            rate_per_s=args.rate_per_s,
+            seed=args.arrival_seed,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    ds = open_dataset(dataset)
     reporter = cli_progress()
     progress = answered_calls(reporter, ds, args.max_context)
 
@@ -683,6 +723,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 def _add_validate(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    _add_format(p)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -694,7 +735,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     traces = calls = ids = 0
     errors = []
     with cli_progress() as progress:
-        for v in ordered_map(validate_record, iter_raw_records(path, lazy=True)):
+        records = iter_raw_records(path, lazy=True, fmt=_corpus_format(args))
+        for v in ordered_map(validate_record, records):
             if v.error is not None:
                 errors.append(v.error.as_dict())
             else:
@@ -719,6 +761,62 @@ def cmd_expand(args: argparse.Namespace) -> int:
     with cli_progress() as progress:
         e = expand_dataset(dataset, progress)
     print(f"{e.calls} calls, {e.tokens} tokens, checksum {e.checksum:016x}")
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", help="a decoded dataset folder")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("mooncake", "aiperf-payload", "text"),
+        help="mooncake: hash_ids lines; aiperf-payload: token-id /v1/completions bodies; "
+        "text: decoded prompts",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="the JSONL file (sidecar: PATH.meta.json)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="text: the tokenizer when the manifest names a local folder (checked by its hash)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="aiperf-payload: a model name put in every body",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import orjson
+
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.errors import DecodeError, WekaError
+    from weka_assets.exports import ExportError, export_dataset
+    from weka_assets.progress import cli_progress
+
+    dataset = Path(args.dataset).expanduser()
+    if not dataset.exists():
+        raise UsageError(f"{args.dataset}: no such dataset folder")
+    try:
+        ds = open_dataset(dataset)
+        with cli_progress() as progress:
+            summary = export_dataset(
+                ds, args.format, args.out, tokenizer=args.tokenizer, model=args.model,
+                progress=progress,
+            )  # fmt: skip
+    except (DecodeError, ExportError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise WekaError(f"{args.out}: cannot write ({exc.strerror or exc})") from None
+    print(orjson.dumps(summary.as_dict()).decode())
     return 0
 
 
@@ -915,6 +1013,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "checksum",
         _add_expand,
         cmd_expand,
+    ),
+    "export": Subcommand(
+        "export a decoded dataset for other benchmark tools (mooncake, aiperf-payload, text); "
+        "prints a JSON line",
+        _add_export,
+        cmd_export,
     ),
     "replay-live": Subcommand(
         "replay a decoded dataset against a real OpenAI-compatible server (prefix cache vs "

@@ -3,7 +3,6 @@ both call these, so the two can never disagree."""
 
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from weka_assets.atomic import atomic_write
 from weka_assets.decoding.dataset import (
     PROVENANCE,
     DatasetWriter,
@@ -35,7 +35,14 @@ from weka_assets.env import host_name
 from weka_assets.errors import CorpusRejected, TraceError
 from weka_assets.parallel import ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
-from weka_assets.traces.reader import corpus_digest, corpus_files, file_digests, iter_raw_records
+from weka_assets.traces.reader import (
+    CorpusFormat,
+    corpus_digest,
+    corpus_files,
+    detect_format,
+    file_digests,
+    iter_raw_records,
+)
 from weka_assets.traces.scope import Policy, ScopeReport, analyse_record, build_report
 from weka_assets.versions import MANIFEST_VERSION
 
@@ -60,9 +67,13 @@ def _ticking(records, stage: str, progress: ProgressFn | None, path=None):
 
 
 def scope_report(
-    path: Path | str, policy: Policy = "fail", progress: ProgressFn | None = None
+    path: Path | str,
+    policy: Policy = "fail",
+    progress: ProgressFn | None = None,
+    fmt: CorpusFormat | None = None,
 ) -> ScopeReport:
-    analysed = ordered_map(analyse_record, iter_raw_records(path, lazy=True))
+    """The corpus report; `fmt` names the corpus format (None: detected, see `CorpusFormat`)."""
+    analysed = ordered_map(analyse_record, iter_raw_records(path, lazy=True, fmt=fmt))
     report, _ = build_report(_ticking(analysed, "scope", progress, path), policy)
     return report
 
@@ -75,14 +86,8 @@ def write_json(obj, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = obj.model_dump(mode="json") if hasattr(obj, "model_dump") else obj
     body = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # never an existing file
-            fh.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(body)
     return path
 
 
@@ -176,6 +181,7 @@ def decode_corpus(
     progress: ProgressFn | None = None,
     digest: str | None = None,
     provenance_dir: Path | str | None = None,
+    fmt: CorpusFormat | None = None,
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
@@ -188,8 +194,11 @@ def decode_corpus(
     computed, in a thread beside the decoding pass when there is no report yet.
     A new dataset's provenance (time, host, pid, local paths: nothing of it in the dataset)
     is written to `provenance_dir/<key>.json` (default `root/.provenance/`).
+    `fmt`: the corpus format (None: detected); a Mooncake dataset's manifest says
+    `corpus_format: mooncake` (its calls' times are on one corpus-wide clock).
     """
     started = time.perf_counter()
+    fmt = detect_format(path, fmt)
     root = Path(root)
     provenance_dir = Path(provenance_dir) if provenance_dir is not None else root / PROVENANCE
     spec = resolve_tokenizer(settings.tokenizer)
@@ -207,6 +216,7 @@ def decode_corpus(
             block_sizes=sorted(int(b) for b in rep.block_sizes),
             excluded_traces=rep.excluded_traces,
             manifest_version=manifest_version,
+            decode_scopes=rep.decode_scopes,
         )
         return material, decode_key(material)
 
@@ -258,7 +268,10 @@ def decode_corpus(
             excluded = frozenset(report.excluded_traces)
             task = partial(decode_record, settings=settings, n=filler.size, excluded=excluded)
             for piece in _ticking(
-                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress, path
+                ordered_map(task, iter_raw_records(path, lazy=True, fmt=fmt)),
+                "decode",
+                progress,
+                path,
             ):
                 if isinstance(piece, TraceError):
                     raise piece
@@ -268,7 +281,10 @@ def decode_corpus(
             task = partial(scope_and_decode_record, settings=settings, n=filler.size)
             analysed = []
             for rec, piece in _ticking(
-                ordered_map(task, iter_raw_records(path, lazy=True)), "decode", progress, path
+                ordered_map(task, iter_raw_records(path, lazy=True, fmt=fmt)),
+                "decode",
+                progress,
+                path,
             ):
                 analysed.append(rec)
                 keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")
@@ -285,6 +301,9 @@ def decode_corpus(
             "key_material": material,
             "manifest_version": manifest_version,
             "tokenizer_source": portable_tokenizer_source(spec),
+            "decode_scope": report.layout,  # the layout decoded (per trace: decode_scopes)
+            "decode_scopes": report.decode_scopes,
+            "inferred_scope_traces": report.inferred_scope_traces,
             "traces": len(writer.traces),
             "calls": writer.n_calls,
             "blocks": writer.n_blocks,
@@ -292,6 +311,8 @@ def decode_corpus(
             "filler_tokens": int(filler.size),
             **totals,
         }
+        if fmt.format == "mooncake":  # only then: Weka manifests keep their bytes
+            manifest["corpus_format"] = "mooncake"
         if measure_drift and first:
             sample = concat_pieces(first, filler.tokens, {})  # the first trace, in memory
             manifest["retokenization_drift"] = retokenization_drift(sample, spec, 4, 256)

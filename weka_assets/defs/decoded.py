@@ -14,6 +14,7 @@ from weka_assets.defs.resources import DecodeOptions, WekaStore
 from weka_assets.errors import WekaError
 from weka_assets.pipeline import decode_corpus
 from weka_assets.progress import dagster_progress
+from weka_assets.traces.reader import CorpusFormat
 from weka_assets.traces.scope import ScopeReport
 
 
@@ -125,6 +126,8 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
                     manifest_version,
                     progress=progress,
                     digest=raw_traces.digest,  # verified by raw_traces: not hashed again
+                    # as trace_scope read it (None, from before formats: detected)
+                    fmt=CorpusFormat(trace_scope.format, trace_scope.block_size),
                 )
         except WekaError as exc:
             raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None

@@ -12,7 +12,7 @@ from weka_assets.defs.outputs import DatasetRef, LiveRef
 from weka_assets.defs.resources import WekaStore
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.live import LiveReplayError, answered_calls, run_live_replay
-from weka_assets.replay.schedule import Arrival
+from weka_assets.replay.schedule import arrival_for
 
 LIVE_GROUP = "live"
 
@@ -26,7 +26,11 @@ class LiveServer(dg.ConfigurableResource):
     model: str = Field(default="", description="Served model name")
     concurrency: int = 4
     time_scale: float = Field(default=1.0, description="0.1 replays ten times faster than recorded")
-    arrival: str = Field(default="together", description="together | staggered | poisson")
+    arrival: str = Field(
+        default="",
+        description="together | staggered | poisson | recorded; empty: recorded for a "
+        "Mooncake dataset, together otherwise",
+    )
     max_context: int | None = Field(
         default=None,
         description="Drop calls (or traces) above this many tokens (default: the model's "
@@ -78,7 +82,7 @@ def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
                     live_server.model,
                     concurrency=live_server.concurrency,
                     time_scale=live_server.time_scale,
-                    arrival=Arrival(mode=live_server.arrival),
+                    arrival=arrival_for(ds, live_server.arrival),
                     max_context=live_server.max_context,
                     drop=live_server.drop,
                     max_tokens_cap=live_server.max_tokens_cap,

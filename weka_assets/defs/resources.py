@@ -13,6 +13,7 @@ from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.defs.partitions import validate_key
 from weka_assets.sources import CorpusEntry, default_registry_path, load_registry
 from weka_assets.store import Store, s3_options_from_env
+from weka_assets.traces.reader import CorpusFormat
 
 DEFAULT_STORE = ".weka-store"
 
@@ -142,6 +143,10 @@ class CorpusCatalog(dg.ConfigurableResource):
     def policy(self, corpus: str) -> str:
         return self.scope_policy or self.entry(corpus).scope_policy
 
+    def corpus_format(self, corpus: str) -> CorpusFormat:
+        """The registry's format and block size for the corpus (format None: detected)."""
+        return self.entry(corpus).corpus_format()
+
     def names(self) -> list[str]:
         return [validate_key(n) for n in sorted(self.entries())]
 
@@ -175,7 +180,11 @@ class ReplayOptions(dg.ConfigurableResource):
         default="llama-3.1-8b",
         description="KV geometry preset (weka_assets.replay.capacity.KV_PRESETS)",
     )
-    arrival: str = Field(default="together", description="together | staggered | poisson")
+    arrival: str = Field(
+        default="",
+        description="together | staggered | poisson | recorded; empty: recorded for a "
+        "Mooncake dataset, together otherwise",
+    )
     time_scale: float = 1.0
     points: int = Field(default=12, description="capacities in the log-spaced sweep")
     capacity_max_blocks: int = Field(

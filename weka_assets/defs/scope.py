@@ -17,6 +17,7 @@ from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.pipeline import scope_report
 from weka_assets.progress import dagster_progress
+from weka_assets.traces.reader import detect_format
 from weka_assets.traces.scope import CONTRACT_FIGURES, CONTRACT_RULES, ScopeReport
 
 CHECK_SPECS = [
@@ -39,7 +40,8 @@ def report_markdown(report: ScopeReport) -> str:
     lines = [
         f"**{report.summary()}**",
         "",
-        f"- declared scope: {report.declared_scope}",
+        f"- declared scope: {report.declared_scope}; layout decoded: **{report.layout}** "
+        f"{report.decode_scopes} ({report.inferred_scope_traces} inferred from the data)",
         f"- minting order: document {mo['document']}, parent-first {mo['parent_first']}, none {mo['none']}; "
         f"{report.perfect_traces} perfect; {report.holes_traces} with holes",
         f"- verdicts: shared {v['shared']}, reset {v['reset']}, ambiguous {v['ambiguous']}",
@@ -127,10 +129,14 @@ def trace_scope(
     progress = dagster_progress(context)
     progress.expect("scope", raw_traces.records)
     corpus = store.pull(raw_traces.key)
+    fmt = detect_format(corpus, catalog.corpus_format(raw_traces.corpus))
+    mooncake_bs = fmt.mooncake_block_size if fmt.format == "mooncake" else None
     with progress:
-        report = scope_report(corpus, catalog.policy(raw_traces.corpus), progress)
+        report = scope_report(corpus, catalog.policy(raw_traces.corpus), progress, fmt)
     report = report.relative_to(corpus)  # stored: the same bytes whichever machine wrote it
-    report_key = f"scope/{raw_traces.digest}-{report.policy}.json"
+    # a Mooncake report depends on the block size the registry gives, not only on the bytes
+    tag = f"-mooncake{mooncake_bs}" if mooncake_bs else ""
+    report_key = f"scope/{raw_traces.digest}{tag}-{report.policy}.json"
     store.write_bytes(
         report_key, orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
     )
@@ -147,6 +153,11 @@ def trace_scope(
         "per_trace": table(report.per_trace),
         "hard_errors": table(report.hard_errors[:200]),
         "corpus_digest": raw_traces.digest,
+        "layout": report.layout,
+        "decode_scopes": report.decode_scopes,
+        "inferred_scope_traces": report.inferred_scope_traces,
+        **({"corpus_wide": key_values(report.corpus_wide)} if report.corpus_wide else {}),
+        "format": fmt.format,
         "report_path": dg.MetadataValue.path(store.url(report_key)),
         "snapshot_path": dg.MetadataValue.path(store.url(raw_traces.key)),
     }
@@ -171,6 +182,8 @@ def trace_scope(
             passed=report.passed,
             excluded_traces=report.excluded_traces,
             summary=report.summary(),
+            format=fmt.format,
+            block_size=mooncake_bs,
         ),
         data_version=dg.DataVersion(version),
         metadata=metadata,

@@ -46,8 +46,9 @@ PARENT, SIBLING, OWN = range(3)
 NO_CAUSE = -1
 CHUNK_IDS = 1 << 21  # hash ids per chunk of whole traces (bounds memory on large corpora)
 TAIL_BATCH_TOKENS = 1 << 22
-# key material that must be equal for two datasets to be decodes of the same inputs
-SAME_INPUTS = ("corpus_digest", "tokenizer", "settings", "excluded_traces")
+# key material that must be equal for two datasets to be decodes of the same inputs (block
+# sizes: one Mooncake corpus read at two block sizes is two inputs)
+SAME_INPUTS = ("corpus_digest", "tokenizer", "settings", "excluded_traces", "block_sizes")
 
 
 class RoleBlast(BaseModel):

@@ -60,7 +60,7 @@ from pydantic import BaseModel
 
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, open_dataset
 from weka_assets.errors import WekaError
-from weka_assets.replay.schedule import Arrival, call_start_times
+from weka_assets.replay.schedule import Arrival, arrival_for, call_start_times
 
 DropPolicy = Literal["calls", "traces"]
 Status = Literal["ok", "error", "cancelled", "not_sent", "dropped"]
@@ -543,7 +543,7 @@ class LiveReplay:
         *,
         concurrency: int = 4,
         time_scale: float = 1.0,
-        arrival: Arrival = Arrival(),
+        arrival: Arrival | None = None,  # None: the dataset's default (schedule.arrival_for)
         max_context: int | None = None,
         drop: DropPolicy = "calls",
         max_tokens_cap: int = 16,
@@ -560,6 +560,7 @@ class LiveReplay:
         if max_tokens_cap < 1:
             raise ValueError(f"max_tokens_cap must be >= 1, got {max_tokens_cap}")
         self.ds, self.url, self.model = ds, base_url(url), model
+        arrival = arrival if arrival is not None else arrival_for(ds)
         self.settings = LiveSettings(
             concurrency=concurrency,
             time_scale=time_scale,
@@ -913,7 +914,7 @@ def run_live_replay(
     *,
     concurrency: int = 4,
     time_scale: float = 1.0,
-    arrival: Arrival = Arrival(),
+    arrival: Arrival | None = None,
     max_context: int | None = None,
     drop: DropPolicy = "calls",
     max_tokens_cap: int = 16,

@@ -11,7 +11,16 @@ replaying the recorded start times keeps that order without modelling it again. 
 models call durations or queueing; the bounded-cache simulator treats each call as
 instantaneous at its start time, and the live replay measures what a real server does.
 
+A Mooncake dataset (manifest `corpus_format: mooncake`, one call per trace) is different: its
+`t_abs` are the requests' recorded timestamps on one corpus-wide clock (`corpus_clock`), not
+times within a trace. Under `recorded` (its default, `arrival_for`) they are used as they are;
+under the other modes each request's time is taken relative to its own trace, so the arrival
+model alone places it (`together`: all at once, `staggered`: one every `interval_s`).
+
 Arrival modes:
+- `recorded`: no offset; every call at its recorded time counted from the dataset's first call
+  (`t_abs - min(t_abs)`): a Mooncake request at its timestamp minus the first timestamp. On Weka
+  traces, whose clocks each start near 0, it is `together` shifted by a constant.
 - `together`: every trace starts at 0.
 - `staggered`: trace `k` starts at `k * interval_s`.
 - `poisson`: trace 0 starts at 0 and the gaps between consecutive trace starts are exponential
@@ -26,7 +35,8 @@ import numpy as np
 
 from weka_assets.decoding.dataset import DecodedDataset
 
-ArrivalMode = Literal["together", "staggered", "poisson"]
+ArrivalMode = Literal["together", "staggered", "poisson", "recorded"]
+ARRIVAL_MODES = ("together", "staggered", "poisson", "recorded")
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class Arrival:
     seed: int = 0  # poisson: the gaps' random seed
 
     def __post_init__(self):
-        if self.mode not in ("together", "staggered", "poisson"):
+        if self.mode not in ARRIVAL_MODES:
             raise ValueError(f"unknown arrival mode {self.mode!r}")
         if not np.isfinite(self.interval_s) or self.interval_s < 0:
             raise ValueError(f"interval_s must be finite and >= 0, got {self.interval_s}")
@@ -51,7 +61,7 @@ def trace_offsets(n_traces: int, arrival: Arrival) -> np.ndarray:
     """Start offset in seconds of each trace on the shared timeline (float64 [n_traces])."""
     if n_traces < 0:
         raise ValueError(f"n_traces must be >= 0, got {n_traces}")
-    if arrival.mode == "together":
+    if arrival.mode in ("together", "recorded"):
         return np.zeros(n_traces, dtype=np.float64)
     if arrival.mode == "staggered":
         return np.arange(n_traces, dtype=np.float64) * arrival.interval_s
@@ -61,15 +71,38 @@ def trace_offsets(n_traces: int, arrival: Arrival) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(gaps)])[:n_traces]
 
 
+def corpus_clock(ds: DecodedDataset) -> bool:
+    """True when the dataset's call times share one corpus-wide clock (a Mooncake corpus)."""
+    manifest = ds.manifest if isinstance(ds.manifest, dict) else {}
+    return manifest.get("corpus_format") == "mooncake"
+
+
+def arrival_for(ds: DecodedDataset, mode: str | None = None, **kw) -> Arrival:
+    """`Arrival(mode, **kw)`, where no mode (None, "" or "auto") means the dataset's default:
+    `recorded` on a corpus-wide clock (Mooncake), `together` otherwise."""
+    if mode in (None, "", "auto"):
+        mode = "recorded" if corpus_clock(ds) else "together"
+    return Arrival(mode, **kw)
+
+
 def call_start_times(
     ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float = 1.0
 ) -> np.ndarray:
-    """Start time of every call (aligned with `ds.calls`): offset[trace] + t_abs * time_scale."""
+    """Start time of every call (aligned with `ds.calls`): offset[trace] + t * time_scale, with
+    t = `t_abs`, or (see the module doc) taken from the first call under `recorded` and from
+    the trace's first call on a corpus-wide clock."""
     if not np.isfinite(time_scale) or time_scale <= 0:
         raise ValueError(f"time_scale must be finite and > 0, got {time_scale}")
     offsets = trace_offsets(len(ds.traces), arrival)
     trace = np.asarray(ds.calls["trace"], dtype=np.int64)
-    return offsets[trace] + np.asarray(ds.calls["t_abs"], dtype=np.float64) * time_scale
+    t = np.asarray(ds.calls["t_abs"], dtype=np.float64)
+    if t.size and arrival.mode == "recorded":
+        t = t - t.min()
+    elif t.size and corpus_clock(ds):
+        first = np.full(len(ds.traces), np.inf)
+        np.minimum.at(first, trace, t)
+        t = t - first[trace]
+    return offsets[trace] + t * time_scale
 
 
 def global_order(

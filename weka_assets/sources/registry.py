@@ -4,7 +4,8 @@
 corpora:
   - name: sample                 # partition key: ^[a-z0-9][a-z0-9._-]{0,63}$
     source: builtin:sample       # any source URI (see weka_assets.sources.uri)
-    block_size: 64               # expected block size; optional, default 64
+    block_size: 64               # block size; optional, default 64 (512 for format mooncake)
+    format: mooncake             # weka | mooncake; optional, default: detected
     tokenizers: [deepseek]       # optional, default [deepseek]
     scope_policy: fail           # fail | exclude, default fail
 ```
@@ -27,10 +28,13 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from weka_assets.sources.errors import RegistryError, SourceURIError
 from weka_assets.sources.uri import SourceSpec, parse_source
+from weka_assets.traces.mooncake import MOONCAKE_BLOCK_SIZE
+from weka_assets.traces.reader import CorpusFormat
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 REGISTRY_FILENAME = "corpora.yaml"
@@ -48,6 +52,16 @@ class CorpusEntry(BaseModel):
         default_factory=lambda: ["deepseek"], min_length=1
     )
     scope_policy: Literal["fail", "exclude"] = "fail"
+    # None: detected from the corpus's first record (traces.reader.detect_format)
+    format: Literal["weka", "mooncake"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mooncake_block_size(cls, data):
+        """A Mooncake corpus's block size defaults to 512 (its lines do not state one)."""
+        if isinstance(data, dict) and data.get("format") == "mooncake" and "block_size" not in data:
+            return {**data, "block_size": MOONCAKE_BLOCK_SIZE}
+        return data
 
     @field_validator("source")
     @classmethod
@@ -69,6 +83,13 @@ class CorpusEntry(BaseModel):
     @property
     def spec(self) -> SourceSpec:
         return parse_source(self.source)
+
+    def corpus_format(self) -> CorpusFormat:
+        """How the corpus is read. `block_size` is the Mooncake block size: given, or 512 for a
+        Mooncake corpus (also a detected one); Weka traces state their own."""
+        given = self.format == "mooncake" or "block_size" in self.model_fields_set
+        origin = " (registry format)" if self.format else ""
+        return CorpusFormat(self.format, self.block_size if given else None, origin)
 
 
 class Registry(BaseModel):

@@ -13,12 +13,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
+from msgspec import UNSET
 
 from weka_assets.env import positive_int
 from weka_assets.errors import Location, SourceError, TraceError
 from weka_assets.traces.fastparse import fast_decode
+from weka_assets.traces.mooncake import (
+    MOONCAKE_BLOCK_SIZE,
+    MOONCAKE_SCOPE,
+    looks_like_mooncake,
+    parse_mooncake,
+)
 from weka_assets.traces.schema import Trace, declared_scope, parse_trace
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -33,6 +41,72 @@ def max_trace_bytes() -> int:
 
 def max_ids_per_call() -> int:
     return positive_int(MAX_IDS_PER_CALL_ENV, 4_000_000)
+
+
+FORMATS = ("weka", "mooncake")
+
+
+@dataclass(frozen=True)
+class CorpusFormat:
+    """How a corpus's records are read, decided once per corpus (never per line).
+
+    `format` None: detected from the corpus's first JSON object (`detect_format`).
+    `block_size`: tokens per block of a Mooncake corpus (None: 512); Weka traces state theirs.
+    `origin`: how the format was decided, for error messages (" (detected from f.jsonl:1)")."""
+
+    format: str | None = None
+    block_size: int | None = None
+    origin: str = ""
+
+    def __post_init__(self):
+        if self.format not in (None, *FORMATS):
+            raise ValueError(f"unknown corpus format {self.format!r} (weka or mooncake)")
+        bs = self.block_size
+        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs <= 0):
+            raise ValueError(f"block_size must be a positive integer, got {bs!r}")
+
+    @property
+    def mooncake_block_size(self) -> int:
+        return self.block_size or MOONCAKE_BLOCK_SIZE
+
+
+class _Sniff(msgspec.Struct):
+    """The top-level keys that tell a Mooncake request from a Weka trace."""
+
+    requests: msgspec.Raw | msgspec.UnsetType = UNSET
+    hash_ids: msgspec.Raw | msgspec.UnsetType = UNSET
+    input_length: msgspec.Raw | msgspec.UnsetType = UNSET
+    timestamp: msgspec.Raw | msgspec.UnsetType = UNSET
+    text_input: msgspec.Raw | msgspec.UnsetType = UNSET
+    messages: msgspec.Raw | msgspec.UnsetType = UNSET
+    payload: msgspec.Raw | msgspec.UnsetType = UNSET
+
+
+_SNIFF = msgspec.json.Decoder(_Sniff)
+
+
+def detect_format(path: Path | str, fmt: CorpusFormat | None = None) -> CorpusFormat:
+    """`fmt` with its format decided: as given, else from the corpus's first record that is a
+    JSON object (Mooncake when it looks like a Mooncake request, else Weka)."""
+    fmt = fmt or CorpusFormat()
+    if fmt.format is not None:
+        return fmt
+    found = "weka"
+    where = "no JSON object found"
+    for i, raw in enumerate(iter_raw_records(path, fmt=CorpusFormat("weka"))):
+        if i >= 100:
+            break
+        if raw.error is not None:
+            continue
+        try:  # the top-level keys only: a Weka trace's values are skipped, not built
+            sniffed = _SNIFF.decode(raw.load())
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, OSError):
+            continue
+        keys = {k: True for k in _Sniff.__struct_fields__ if getattr(sniffed, k) is not UNSET}
+        found = "mooncake" if looks_like_mooncake(keys) else "weka"
+        where = Path(raw.file).name if raw.line is None else f"{Path(raw.file).name}:{raw.line}"
+        break
+    return CorpusFormat(found, fmt.block_size, f" (detected from {where})")
 
 
 @dataclass(slots=True)
@@ -104,6 +178,7 @@ class RawRecord:
     total: int = 0
     offset: int = 0  # where the bytes are in `file`, when `data` is not loaded yet
     length: int = 0
+    fmt: CorpusFormat | None = None  # the corpus's format (None: Weka)
 
     def load(self) -> bytes:
         """The record's bytes (read from `file` on first use when the record is lazy)."""
@@ -128,6 +203,9 @@ def parse_record(raw: RawRecord) -> Record:
             line,
             error=TraceError("truncated_file", f"cannot read: {exc}", Location(file, line)),
         )
+    fmt = raw.fmt
+    if fmt is not None and fmt.format == "mooncake":
+        return _parse_mooncake_record(raw, data, fmt)
     fast = fast_decode(data)
     obj, shared = fast if fast is not None else (None, None)
     if obj is None:
@@ -137,6 +215,18 @@ def parse_record(raw: RawRecord) -> Record:
             return Record(
                 file, line, error=TraceError("invalid_json", str(exc), Location(file, line))
             )
+        if looks_like_mooncake(obj):  # only off the fast path, which needs `requests`
+            origin = fmt.origin if fmt is not None else ""
+            return Record(
+                file,
+                line,
+                error=TraceError(
+                    "format_mismatch",
+                    f"a Mooncake request (no 'requests'; has {', '.join(k for k in ('timestamp', 'input_length', 'hash_ids') if k in obj)}) "
+                    f"in a corpus read as Weka{origin}; one corpus holds one format",
+                    Location(file, line),
+                ),
+            )
     scope = declared_scope(obj)
     try:
         trace, dropped = parse_trace(obj, file, line, shared)
@@ -144,6 +234,20 @@ def parse_record(raw: RawRecord) -> Record:
     except TraceError as exc:
         return Record(file, line, error=exc, declared_scope=scope)
     return Record(file, line, trace=trace, declared_scope=scope, null_keys_dropped=dropped)
+
+
+def _parse_mooncake_record(raw: RawRecord, data: bytes, fmt: CorpusFormat) -> Record:
+    file, line = raw.file, raw.line
+    try:
+        obj = orjson.loads(data)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
+        return Record(file, line, error=TraceError("invalid_json", str(exc), Location(file, line)))
+    try:
+        trace, dropped = parse_mooncake(obj, file, line, fmt.mooncake_block_size, fmt.origin)
+        _check_ids_per_call(trace, max_ids_per_call())
+    except TraceError as exc:
+        return Record(file, line, error=exc, declared_scope=MOONCAKE_SCOPE)
+    return Record(file, line, trace=trace, declared_scope=MOONCAKE_SCOPE, null_keys_dropped=dropped)
 
 
 def _check_ids_per_call(trace: Trace, limit: int) -> None:
@@ -208,13 +312,18 @@ def _scan_lines(f: Path) -> Iterator[tuple[int, int, int]]:
         yield lineno + 1, start, pos - start
 
 
-def iter_raw_records(path: Path | str, lazy: bool = False) -> Iterator[RawRecord]:
+def iter_raw_records(
+    path: Path | str, lazy: bool = False, fmt: CorpusFormat | None = None
+) -> Iterator[RawRecord]:
     """Every record of the corpus, one at a time (memory bounded by the largest record, and by
     `WEKA_ASSETS_MAX_TRACE_BYTES`: a longer record becomes a `trace_too_large` error).
 
     `lazy`: records of plain files carry where their bytes are, not the bytes; whoever parses
-    them reads them (worker processes, so the reading process never copies the corpus)."""
+    them reads them (worker processes, so the reading process never copies the corpus).
+    `fmt`: the corpus format, carried on every record for `parse_record`; detected from the
+    first record when it names none."""
     files = corpus_files(path)
+    fmt = detect_format(path, fmt)
     limit = max_trace_bytes()
     total = sum(f.stat().st_size for f in files)
     done = 0
@@ -231,7 +340,7 @@ def iter_raw_records(path: Path | str, lazy: bool = False) -> Iterator[RawRecord
                         yield _too_large(name, lineno, length, limit, done, total)
                         continue
                     rec = RawRecord(
-                        name, lineno, done=done, total=total, offset=offset, length=length
+                        name, lineno, done=done, total=total, offset=offset, length=length, fmt=fmt
                     )
                     if lineno is not None and length <= 64 and not rec.load().strip():
                         continue  # a blank line of a .jsonl (a blank .json file is an error)
@@ -245,7 +354,7 @@ def iter_raw_records(path: Path | str, lazy: bool = False) -> Iterator[RawRecord
                         if line is None:
                             yield _too_large(name, lineno, None, limit, done, total)
                         elif line.strip():
-                            yield RawRecord(name, lineno, line, done=done, total=total)
+                            yield RawRecord(name, lineno, line, done=done, total=total, fmt=fmt)
         except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
             yield RawRecord(
                 name,
@@ -279,15 +388,15 @@ def validate_record(raw: RawRecord) -> Validated:
     return Validated(None, len(calls), sum(c.ids.size for c in calls), raw.done, raw.total)
 
 
-def iter_records(path: Path | str) -> Iterator[Record]:
+def iter_records(path: Path | str, fmt: CorpusFormat | None = None) -> Iterator[Record]:
     """Every trace record of the corpus at `path`, parsed or with its hard error."""
-    for raw in iter_raw_records(path):
+    for raw in iter_raw_records(path, fmt=fmt):
         yield parse_record(raw)
 
 
-def iter_traces(path: Path | str) -> Iterator[Trace]:
+def iter_traces(path: Path | str, fmt: CorpusFormat | None = None) -> Iterator[Trace]:
     """The parsed traces of a corpus; raises the first hard error (for callers past the gate)."""
-    for rec in iter_records(path):
+    for rec in iter_records(path, fmt):
         if rec.error is not None:
             raise rec.error
         yield rec.trace

@@ -821,6 +821,8 @@ SCHEMA_RULES = (
     "unknown_request_type",
     "trace_too_large",
     "too_many_ids",
+    "mooncake_no_hash_ids",
+    "format_mismatch",
 )
 CONTRACT_RULES = (
     ContractRule(

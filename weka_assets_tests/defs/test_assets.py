@@ -19,7 +19,7 @@ from weka_assets_tests.corpora import synthetic
 def corpora(tmp_path):
     good = synthetic("kv-cache-tester", traces=5, seed=2)
     broken = tmp_path / "broken.jsonl"
-    broken.write_text(good.read_text().replace('"local"', '"global"', 1))
+    broken.write_text(good.read_text().replace('"local"', '"galaxy"', 1))
     return {"tiny": str(good), "broken": str(broken)}
 
 
@@ -110,8 +110,8 @@ def test_a_corpus_that_breaks_the_contract_stops_the_chain(env):
     instance, res = env
     steps = materialize_corpus("broken", instance, res)
     assert len(steps) == 1 and not steps[0].success
-    assert any("scope_not_local" in f for f in steps[0].failures)
-    assert check_status(instance, "scope_is_local", "broken") is False
+    assert any("unknown_scope" in f for f in steps[0].failures)
+    assert check_status(instance, "scope_matches_data", "broken") is False
     assert check_status(instance, "valid_schema", "broken") is True
     assert not instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=AssetKey("trace_scope"), asset_partitions=["broken"]),
@@ -134,8 +134,8 @@ def test_checks_report_per_partition(env):
     instance, res = env
     materialize_corpus("tiny", instance, res)
     materialize_corpus("broken", instance, res)
-    assert check_status(instance, "scope_is_local", "tiny") is True
-    assert check_status(instance, "scope_is_local", "broken") is False
+    assert check_status(instance, "scope_matches_data", "tiny") is True
+    assert check_status(instance, "scope_matches_data", "broken") is False
 
 
 def test_invalid_corpus_names_are_rejected(env):

@@ -18,6 +18,9 @@ ASSETS = {
     "replay_benchmark",
     "manifest_blast_radius",
     "live_replay",
+    "mooncake_export",
+    "aiperf_payload_export",
+    "text_export",
 }
 
 
