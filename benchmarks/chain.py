@@ -141,7 +141,7 @@ DAGSTER_CHILD = """
 import sys, time, json
 import dagster as dg
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import CORPUS_ASSETS, decode_assets, run_selection
+from weka_assets.instance.materialize import CORPUS_ASSETS, decode_assets, run_selection
 from weka_assets.defs.partitions import multi_key
 from weka_assets.defs.resources import CorpusCatalog
 

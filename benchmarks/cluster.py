@@ -20,8 +20,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from weka_assets import cluster as wc  # noqa: E402
-from weka_assets.defs.launch import backfill_summary, launch_chain  # noqa: E402
-from weka_assets.defs.staleness import _graphql, backfill_failed, wait_backfill  # noqa: E402
+from weka_assets.instance.launch import backfill_summary, launch_chain  # noqa: E402
+from weka_assets.instance.staleness import _graphql, backfill_failed, wait_backfill  # noqa: E402
 from weka_assets.synthetic import iter_corpus, write_corpus  # noqa: E402
 
 RUN_TIMES = """query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime

@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import dagster as dg  # noqa: E402
 
 from weka_assets.definitions import build_defs, resources  # noqa: E402
-from weka_assets.defs.materialize import materialize_corpus, run_selection  # noqa: E402
 from weka_assets.defs.partitions import multi_key  # noqa: E402
 from weka_assets.defs.resources import CorpusCatalog  # noqa: E402
+from weka_assets.instance.materialize import materialize_corpus, run_selection  # noqa: E402
 from weka_assets.synthetic import iter_corpus, write_corpus  # noqa: E402
 
 

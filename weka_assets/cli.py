@@ -685,7 +685,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from weka_assets.definitions import build_defs, resources
-    from weka_assets.defs.materialize import materialize_corpus
+    from weka_assets.instance.materialize import materialize_corpus
 
     try:
         with dg.DagsterInstance.get() as instance:
@@ -702,7 +702,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             _err(f"  {line}")
         gate = step.outputs.get("trace_scope")
         if gate is not None:
-            from weka_assets.defs.scope import report_markdown
+            from weka_assets.defs.assets.scope import report_markdown
             from weka_assets.traces.scope import ScopeReport
 
             report = ScopeReport.model_validate_json(store.read_bytes(gate.report_key))
@@ -839,7 +839,7 @@ def _stale(store: str):
     import dagster as dg
 
     from weka_assets.definitions import build_defs, resources
-    from weka_assets.defs.staleness import stale_partitions
+    from weka_assets.instance.staleness import stale_partitions
 
     defs = build_defs(resource_defs=resources(store))
     instance = dg.DagsterInstance.get()
@@ -954,9 +954,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from weka_assets.defs.launch import launch
     from weka_assets.defs.partitions import configured_tokenizers
-    from weka_assets.defs.staleness import WebserverError
+    from weka_assets.instance.launch import launch
+    from weka_assets.instance.staleness import WebserverError
 
     tokenizer = args.tokenizer or configured_tokenizers()[0]
     try:

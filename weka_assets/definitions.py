@@ -2,10 +2,14 @@
 
 import dagster as dg
 
+from weka_assets.defs.assets.blast_radius import build_manifest_blast_radius
+from weka_assets.defs.assets.decoded import build_decoded_dataset
+from weka_assets.defs.assets.exports import build_export_assets
+from weka_assets.defs.assets.live import build_live_replay
+from weka_assets.defs.assets.raw import raw_traces
+from weka_assets.defs.assets.replay import build_replay_benchmark
+from weka_assets.defs.assets.scope import trace_scope
 from weka_assets.defs.automation import automation_sensor
-from weka_assets.defs.blast_radius import build_manifest_blast_radius
-from weka_assets.defs.decoded import build_decoded_dataset
-from weka_assets.defs.exports import build_export_assets
 from weka_assets.defs.io_manager import DescriptorIOManager
 from weka_assets.defs.jobs import (
     decode_job,
@@ -14,11 +18,13 @@ from weka_assets.defs.jobs import (
     scope_job,
     text_export_job,
 )
-from weka_assets.defs.live import LiveServer, build_live_replay
-from weka_assets.defs.raw import raw_traces
-from weka_assets.defs.replay import build_replay_benchmark
-from weka_assets.defs.resources import CorpusCatalog, DecodeOptions, ReplayOptions, WekaStore
-from weka_assets.defs.scope import trace_scope
+from weka_assets.defs.resources import (
+    CorpusCatalog,
+    DecodeOptions,
+    LiveServer,
+    ReplayOptions,
+    WekaStore,
+)
 from weka_assets.defs.sensors import corpus_discovery_sensor, corpus_refresh_schedule
 from weka_assets.executors import executor_from_env
 from weka_assets.versions import MANIFEST_VERSION

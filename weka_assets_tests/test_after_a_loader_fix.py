@@ -18,6 +18,8 @@ import pytest
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import ROOT, bumped_copy, start_dagster_dev
 
+pytestmark = pytest.mark.slow
+
 DECODING_ASSETS = {"decoded_dataset", "replay_benchmark", "manifest_blast_radius"}
 PARTITION = "sample-kvt|deepseek"
 
@@ -92,6 +94,7 @@ def test_bump_stale_backfill_in_process(flow):
     assert_rebuilt(cli, copy, tmp_path)
 
 
+@pytest.mark.live
 def test_bump_stale_backfill_through_a_running_webserver(flow):
     cli, copy, env, tmp_path = flow
     server = start_dagster_dev(copy, env, tmp_path / "dagster-dev.log")

@@ -194,3 +194,30 @@ class ReplayOptions(dg.ConfigurableResource):
             "(its memory is about 100 bytes each); 0: every trace"
         ),
     )
+
+
+class LiveServer(dg.ConfigurableResource):
+    """The OpenAI-compatible server to replay against (e.g. `scripts/vllm-cpu-server start`)."""
+
+    url: str = Field(
+        default="", description="Base URL, e.g. http://127.0.0.1:8000; empty: not configured"
+    )
+    model: str = Field(default="", description="Served model name")
+    concurrency: int = 4
+    time_scale: float = Field(default=1.0, description="0.1 replays ten times faster than recorded")
+    arrival: str = Field(
+        default="",
+        description="together | staggered | poisson | recorded; empty: recorded for a "
+        "Mooncake dataset, together otherwise",
+    )
+    max_context: int | None = Field(
+        default=None,
+        description="Drop calls (or traces) above this many tokens (default: the model's "
+        "max_model_len from the server's /v1/models)",
+    )
+    drop: str = Field(default="calls", description="calls | traces")
+    max_tokens_cap: int = 16
+    block_size: int = Field(
+        default=32, description="The server's KV block size (for the prediction)"
+    )
+    timeout_s: float = 120.0

@@ -32,7 +32,7 @@ from weka_assets.synthetic import iter_corpus, write_corpus
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import bump_manifest, copy_project
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.live, pytest.mark.slow]
 
 CORPORA = ("sample", "kvt", "big", "dup-a", "dup-b")
 

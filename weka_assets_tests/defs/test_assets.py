@@ -8,8 +8,8 @@ import pytest
 from dagster import AssetCheckKey, AssetKey
 
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.instance.materialize import materialize_corpus
 from weka_assets.traces.scope import CONTRACT_RULES
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.corpora import synthetic

@@ -5,10 +5,12 @@ import dagster as dg
 import pytest
 
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog
-from weka_assets.defs.staleness import backfill_in_process, stale_partitions
+from weka_assets.instance.materialize import materialize_corpus
+from weka_assets.instance.staleness import backfill_in_process, stale_partitions
 from weka_assets_tests.corpora import synthetic
+
+pytestmark = pytest.mark.slow
 
 
 def requested(result, instance) -> set[tuple[str, str]]:

@@ -11,8 +11,8 @@ import dagster as dg
 import pytest
 
 from weka_assets.definitions import build_defs, defs, resources
-from weka_assets.defs.materialize import materialize_corpus
-from weka_assets.defs.scope import attention_rows, verdict_markdown
+from weka_assets.defs.assets.scope import attention_rows, verdict_markdown
+from weka_assets.instance.materialize import materialize_corpus
 from weka_assets.traces.scope import CONTRACT_RULES, ScopeReport
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.defs.test_definitions import ASSETS

@@ -4,13 +4,16 @@ decoded_dataset, and replay_benchmark's capacity sweep runs on the recorded time
 import json
 
 import dagster as dg
+import pytest
 from dagster import AssetKey
 
 from weka_assets.decoding.dataset import read_manifest
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.instance.materialize import materialize_corpus
 from weka_assets_tests.mooncake import mooncake_requests, write_mooncake
+
+pytestmark = pytest.mark.slow
 
 
 def _latest(instance, asset, partition):

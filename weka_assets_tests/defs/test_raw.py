@@ -5,8 +5,8 @@ import dagster as dg
 import pytest
 
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import run_selection
 from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.instance.materialize import run_selection
 from weka_assets_tests.corpora import synthetic
 
 REPO = "semianalysisai/cc-traces-raw"

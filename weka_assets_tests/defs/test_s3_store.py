@@ -3,12 +3,15 @@ moto's server on 127.0.0.1, through s3fs)."""
 
 import dagster as dg
 import orjson
+import pytest
 
 from weka_assets.definitions import build_defs, resources_for
-from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
-from weka_assets.defs.staleness import stale_partitions
+from weka_assets.instance.materialize import materialize_corpus
+from weka_assets.instance.staleness import stale_partitions
 from weka_assets_tests.corpora import synthetic
+
+pytestmark = pytest.mark.slow
 
 
 def test_whole_chain_reads_s3_and_stores_on_s3(s3, monkeypatch, tmp_path):

@@ -8,10 +8,10 @@ import dagster as dg
 import pytest
 
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import materialize_corpus, run_selection
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.defs.sensors import corpus_discovery_sensor, corpus_refresh_schedule
-from weka_assets.defs.staleness import stale_partitions
+from weka_assets.instance.materialize import materialize_corpus, run_selection
+from weka_assets.instance.staleness import stale_partitions
 from weka_assets_tests.corpora import synthetic
 
 

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 import orjson
+import pytest
 
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.materialize import materialize_corpus
 from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.instance.materialize import materialize_corpus
 from weka_assets_tests.corpora import synthetic
+
+pytestmark = pytest.mark.slow
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

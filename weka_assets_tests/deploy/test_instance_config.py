@@ -179,6 +179,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.live
 def test_the_instance_runs_a_job_on_postgres_with_s3_compute_logs(
     tmp_path, postgres, s3, monkeypatch
 ):

@@ -24,6 +24,8 @@ from weka_assets.replay.corpus_wide import timeline_order
 from weka_assets.replay.unbounded import replay_unbounded
 from weka_assets_tests.corpora import REAL_SAMPLE, decoded, synthetic
 
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = os.environ.get("WEKA_AIPERF_SPEC", "aiperf==0.13.0")
 VENV = (

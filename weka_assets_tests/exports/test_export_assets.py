@@ -8,9 +8,9 @@ import dagster as dg
 import pytest
 
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.exports import EXPORTS
-from weka_assets.defs.materialize import decode_assets, materialize_corpus, run_selection
+from weka_assets.defs.assets.exports import EXPORTS
 from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.instance.materialize import decode_assets, materialize_corpus, run_selection
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.corpora import synthetic
 

@@ -368,12 +368,13 @@ class FakeCompletionsServer:
     answered completions it closes its socket and stops listening: a server that went away),
     `fail_first` (that many 503s first), `reject_len` (prompt lengths answered 400),
     `list_models` (False: /v1/models answers 404, so a wrong model surfaces as the
-    completions route's own 404).
+    completions route's own 404), `hold_after` (the completions after that many are held
+    unanswered until the stub is killed; `held` is set once one is: a call surely in flight).
     """
 
     def __init__(
         self, model="tiny", delay_s=0.0, die_after=None, fail_first=0, reject_len=(),
-        max_model_len=None,
+        max_model_len=None, hold_after=None,
     ):  # fmt: skip
         self.model = model
         self.max_model_len = max_model_len
@@ -383,6 +384,9 @@ class FakeCompletionsServer:
         self.reject_len = set(reject_len)
         self.list_models = True
         self.completions = 0  # answered
+        self.hold_after = hold_after
+        self.received = 0  # completion requests, counted on arrival
+        self.held = threading.Event()
         self.lock = threading.Lock()
         self.dead = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -431,6 +435,8 @@ class FakeCompletionsServer:
                 if self.path != "/v1/completions":
                     return self._json(404, {"error": {"message": "Not Found"}})
                 with stub.lock:
+                    stub.received += 1
+                    hold = stub.hold_after is not None and stub.received > stub.hold_after
                     if stub.die_after is not None and stub.completions >= stub.die_after:
                         threading.Thread(target=stub.kill, daemon=True).start()
                         self.close_connection = True
@@ -442,6 +448,11 @@ class FakeCompletionsServer:
                 if body.get("model") != stub.model:
                     msg = f"The model `{body.get('model')}` does not exist."
                     return self._json(404, {"error": {"message": msg, "code": 404}})
+                if hold:  # in flight until the stub is killed; then never answered
+                    stub.held.set()
+                    stub.dead.wait(120)
+                    self.close_connection = True
+                    return
                 n = len(body["prompt"])
                 if n in stub.reject_len:
                     return self._json(400, {"error": {"message": f"prompt of {n} too long"}})
@@ -625,7 +636,9 @@ def test_cancel_stops_sending_and_keeps_results(stub):
 
 
 def test_cli_ctrl_c_writes_the_partial_result(tmp_path, stub):
-    server = stub(delay_s=0.25)
+    # deterministic: two calls answered, the third held in flight until the end, so the
+    # signal surely lands mid-run whatever the machine's load
+    server = stub(hold_after=2)
     dataset = make_ds(serial(12)).write(tmp_path / "datasets", "k")
     out = tmp_path / "live.json"
     proc = subprocess.Popen(
@@ -638,19 +651,22 @@ def test_cli_ctrl_c_writes_the_partial_result(tmp_path, stub):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while server.completions < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert server.held.wait(60), "the third call never reached the server"
+        assert server.completions == 2 and proc.poll() is None
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
-    assert f"partial result written to {out}" in stderr
+    assert f"partial result written to {out}" in stderr and "Traceback" not in stderr
     data = _partial(out)
-    assert data["stopped"] == "cancelled" and data["totals"]["ok"] >= 2
-    assert data["totals"]["not_sent"] > 0
+    assert data["stopped"] == "cancelled"
+    t = data["totals"]
+    assert (t["ok"], t["cancelled"], t["not_sent"]) == (2, 1, 9), t
+    statuses = [c["status"] for c in data["calls"]]
+    assert statuses == ["ok", "ok", "cancelled"] + ["not_sent"] * 9, statuses
+    assert server.received == 3  # nothing sent after the signal
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -697,6 +713,8 @@ def vllm_server(tmp_path_factory):
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
 
 
+@pytest.mark.live
+@pytest.mark.slow
 def test_real_vllm_cached_tokens_equal_the_prediction(vllm_server, tmp_path):
     from weka_assets.pipeline import decode_corpus
     from weka_assets.synthetic import iter_corpus, write_corpus

@@ -57,6 +57,8 @@ from weka_assets_tests.robustness.faults import (
     weka_cmd,
 )
 
+pytestmark = pytest.mark.slow
+
 RUN_LIMIT_S = 300  # a run this long is a hang, not a slow machine (no timing is asserted)
 MODES = ("anywhere", "mid-write", "publishing", "published")
 KILLS = 8  # decode kills in CI (WEKA_FAULTS=long: 5 x)
@@ -255,7 +257,7 @@ def test_killed_materialization_keeps_previous_outputs(tmp_path, request, monkey
     import dagster as dg
 
     from weka_assets.definitions import build_defs, resources
-    from weka_assets.defs.materialize import materialize_corpus
+    from weka_assets.instance.materialize import materialize_corpus
 
     home, store = tmp_path / "dagster-home", tmp_path / "store"
     home.mkdir()

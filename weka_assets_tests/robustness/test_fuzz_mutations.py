@@ -29,6 +29,8 @@ from weka_assets_tests.conftest import REAL_SAMPLE
 from weka_assets_tests.robustness.contract import check_error, check_record
 from weka_assets_tests.robustness.fuzzing import bounded, fuzz_settings, tried
 
+pytestmark = pytest.mark.fuzz
+
 
 @dataclass
 class Expect:

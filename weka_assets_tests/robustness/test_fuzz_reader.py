@@ -40,6 +40,8 @@ from weka_assets_tests.robustness.strategies import (
     valid_trace,
 )
 
+pytestmark = pytest.mark.fuzz
+
 
 @contextlib.contextmanager
 def workdir():

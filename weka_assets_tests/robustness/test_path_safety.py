@@ -22,10 +22,10 @@ from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.decoding.tokenizers import resolve_tokenizer, safe_name
 from weka_assets.definitions import build_defs, resources_for
 from weka_assets.defs.io_manager import DescriptorIOManager
-from weka_assets.defs.materialize import materialize_corpus, run_selection
 from weka_assets.defs.partitions import configured_tokenizers, validate_key
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.errors import WekaError
+from weka_assets.instance.materialize import materialize_corpus, run_selection
 from weka_assets.pipeline import decode_corpus, replay, scope_report
 from weka_assets.sources import (
     RegistryError,
@@ -83,6 +83,7 @@ key_parts = st.lists(
 )
 
 
+@pytest.mark.fuzz
 @fuzz_settings(300)
 @given(parts=key_parts)
 def test_fuzz_store_keys_stay_below_the_base(parts):
@@ -134,6 +135,7 @@ def test_descriptor_keys_of_hostile_partitions_are_refused(tmp_path, partition):
         DescriptorIOManager._key(dg.AssetKey("raw_traces"), partition)
 
 
+@pytest.mark.fuzz
 @fuzz_settings(200)
 @given(partition=st.text(max_size=20) | st.sampled_from(HOSTILE))
 def test_fuzz_descriptor_keys_stay_in_descriptors(partition):
@@ -223,6 +225,7 @@ def test_hostile_tokenizer_names_are_refused_with_one_line(tmp_path, monkeypatch
     assert outside(tmp_path, corpus, tmp_path / "out") == []
 
 
+@pytest.mark.fuzz
 @fuzz_settings(200)
 @given(text=st.text(max_size=80) | st.sampled_from(HOSTILE))
 def test_fuzz_derived_tokenizer_names_are_one_safe_path_segment(text):

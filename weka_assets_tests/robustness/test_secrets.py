@@ -23,10 +23,12 @@ from huggingface_hub import constants
 
 from weka_assets import cli
 from weka_assets.definitions import build_defs, resources_for
-from weka_assets.defs.materialize import materialize_corpus, run_selection
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.defs.sensors import corpus_discovery_sensor
+from weka_assets.instance.materialize import materialize_corpus, run_selection
 from weka_assets.synthetic import generate_corpus, write_corpus
+
+pytestmark = pytest.mark.slow
 
 RUN = uuid.uuid4().hex[:12]
 HF_TOKEN = f"hf_SENTINEL{RUN}tokenvalue"

@@ -22,8 +22,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import DagsterDev, bump_manifest
+
+pytestmark = [pytest.mark.ui, pytest.mark.live, pytest.mark.slow]
 
 try:
     from playwright.sync_api import expect

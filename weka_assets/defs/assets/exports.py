@@ -14,8 +14,7 @@ has a job of its own.
 
 import dagster as dg
 
-from weka_assets.defs.decoded import decoding_asset
-from weka_assets.defs.metadata import key_values
+from weka_assets.defs.helpers import decoding_asset, key_values
 from weka_assets.defs.outputs import DatasetRef, ExportRef
 from weka_assets.defs.resources import WekaStore
 from weka_assets.exports import ExportError, export_dataset

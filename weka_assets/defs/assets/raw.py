@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from weka_assets.defs.metadata import table
+from weka_assets.defs.helpers import table
 from weka_assets.defs.outputs import RawCorpus
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore

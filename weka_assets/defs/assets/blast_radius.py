@@ -5,12 +5,10 @@ import dagster as dg
 import orjson
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.decoded import decoding_asset
-from weka_assets.defs.metadata import table
+from weka_assets.defs.helpers import decoding_asset, markdown_image, table
 from weka_assets.defs.outputs import BlastRef, DatasetRef
-from weka_assets.defs.plots import blast_radius_png, markdown_image
 from weka_assets.defs.resources import WekaStore
-from weka_assets.replay.blast_radius import RoleBlast, blast_radius, previous_key
+from weka_assets.replay.blast_radius import RoleBlast, blast_radius, blast_radius_png, previous_key
 
 
 def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:

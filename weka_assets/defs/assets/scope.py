@@ -11,7 +11,7 @@ import dagster as dg
 import orjson
 
 from weka_assets.defs.automation import on_new_data
-from weka_assets.defs.metadata import key_values, pct, table
+from weka_assets.defs.helpers import key_values, pct, table
 from weka_assets.defs.outputs import RawCorpus, ScopeGate
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore

@@ -16,7 +16,7 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from weka_assets.defs.materialize import StepOutcome, run_selection
+from weka_assets.instance.materialize import StepOutcome, run_selection
 
 DEFAULT_WEBSERVER = "http://127.0.0.1:3000"
 

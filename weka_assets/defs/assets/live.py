@@ -3,45 +3,16 @@ tokens against the prediction for that server's block size. Materialized on dema
 a server), never by automation."""
 
 import dagster as dg
-from pydantic import Field
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.decoded import decoding_asset
-from weka_assets.defs.metadata import table
+from weka_assets.defs.helpers import decoding_asset, table
 from weka_assets.defs.outputs import DatasetRef, LiveRef
-from weka_assets.defs.resources import WekaStore
+from weka_assets.defs.resources import LiveServer, WekaStore
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.live import LiveReplayError, answered_calls, run_live_replay
 from weka_assets.replay.schedule import arrival_for
 
 LIVE_GROUP = "live"
-
-
-class LiveServer(dg.ConfigurableResource):
-    """The OpenAI-compatible server to replay against (e.g. `scripts/vllm-cpu-server start`)."""
-
-    url: str = Field(
-        default="", description="Base URL, e.g. http://127.0.0.1:8000; empty: not configured"
-    )
-    model: str = Field(default="", description="Served model name")
-    concurrency: int = 4
-    time_scale: float = Field(default=1.0, description="0.1 replays ten times faster than recorded")
-    arrival: str = Field(
-        default="",
-        description="together | staggered | poisson | recorded; empty: recorded for a "
-        "Mooncake dataset, together otherwise",
-    )
-    max_context: int | None = Field(
-        default=None,
-        description="Drop calls (or traces) above this many tokens (default: the model's "
-        "max_model_len from the server's /v1/models)",
-    )
-    drop: str = Field(default="calls", description="calls | traces")
-    max_tokens_cap: int = 16
-    block_size: int = Field(
-        default=32, description="The server's KV block size (for the prediction)"
-    )
-    timeout_s: float = 120.0
 
 
 def _percentile_rows(result) -> list[dict]:

@@ -10,10 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.decoded import decode_in_store, decoding_asset
-from weka_assets.defs.metadata import pct, table
+from weka_assets.defs.helpers import decode_in_store, decoding_asset, markdown_image, pct, table
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
-from weka_assets.defs.plots import markdown_image
 from weka_assets.defs.resources import DecodeOptions, ReplayOptions, WekaStore
 from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress

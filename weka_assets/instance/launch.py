@@ -10,7 +10,7 @@ from collections import Counter
 
 from weka_assets.defs.jobs import CORPUS_ASSETS, DECODE_ASSETS
 from weka_assets.defs.partitions import validate_key
-from weka_assets.defs.staleness import (
+from weka_assets.instance.staleness import (
     StalePartition,
     WebserverError,
     _graphql,

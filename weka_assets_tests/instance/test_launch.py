@@ -4,7 +4,7 @@ The whole path against a real deployment is in weka_assets_tests/cluster/."""
 import pytest
 
 from weka_assets.cli import main
-from weka_assets.defs.launch import all_succeeded, chain_partitions
+from weka_assets.instance.launch import all_succeeded, chain_partitions
 
 
 def test_the_chain_is_every_asset_of_both_partition_spaces():
