@@ -7,7 +7,11 @@ from weka_assets.defs.assets.decoded import build_decoded_dataset
 from weka_assets.defs.assets.exports import build_export_assets
 from weka_assets.defs.assets.live import build_live_replay
 from weka_assets.defs.assets.raw import raw_traces
-from weka_assets.defs.assets.replay import build_replay_benchmark
+from weka_assets.defs.assets.replay import (
+    build_capacity_curve,
+    build_legacy_scope_replay,
+    build_replay_benchmark,
+)
 from weka_assets.defs.assets.scope import trace_scope
 from weka_assets.defs.automation import automation_sensor
 from weka_assets.defs.io_manager import DescriptorIOManager
@@ -36,6 +40,9 @@ def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefi
         raw_traces,
         trace_scope,
         build_decoded_dataset(manifest_version),
+        build_decoded_dataset(manifest_version, "legacy_scope_dataset", scope_policy="session"),
+        build_legacy_scope_replay(manifest_version),
+        build_capacity_curve(manifest_version),
         build_replay_benchmark(manifest_version),
         build_manifest_blast_radius(manifest_version),
         build_live_replay(manifest_version),

@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from weka_assets.defs.jobs import DECODE_ASSETS
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import ROOT, bumped_copy, start_dagster_dev
 
 pytestmark = pytest.mark.slow
 
-DECODING_ASSETS = {"decoded_dataset", "replay_benchmark", "manifest_blast_radius"}
+DECODING_ASSETS = set(DECODE_ASSETS)
 PARTITION = "sample-kvt|deepseek"
 
 

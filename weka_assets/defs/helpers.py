@@ -3,8 +3,10 @@ arguments of every asset built on a decoded dataset, and decoding into the store
 
 import base64
 import dataclasses
+import hashlib
 
 import dagster as dg
+import orjson
 
 from weka_assets.decoding.dataset import read_manifest
 from weka_assets.decoding.settings import DecodeSettings
@@ -77,7 +79,8 @@ def decoding_asset(
 ) -> dict:
     """`@dg.asset` arguments shared by every corpus x tokenizer asset built on a decoded dataset:
     the manifest version in the code version, the partitions, and (optionally) the corpus-level
-    inputs mapped onto the corpus dimension."""
+    inputs mapped onto the corpus dimension. An automated asset always depends on
+    `trace_scope`, so it is rebuilt only when the scope gate's checks passed."""
     kwargs = dict(
         partitions_def=corpus_tokenizer_partitions,
         code_version=manifest_code_version(manifest_version),
@@ -93,6 +96,10 @@ def decoding_asset(
         }
     if automated:
         kwargs["automation_condition"] = rebuild_condition()
+        if not corpus_inputs:
+            # the scope gate upstream, so a rebuild waits for its blocking checks too (the
+            # condition looks at direct dependencies only)
+            kwargs["deps"] = [dg.AssetDep("trace_scope", partition_mapping=corpus_mapping)]
     return kwargs
 
 
@@ -134,3 +141,10 @@ def decode_in_store(
     return dataclasses.replace(
         out, manifest=read_manifest(out.path), published=False, provenance={}
     )
+
+
+def content_version(figures) -> dg.DataVersion:
+    """A data version from what an asset computed (sorted JSON), so an unchanged result is
+    recognised as unchanged whichever run computed it."""
+    body = orjson.dumps(figures, option=orjson.OPT_SORT_KEYS)
+    return dg.DataVersion(hashlib.sha256(body).hexdigest()[:24])

@@ -4,7 +4,14 @@ import dagster as dg
 
 # the chain of one corpus: its corpus-partitioned assets, then its corpus x tokenizer ones
 CORPUS_ASSETS = ("raw_traces", "trace_scope")
-DECODE_ASSETS = ("decoded_dataset", "replay_benchmark", "manifest_blast_radius")
+DECODE_ASSETS = (
+    "decoded_dataset",
+    "legacy_scope_dataset",
+    "legacy_scope_replay",
+    "capacity_curve",
+    "replay_benchmark",
+    "manifest_blast_radius",
+)
 
 scope_job = dg.define_asset_job(
     "scope_job",

@@ -50,6 +50,16 @@ class ReplayRef(BaseModel):
     fidelity_mismatched_calls: int
 
 
+class CapacityRef(BaseModel):
+    corpus: str
+    tokenizer: str
+    decode_key: str
+    curve_key: str  # replay/<decode key>/capacity_curve.json
+    plot_key: str  # replay/<decode key>/capacity.png
+    traces: int  # the leading traces the sweep covers
+    dataset_traces: int
+
+
 class BlastRef(BaseModel):
     corpus: str
     tokenizer: str

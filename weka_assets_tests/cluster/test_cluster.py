@@ -28,6 +28,7 @@ import s3fs
 
 from weka_assets import cluster as wc
 from weka_assets.decoding.dataset import verify_dataset
+from weka_assets.defs.jobs import DECODE_ASSETS
 from weka_assets.synthetic import iter_corpus, write_corpus
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import bump_manifest, copy_project
@@ -196,7 +197,7 @@ def test_corpora_launched_at_once_run_on_both_workers_and_survive_a_killed_worke
         for host, n in summary["steps_by_host"].items():
             steps[host] = steps.get(host, 0) + n
     assert set(steps) == {"w1", "w2"} and min(steps.values()) > 0, steps
-    assert sum(steps.values()) == 5 * len(CORPORA)  # every asset of every chain, once
+    assert sum(steps.values()) == (2 + len(DECODE_ASSETS)) * len(CORPORA)  # every asset, once
 
     # the worker running big's decode was killed mid-step: the step was delivered again, to
     # the other worker, within the same run, and that run succeeded
@@ -274,7 +275,7 @@ def test_a_manifest_bump_is_backfilled_through_the_cluster(deployment):
     listed = {(s["asset"], s["partition"]) for s in json.loads(stale.stdout)["stale"]}
     expected = {
         (a, f"{c}|deepseek")
-        for a in ("decoded_dataset", "replay_benchmark", "manifest_blast_radius")
+        for a in DECODE_ASSETS
         for c in CORPORA
     }
     assert listed == expected

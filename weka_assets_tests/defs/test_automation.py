@@ -5,6 +5,7 @@ import dagster as dg
 import pytest
 
 from weka_assets.definitions import build_defs, resources
+from weka_assets.defs.jobs import DECODE_ASSETS
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.instance.materialize import materialize_corpus
 from weka_assets.instance.staleness import backfill_in_process, stale_partitions
@@ -60,9 +61,8 @@ def test_bump_requests_exactly_the_dependent_partitions_whose_checks_passed(worl
         "replay_benchmark",
         "alpha|deepseek",
     ) in got
-    assert not any(
-        p.startswith("beta") for _, p in got if _ in ("decoded_dataset", "replay_benchmark")
-    )
+    assert {a for a, p in got if p.startswith("alpha")} == set(DECODE_ASSETS)
+    assert not any(p.startswith("beta") for _, p in got)
 
 
 def test_bump_makes_exactly_the_dependent_partitions_stale_and_backfill_clears_them(world):
@@ -73,9 +73,7 @@ def test_bump_makes_exactly_the_dependent_partitions_stale_and_backfill_clears_t
     v2 = defs_for(2)
     stale = stale_partitions(v2, instance)
     assert {(s.asset, s.partition) for s in stale} == {
-        ("decoded_dataset", "alpha|deepseek"),
-        ("replay_benchmark", "alpha|deepseek"),
-        ("manifest_blast_radius", "alpha|deepseek"),
+        (asset, "alpha|deepseek") for asset in DECODE_ASSETS
     }
     assert all("new code version" in c for s in stale for c in s.causes)
     outcomes = backfill_in_process(v2, instance, stale)

@@ -13,6 +13,9 @@ def test_the_chain_is_every_asset_of_both_partition_spaces():
         ("raw_traces", "sample"),
         ("trace_scope", "sample"),
         ("decoded_dataset", "sample|deepseek"),
+        ("legacy_scope_dataset", "sample|deepseek"),
+        ("legacy_scope_replay", "sample|deepseek"),
+        ("capacity_curve", "sample|deepseek"),
         ("replay_benchmark", "sample|deepseek"),
         ("manifest_blast_radius", "sample|deepseek"),
     ]

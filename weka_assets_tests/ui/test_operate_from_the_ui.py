@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from weka_assets.defs.jobs import DECODE_ASSETS
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import DagsterDev, bump_manifest
 
@@ -36,7 +37,7 @@ except ImportError:  # the `page` fixture fails with the reason
 
 CORPORA = ["sample", "sample-kvt"]
 CORPUS_ASSETS = ["raw_traces", "trace_scope"]
-DECODING_ASSETS = ["decoded_dataset", "replay_benchmark", "manifest_blast_radius"]
+DECODING_ASSETS = list(DECODE_ASSETS)
 MULTI = [f"{c}|deepseek" for c in CORPORA]
 
 NODE = """
@@ -228,7 +229,7 @@ def _walk_through(server, project, store, page, url, shot):
     # 2. the whole graph (without `live`), both corpora, one backfill
     open_lineage(page, url, "not group:live and not group:exports")
     page.get_by_role("button", name="Materialize all").click()
-    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize 5 assets")
+    dialog = page.get_by_role("dialog").filter(has_text=f"Launch runs to materialize {2 + len(DECODING_ASSETS)} assets")
     expect(dialog.get_by_text("raw_traces", exact=True)).to_be_visible()
     choose(page, dialog, CORPORA)
     shot("launch-the-whole-graph")

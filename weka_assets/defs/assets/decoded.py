@@ -11,30 +11,42 @@ from weka_assets.progress import dagster_progress
 from weka_assets.traces.reader import CorpusFormat
 from weka_assets.traces.scope import ScopeReport
 
+DESCRIPTIONS = {
+    "decoded_dataset": "Hash ids decoded into synthetic tokens: each distinct (scope, id) block "
+    "once, calls as block lists plus tail specs. Stored at its decode key; an existing key is "
+    "reused, never rebuilt or overwritten.",
+    "legacy_scope_dataset": "The same corpus decoded with the legacy per-session scope (each "
+    "subagent on its own agent id): the historic loader bug, kept only to show what it cost "
+    "(replay_benchmark compares the two). Stored and reused by its own decode key.",
+}
 
-def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
-    """`decoded_dataset` for one manifest version (injected, so tests can bump it)."""
+
+def build_decoded_dataset(
+    manifest_version: int, name: str = "decoded_dataset", scope_policy: str = "trace"
+) -> dg.AssetsDefinition:
+    """`decoded_dataset` (or, with the legacy `session` scope policy, `legacy_scope_dataset`)
+    for one manifest version (injected, so tests can bump it)."""
 
     @dg.asset(
+        name=name,
+        description=DESCRIPTIONS[name],
         **decoding_asset(
             manifest_version, "decoded", {"python", "numpy", "parquet"}, corpus_inputs=True
-        )
+        ),
     )
-    def decoded_dataset(
+    def _decoded(
         context: dg.AssetExecutionContext,
         raw_traces: RawCorpus,
         trace_scope: ScopeGate,
         store: WekaStore,
         decode: DecodeOptions,
     ) -> dg.Output[DatasetRef]:
-        """Hash ids decoded into synthetic tokens: each distinct (scope, id) block once, calls as
-        block lists plus tail specs. Stored at its decode key; an existing key is reused, never
-        rebuilt or overwritten."""
         keys = context.partition_key.keys_by_dimension
         corpus, tokenizer = keys["corpus"], keys["tokenizer"]
         report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
-        settings: DecodeSettings = decode.settings(tokenizer)
-        progress = dagster_progress(context)
+        settings: DecodeSettings = decode.settings(tokenizer, scope_policy=scope_policy)
+        label = "legacy session scope: " if scope_policy == "session" else ""
+        progress = dagster_progress(context, label=label)
         progress.expect("decode", report.traces)
         try:
             with progress:
@@ -45,6 +57,7 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
                     report,
                     manifest_version,
                     progress=progress,
+                    measure_drift=scope_policy == "trace",  # the legacy one is a comparison
                     digest=raw_traces.digest,  # verified by raw_traces: not hashed again
                     # as trace_scope read it (None, from before formats: detected)
                     fmt=CorpusFormat(trace_scope.format, trace_scope.block_size),
@@ -90,4 +103,4 @@ def build_decoded_dataset(manifest_version: int) -> dg.AssetsDefinition:
             },
         )
 
-    return decoded_dataset
+    return _decoded

@@ -1,7 +1,11 @@
-"""`replay_benchmark`: prefix-cache hit rates of a decoded dataset, their fidelity proof, and
-what the historic per-session scope bug would have reported for the same corpus."""
+"""The replay assets, each one core call then its output and metadata:
 
-import hashlib
+- `legacy_scope_replay`: the unbounded replay of `legacy_scope_dataset` (the historic
+  per-session scope bug), reused by its decode key like any replay;
+- `capacity_curve`: the shared-LRU KV-capacity sweep of `decoded_dataset`;
+- `replay_benchmark`: the unbounded replay of `decoded_dataset` (theoretical and token-level
+  hit rates and their fidelity proof), set beside the legacy replay and the capacity curve.
+"""
 
 import dagster as dg
 import numpy as np
@@ -9,10 +13,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from weka_assets.atomic import atomic_write
 from weka_assets.decoding.dataset import open_dataset
-from weka_assets.defs.helpers import decode_in_store, decoding_asset, markdown_image, pct, table
-from weka_assets.defs.outputs import DatasetRef, RawCorpus, ReplayRef, ScopeGate
-from weka_assets.defs.resources import DecodeOptions, ReplayOptions, WekaStore
+from weka_assets.defs.helpers import content_version, decoding_asset, markdown_image, pct, table
+from weka_assets.defs.outputs import CapacityRef, DatasetRef, ReplayRef
+from weka_assets.defs.resources import ReplayOptions, WekaStore
 from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
@@ -24,7 +29,6 @@ from weka_assets.replay.capacity import (
 )
 from weka_assets.replay.schedule import arrival_for
 from weka_assets.replay.unbounded import HitFigures, ReplayResult
-from weka_assets.traces.scope import ScopeReport
 
 
 def _rates(f: HitFigures) -> dict:
@@ -66,9 +70,8 @@ def _write_per_call(ds, cf, path) -> None:
             "full_hits": cf.full_hits, "token_blocks": cf.token_total, "token_hits": cf.token_hits,
         }
     )  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(per_call, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as fh:
+        pq.write_table(per_call, fh)
 
 
 def capacity_traces(ds, max_blocks: int) -> int:
@@ -111,6 +114,24 @@ def curve_rows(curve: CapacityCurve) -> list[dict]:
     ]
 
 
+def capacity_metadata(store: WekaStore, ref: CapacityRef, options_max: int | None = None) -> dict:
+    """What the UI shows of a capacity curve (on `capacity_curve`, and again on
+    `replay_benchmark`, whose page sums the chain up)."""
+    curve = CapacityCurve.model_validate_json(store.read_bytes(ref.curve_key))
+    png = store.read_bytes(ref.plot_key)
+    covered = f"{ref.traces} of {ref.dataset_traces} traces"
+    if ref.traces != ref.dataset_traces and options_max is not None:
+        covered += f" (the first, up to capacity_max_blocks={options_max:,})"
+    return {
+        "capacity_curve": table(curve_rows(curve)),
+        "capacity_curve_traces": dg.MetadataValue.text(covered),
+        "capacity_plot": dg.MetadataValue.md(
+            markdown_image(png, "hit rate against KV-cache capacity")
+        ),
+        "capacity_plot_path": dg.MetadataValue.path(store.url(ref.plot_key)),
+    }
+
+
 def hit_rate_markdown(result: ReplayResult, legacy: ReplayResult) -> str:
     """The headline: token-replay hit rate per role, the fidelity proof, the legacy figure."""
     roles = ", ".join(
@@ -129,81 +150,150 @@ def hit_rate_markdown(result: ReplayResult, legacy: ReplayResult) -> str:
     )
 
 
+def replay_in_store(context, store: WekaStore, dataset: DatasetRef, label: str = ""):
+    """The unbounded replay of a stored dataset, kept at `replay/<decode key>/` (result.json,
+    per_call.parquet) with its provenance beside: (result, dataset, folder, ReplayRef)."""
+    ds = open_dataset(store.pull(dataset.key), verify=True)
+    with dagster_progress(context, label=label) as progress:
+        result, cf = replay(ds, progress)
+    result_dir = f"replay/{dataset.decode_key}"
+    out_dir = store.dir(result_dir)
+    write_json(result, out_dir / "result.json")
+    _write_per_call(ds, cf, out_dir / "per_call.parquet")
+    store.push(f"{result_dir}/result.json")
+    store.push(f"{result_dir}/per_call.parquet")
+    # where and when, beside the results (their bytes depend on the dataset only)
+    record_key = f"provenance/{result_dir}.json"
+    store.write_bytes(record_key, orjson.dumps(provenance(out_dir), option=orjson.OPT_INDENT_2))
+    ref = ReplayRef(
+        corpus=dataset.corpus,
+        tokenizer=dataset.tokenizer,
+        decode_key=dataset.decode_key,
+        result_key=f"{result_dir}/result.json",
+        per_call_key=f"{result_dir}/per_call.parquet",
+        theoretical_hit_rate=result.theoretical_hit_rate,
+        token_replay_hit_rate=result.token_replay_hit_rate,
+        fidelity_mismatched_calls=result.fidelity_mismatched_calls,
+    )
+    return result, ds, result_dir, ref
+
+
+def _paths(store: WekaStore, result_dir: str) -> dict:
+    return {
+        "result_path": dg.MetadataValue.path(store.url(f"{result_dir}/result.json")),
+        "per_call_path": dg.MetadataValue.path(store.url(f"{result_dir}/per_call.parquet")),
+        "provenance_path": dg.MetadataValue.path(store.url(f"provenance/{result_dir}.json")),
+    }
+
+
+def build_legacy_scope_replay(manifest_version: int) -> dg.AssetsDefinition:
+    @dg.asset(**decoding_asset(manifest_version, "replay", {"python"}))
+    def legacy_scope_replay(
+        context: dg.AssetExecutionContext, legacy_scope_dataset: DatasetRef, store: WekaStore
+    ) -> dg.Output[ReplayRef]:
+        """The unbounded replay of the corpus decoded with the legacy per-session scope: the
+        hit rates the historic loader bug reported (its token replay loses the hits the bug
+        destroyed; the calls that lose them are its fidelity mismatches)."""
+        result, _, result_dir, ref = replay_in_store(
+            context, store, legacy_scope_dataset, "legacy session scope: "
+        )
+        return dg.Output(
+            ref,
+            data_version=content_version(result.model_dump(mode="json", exclude={"dataset"})),
+            metadata={
+                "token_replay_hit_rate": result.token_replay_hit_rate,
+                "theoretical_hit_rate": result.theoretical_hit_rate,
+                "calls_that_lose_hits": result.fidelity_mismatched_calls,
+                "dagster/row_count": result.calls,
+                "per_role": table([{"role": r, **_rates(f)} for r, f in result.per_role.items()]),
+                "decode_key": legacy_scope_dataset.decode_key,
+                "manifest_version": legacy_scope_dataset.manifest_version,
+                "tokenizer": legacy_scope_dataset.tokenizer,
+                **_paths(store, result_dir),
+            },
+        )
+
+    return legacy_scope_replay
+
+
+def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
+    @dg.asset(name="capacity_curve", **decoding_asset(manifest_version, "replay", {"python"}))
+    def capacity_curve_asset(
+        decoded_dataset: DatasetRef, store: WekaStore, replay_options: ReplayOptions
+    ) -> dg.Output[CapacityRef]:
+        """Hit rate against KV-cache capacity: the corpus's sessions interleaved on one server
+        timeline through a shared LRU prefix cache of each size (the figure capacity planning
+        needs), bounded by `capacity_max_blocks` block accesses."""
+        ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
+        curve, png, covered = capacity_figures(ds, replay_options)
+        result_dir = f"replay/{decoded_dataset.decode_key}"
+        out_dir = store.dir(result_dir)
+        write_json(curve, out_dir / "capacity_curve.json")
+        with atomic_write(out_dir / "capacity.png") as fh:
+            fh.write(png)
+        store.push(f"{result_dir}/capacity_curve.json")
+        store.push(f"{result_dir}/capacity.png")
+        ref = CapacityRef(
+            corpus=decoded_dataset.corpus,
+            tokenizer=decoded_dataset.tokenizer,
+            decode_key=decoded_dataset.decode_key,
+            curve_key=f"{result_dir}/capacity_curve.json",
+            plot_key=f"{result_dir}/capacity.png",
+            traces=covered,
+            dataset_traces=len(ds.traces),
+        )
+        return dg.Output(
+            ref,
+            data_version=content_version(curve.model_dump(mode="json")),
+            metadata={
+                **capacity_metadata(store, ref, replay_options.capacity_max_blocks),
+                "dagster/row_count": len(curve.points),
+                "decode_key": decoded_dataset.decode_key,
+                "manifest_version": decoded_dataset.manifest_version,
+                "tokenizer": decoded_dataset.tokenizer,
+                "curve_path": dg.MetadataValue.path(store.url(ref.curve_key)),
+            },
+        )
+
+    return capacity_curve_asset
+
+
 def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
     """`replay_benchmark` for one manifest version (injected, so tests can bump it)."""
 
-    @dg.asset(**decoding_asset(manifest_version, "replay", {"python"}, corpus_inputs=True))
+    @dg.asset(**decoding_asset(manifest_version, "replay", {"python"}))
     def replay_benchmark(
         context: dg.AssetExecutionContext,
         decoded_dataset: DatasetRef,
-        raw_traces: RawCorpus,
-        trace_scope: ScopeGate,
+        legacy_scope_replay: ReplayRef,
+        capacity_curve: CapacityRef,
         store: WekaStore,
-        decode: DecodeOptions,
         replay_options: ReplayOptions,
     ) -> dg.Output[ReplayRef]:
         """Theoretical and token-level prefix-cache hit rates (unbounded cache), per corpus, role
         and trace; the token replay's hits must equal the theoretical full-block hits call by
-        call. Beside them, the same corpus decoded with the legacy per-session scope: the hit
-        rate the historic loader bug reported."""
-        ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
-        with dagster_progress(context) as progress:
-            result, cf = replay(ds, progress)
-        result_dir = f"replay/{decoded_dataset.decode_key}"
-        out_dir = store.dir(result_dir)
-        write_json(result, out_dir / "result.json")
-        _write_per_call(ds, cf, out_dir / "per_call.parquet")
-
-        report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
-        with dagster_progress(context, label="legacy session scope: ") as progress:
-            progress.expect("decode", report.traces)
-            legacy_out = decode_in_store(
-                store,
-                store.pull(raw_traces.key),
-                decode.settings(decoded_dataset.tokenizer, scope_policy="session"),
-                report,
-                manifest_version,
-                measure_drift=False,
-                progress=progress,
-                digest=raw_traces.digest,
-            )
-            legacy, _ = replay(legacy_out.path, progress)
+        call. Beside them, what the legacy per-session scope reported for the same corpus
+        (`legacy_scope_replay`) and the KV-capacity curve (`capacity_curve`)."""
+        result, ds, result_dir, ref = replay_in_store(context, store, decoded_dataset)
+        legacy = ReplayResult.model_validate_json(store.read_bytes(legacy_scope_replay.result_key))
         comparison = policy_comparison(result, legacy)
-        curve, png, curve_traces = capacity_figures(ds, replay_options)
-        write_json(curve, out_dir / "capacity_curve.json")
-        (out_dir / "capacity.png").write_bytes(png)
         both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
-        write_json({**both, "rows": comparison}, out_dir / "scope_policy_comparison.json")
-        store.push(result_dir)
-        # where and when, beside the results (their bytes depend on the dataset only)
-        record_key = f"provenance/{result_dir}.json"
-        store.write_bytes(record_key, orjson.dumps(provenance(out_dir), option=orjson.OPT_INDENT_2))
-
+        write_json(
+            {**both, "rows": comparison}, store.dir(result_dir) / "scope_policy_comparison.json"
+        )
+        store.push(f"{result_dir}/scope_policy_comparison.json")
         context.log.info(
             f"theoretical {pct(result.theoretical_hit_rate)}, token replay {pct(result.token_replay_hit_rate)}, "
             f"{result.fidelity_mismatched_calls} fidelity mismatches over {result.calls} calls; "
             f"legacy session scope: {pct(legacy.token_replay_hit_rate)}"
         )
-        figures = result.model_dump(mode="json", exclude={"dataset"})
-        version = hashlib.sha256(orjson.dumps(figures, option=orjson.OPT_SORT_KEYS)).hexdigest()[
-            :24
-        ]
         roles = [
             {"role": "all", **_rates(result)},
             *({"role": r, **_rates(f)} for r, f in result.per_role.items()),
         ]
         return dg.Output(
-            ReplayRef(
-                corpus=decoded_dataset.corpus,
-                tokenizer=decoded_dataset.tokenizer,
-                decode_key=decoded_dataset.decode_key,
-                result_key=f"{result_dir}/result.json",
-                per_call_key=f"{result_dir}/per_call.parquet",
-                theoretical_hit_rate=result.theoretical_hit_rate,
-                token_replay_hit_rate=result.token_replay_hit_rate,
-                fidelity_mismatched_calls=result.fidelity_mismatched_calls,
-            ),
-            data_version=dg.DataVersion(version),
+            ref,
+            data_version=content_version(result.model_dump(mode="json", exclude={"dataset"})),
             metadata={
                 "hit_rates": dg.MetadataValue.md(hit_rate_markdown(result, legacy)),
                 "theoretical_hit_rate": result.theoretical_hit_rate,
@@ -220,28 +310,12 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
                 "per_role": table(roles),
                 "scope_policy_comparison": table(comparison),
                 "per_trace": table(result.per_trace),
-                "capacity_curve": table(curve_rows(curve)),
-                "capacity_curve_traces": dg.MetadataValue.text(
-                    f"{curve_traces} of {len(ds.traces)} traces"
-                    + (
-                        ""
-                        if curve_traces == len(ds.traces)
-                        else f" (the first, up to capacity_max_blocks={replay_options.capacity_max_blocks:,})"
-                    )
-                ),
-                "capacity_plot": dg.MetadataValue.md(
-                    markdown_image(png, "hit rate against KV-cache capacity")
-                ),
+                **capacity_metadata(store, capacity_curve, replay_options.capacity_max_blocks),
                 "decode_key": decoded_dataset.decode_key,
-                "legacy_session_decode_key": legacy_out.key,
+                "legacy_session_decode_key": legacy_scope_replay.decode_key,
                 "manifest_version": decoded_dataset.manifest_version,
                 "tokenizer": decoded_dataset.tokenizer,
-                "result_path": dg.MetadataValue.path(store.url(f"{result_dir}/result.json")),
-                "per_call_path": dg.MetadataValue.path(store.url(f"{result_dir}/per_call.parquet")),
-                "capacity_plot_path": dg.MetadataValue.path(
-                    store.url(f"{result_dir}/capacity.png")
-                ),
-                "provenance_path": dg.MetadataValue.path(store.url(record_key)),
+                **_paths(store, result_dir),
             },
         )
 
