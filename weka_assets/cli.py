@@ -21,7 +21,6 @@ from pathlib import Path
 
 PROG = "weka-assets"
 MAX_PROBLEM_LINES = 20
-CACHE_ENV = "WEKA_ASSETS_CACHE"
 PATH_HELP = "corpus: a folder of *.json traces, a .json trace, a .jsonl[.gz] file, or builtin:NAME"
 
 
@@ -73,7 +72,9 @@ def _seed(text: str) -> int:
 
 def cache_dir() -> Path:
     """Where `builtin:NAME` corpora are generated: $WEKA_ASSETS_CACHE or ~/.cache/weka-assets."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "weka-assets").expanduser()
+    from weka_assets import env
+
+    return env.cache_dir()
 
 
 REMOTE_SCHEMES = ("hf://", "s3://")
@@ -505,6 +506,8 @@ def _live_positive_float(text: str) -> float:
 
 
 def _add_replay_live(p: argparse.ArgumentParser) -> None:
+    # every option but DATASET and --json is a field of replay.live_options.LiveOptions, of the
+    # same name and default (a test checks them; `_live_options` builds it)
     p.add_argument(
         "dataset", metavar="DATASET", help="a decoded dataset folder (printed by decode)"
     )
@@ -581,47 +584,36 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _live_options(args: argparse.Namespace):
+    """The `LiveOptions` of a `replay-live` command line (options not given: its defaults)."""
+    from weka_assets.replay.live_options import LiveOptions
+
+    given = {k: v for k, v in vars(args).items() if k in LiveOptions.model_fields}
+    given["arrival"] = args.arrival or ""
+    given["reset_cache"] = not args.no_reset_cache
+    return LiveOptions(**{k: v for k, v in given.items() if v is not None})
+
+
 def cmd_replay_live(args: argparse.Namespace) -> int:
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.progress import cli_progress
     from weka_assets.replay.live import answered_calls, run_live_replay
-    from weka_assets.replay.schedule import arrival_for
 
     dataset = Path(args.dataset).expanduser()
     if not dataset.exists():
         raise UsageError(f"{args.dataset}: no such dataset folder")
     ds = open_dataset(dataset)
     try:
-        arrival = arrival_for(
-            ds,
-            args.arrival,
-            interval_s=args.interval_s,
-            rate_per_s=args.rate_per_s,
-            seed=args.arrival_seed,
-        )
+        options = _live_options(args)
+        options.arrival_for(ds)  # an out-of-range arrival option is a usage error
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     reporter = cli_progress()
-    progress = answered_calls(reporter, ds, args.max_context)
+    progress = answered_calls(reporter, ds, options.max_context)
 
     try:
         with reporter:
-            result = run_live_replay(
-                ds,
-                args.url,
-                args.model,
-                concurrency=args.concurrency,
-                time_scale=args.time_scale,
-                arrival=arrival,
-                max_context=args.max_context,
-                drop=args.drop,
-                max_tokens_cap=args.max_tokens_cap,
-                block_size=args.block_size,
-                timeout_s=args.timeout_s,
-                reset_cache=not args.no_reset_cache,
-                out_path=args.json,
-                progress=progress,
-            )
+            result = run_live_replay(ds, options, out_path=args.json, progress=progress)
     except KeyboardInterrupt:
         _err(f"partial result written to {args.json}")
         raise
@@ -883,7 +875,8 @@ def _add_backfill_stale(p: argparse.ArgumentParser) -> None:
 
 def cmd_backfill_stale(args: argparse.Namespace) -> int:
     dagster_home()
-    from weka_assets.defs import staleness
+    from weka_assets import env
+    from weka_assets.instance import staleness
 
     defs, instance, stale = _stale(args.store)
     try:
@@ -894,7 +887,7 @@ def cmd_backfill_stale(args: argparse.Namespace) -> int:
             f"{len(stale)} stale partition(s): "
             + ", ".join(f"{s.asset}[{s.partition}]" for s in stale)
         )
-        url = None if args.in_process else (args.url or os.environ.get("WEKA_ASSETS_WEBSERVER"))
+        url = None if args.in_process else (args.url or env.get("WEKA_ASSETS_WEBSERVER"))
         if (
             url is None
             and not args.in_process

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from weka_assets.atomic import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ".cluster"
 BUCKET = "weka-store"
@@ -81,9 +83,8 @@ class Cluster:
             ) from None
 
     def save(self, state: dict) -> None:
-        tmp = self.state_file.with_name(f".state.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_file)
+        with atomic_write(self.state_file) as fh:
+            fh.write(json.dumps(state, indent=2).encode())
 
     # ---- the environment every part shares ---------------------------------------------------
     def environment(self, state: dict) -> dict[str, str]:

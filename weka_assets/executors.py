@@ -2,7 +2,8 @@
 
 `multiprocess` and `in_process` are Dagster's own; `celery` (dagster-celery: steps as Celery tasks
 on worker machines) and `k8s` (dagster-k8s: one Kubernetes Job per step) come from the `deploy`
-extra and are imported only when chosen. Every setting is read once, in `SETTINGS` order, and the
+extra and are imported only when chosen. Every setting is defined in `weka_assets.env.SETTINGS`
+(`SETTINGS` here: the executor's ones, with their docs) and read through `env.get`; the
 configured executor is checked against the executor's own config schema before it is returned,
 so a bad value fails the code location's load with one line naming the variable.
 
@@ -10,37 +11,27 @@ so a bad value fails the code location's load with one line naming the variable.
 start`, from the same settings, so workers and the runs that send them tasks agree.
 """
 
-import os
 import sys
 from collections.abc import Callable
 
 import dagster as dg
 
-from weka_assets.env import SettingError, positive_int
+from weka_assets import env
+from weka_assets.env import SettingError
 
-# Every environment variable this module reads, with its one line of documentation
-# (docs/operators-guide.md lists each; a test keeps them in step).
+# The environment variables this module reads, with their one line of documentation: the
+# executor's part of the one table (weka_assets.env.SETTINGS)
 SETTINGS = {
-    "WEKA_ASSETS_EXECUTOR": "how a run executes its steps: `multiprocess` (default: one process per step), `in_process` (one process; faster on a small machine), `celery` (Celery workers), `k8s` (one Kubernetes Job per step)",
-    "WEKA_ASSETS_CELERY_BROKER": "`celery`: the broker URL, e.g. `redis://redis:6379/0`; required, no default",
-    "WEKA_ASSETS_CELERY_BACKEND": "`celery`: the result backend URL, e.g. `redis://redis:6379/1`; required, no default",
-    "WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT": "`celery`: seconds before Redis redelivers a task whose worker died without acknowledging it (default 600; longer than the longest step)",
-    "WEKA_ASSETS_K8S_NAMESPACE": "`k8s`: the namespace of the step Jobs (default `dagster`)",
-    "WEKA_ASSETS_K8S_MAX_CONCURRENT": "`k8s`: the most step pods one run runs at once (default: no limit)",
-    "WEKA_ASSETS_K8S_STEP_CPU": "`k8s`: CPU requested by each step pod (default `1`)",
-    "WEKA_ASSETS_K8S_STEP_MEMORY": "`k8s`: memory requested by, and the memory limit of, each step pod (default `4Gi`)",
+    name: setting.doc
+    for name, setting in env.SETTINGS.items()
+    if name == "WEKA_ASSETS_EXECUTOR"
+    or name.startswith(("WEKA_ASSETS_CELERY_", "WEKA_ASSETS_K8S_"))
 }
 
-DEFAULT_EXECUTOR = "multiprocess"
-DEFAULT_VISIBILITY_TIMEOUT = 600
-DEFAULT_K8S_NAMESPACE = "dagster"
-DEFAULT_STEP_CPU = "1"
-DEFAULT_STEP_MEMORY = "4Gi"
 
-
-def _env(name: str, default: str = "") -> str:
+def _env(name: str):
     assert name in SETTINGS, name  # every variable is documented in SETTINGS
-    return os.environ.get(name, "").strip() or default
+    return env.get(name)
 
 
 def _required(name: str) -> str:
@@ -50,24 +41,9 @@ def _required(name: str) -> str:
     return value
 
 
-def _quantity(name: str, default: str) -> str:
-    """A Kubernetes resource quantity (`1`, `500m`, `4Gi`), parsed as Kubernetes parses it."""
-    from kubernetes.utils import parse_quantity
-
-    value = _env(name, default)
-    try:
-        if parse_quantity(value) <= 0:
-            raise ValueError("not positive")
-    except ValueError:
-        raise SettingError(
-            f"{name}={value!r} is not a Kubernetes quantity (e.g. 1, 500m, 4Gi)"
-        ) from None
-    return value
-
-
 def celery_config() -> dict:
     """The `celery_executor` config from the environment (`execution: config:` of a worker)."""
-    visibility = positive_int("WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT)
+    visibility = _env("WEKA_ASSETS_CELERY_VISIBILITY_TIMEOUT")
     return {
         "broker": _required("WEKA_ASSETS_CELERY_BROKER"),
         "backend": _required("WEKA_ASSETS_CELERY_BACKEND"),
@@ -88,14 +64,14 @@ def celery_config() -> dict:
 
 def k8s_config() -> dict:
     """The `k8s_job_executor` config from the environment."""
-    memory = _quantity("WEKA_ASSETS_K8S_STEP_MEMORY", DEFAULT_STEP_MEMORY)
+    memory = _env("WEKA_ASSETS_K8S_STEP_MEMORY")
     config: dict = {
-        "job_namespace": _env("WEKA_ASSETS_K8S_NAMESPACE", DEFAULT_K8S_NAMESPACE),
+        "job_namespace": _env("WEKA_ASSETS_K8S_NAMESPACE"),
         "step_k8s_config": {
             "container_config": {
                 "resources": {
                     "requests": {
-                        "cpu": _quantity("WEKA_ASSETS_K8S_STEP_CPU", DEFAULT_STEP_CPU),
+                        "cpu": _env("WEKA_ASSETS_K8S_STEP_CPU"),
                         "memory": memory,
                     },
                     "limits": {"memory": memory},
@@ -103,8 +79,9 @@ def k8s_config() -> dict:
             }
         },
     }
-    if _env("WEKA_ASSETS_K8S_MAX_CONCURRENT"):
-        config["max_concurrent"] = positive_int("WEKA_ASSETS_K8S_MAX_CONCURRENT", 1)
+    max_concurrent = _env("WEKA_ASSETS_K8S_MAX_CONCURRENT")
+    if max_concurrent is not None:
+        config["max_concurrent"] = max_concurrent
     return config
 
 
@@ -154,9 +131,7 @@ def config_errors(executor: dg.ExecutorDefinition) -> list[str]:
 
 def executor_from_env() -> dg.ExecutorDefinition:
     """The executor named by $WEKA_ASSETS_EXECUTOR (see `SETTINGS`), configured and checked."""
-    name = _env("WEKA_ASSETS_EXECUTOR", DEFAULT_EXECUTOR)
-    if name not in EXECUTORS:
-        raise SettingError(f"WEKA_ASSETS_EXECUTOR={name!r}: use one of {', '.join(EXECUTORS)}")
+    name = _env("WEKA_ASSETS_EXECUTOR")  # one of env.EXECUTORS, the names of EXECUTORS
     executor = EXECUTORS[name]()
     errors = config_errors(executor)
     if errors:

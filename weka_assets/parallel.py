@@ -18,17 +18,20 @@ runs in process: the deployment's parallelism is then its workers, one step each
 
 import logging
 import multiprocessing as mp
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
-from weka_assets.env import positive_int
+from weka_assets import env
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+
+# calls per worker task (whole traces): how the decoding and replay steps shard a dataset;
+# here, at the bottom layer, so that both can import it without one importing the other
+SHARD_CALLS = 2048
 
 # the modules whose functions run in workers, imported once by the fork server
 _PRELOAD = [
@@ -42,8 +45,7 @@ _PRELOAD = [
 def workers() -> int:
     """How many worker processes to use (WEKA_ASSETS_WORKERS, else the usable CPUs); 1 in a
     daemonic process, which may not start any."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = positive_int("WEKA_ASSETS_WORKERS", usable or 1)
+    n = env.get("WEKA_ASSETS_WORKERS")
     return 1 if n > 1 and _daemonic() else n
 
 

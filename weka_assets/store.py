@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from weka_assets import env
+from weka_assets.atomic import atomic_write
 from weka_assets.errors import WekaError
 
 MANIFEST = "manifest.json"
@@ -97,10 +99,7 @@ class Store:
             options = {**(s3_options or s3_options_from_env()), "use_listings_cache": False}
             self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
             tag = hashlib.sha256(self.base.encode()).hexdigest()[:16]
-            default_cache = Path(
-                os.environ.get("WEKA_ASSETS_CACHE") or Path.home() / ".cache" / "weka-assets"
-            )
-            self.root = Path(cache_dir or default_cache / "store" / tag).resolve()
+            self.root = Path(cache_dir or env.cache_dir() / "store" / tag).resolve()
         elif "://" in self.base and not self.base.startswith("file://"):
             raise StoreError(
                 f"unsupported store {base!r}: use a local folder or s3://bucket/prefix"
@@ -323,16 +322,9 @@ class Store:
 
     def write_bytes(self, subpath: str, data: bytes) -> str:
         """Write one small object (atomically on local disk; S3 puts are atomic)."""
-        local = self.local(subpath)
-        local.parent.mkdir(parents=True, exist_ok=True)
         # a name aside of its own: concurrent writers of one key never share a file
-        tmp = local.with_name(f".{local.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(local)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(self.local(subpath)) as fh:
+            fh.write(data)
         return self.push(subpath)
 
     def read_bytes(self, subpath: str) -> bytes:

@@ -16,6 +16,7 @@ from weka_assets.decoding.dataset import open_dataset
 from weka_assets.pipeline import decode_corpus, replay, scope_report
 from weka_assets.replay.capacity import capacity_curve
 from weka_assets.replay.live import LiveReplay, build_plan
+from weka_assets.replay.live_options import LiveOptions
 from weka_assets.replay.schedule import arrival_for
 from weka_assets.traces.reader import CorpusFormat
 from weka_assets_tests.mooncake import expected_hits, mooncake_requests, write_mooncake
@@ -134,7 +135,9 @@ def test_live_replay_sends_each_request_at_its_timestamp(corpus, dataset):
             200, content=text.encode(), headers={"content-type": "text/event-stream"}
         )
 
-    live = LiveReplay(ds, "http://stub/v1", "tiny", concurrency=N, time_scale=scale)
+    live = LiveReplay(
+        ds, LiveOptions(url="http://stub/v1", model="tiny", concurrency=N, time_scale=scale)
+    )
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from weka_assets.decoding.dataset import DecodedDataset, open_dataset
-from weka_assets.parallel import ordered_map, workers
-from weka_assets.replay.unbounded import SHARD_CALLS
+from weka_assets.parallel import SHARD_CALLS, ordered_map, workers
 
 MASK = (1 << 64) - 1
 

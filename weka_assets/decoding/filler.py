@@ -7,13 +7,13 @@ so the tokenizer is loaded only the first time.
 """
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from weka_assets import env
+from weka_assets.atomic import atomic_write
 from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer
 from weka_assets.errors import DecodeError
 
@@ -86,19 +86,14 @@ def build_filler(
 
 def shared_cache() -> Path:
     """This machine's cache: $WEKA_ASSETS_CACHE or ~/.cache/weka-assets."""
-    return Path(
-        os.environ.get("WEKA_ASSETS_CACHE") or Path.home() / ".cache" / "weka-assets"
-    ).expanduser()
+    return env.cache_dir()
 
 
 def _save(path: Path, tokens: np.ndarray) -> None:
     """Write aside, then rename: a reader never sees half a file. A cache that cannot be
     written is skipped (read-only home)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(path) as fh:
             np.save(fh, tokens)
-        os.replace(tmp, path)
     except OSError:
         pass

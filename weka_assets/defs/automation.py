@@ -1,9 +1,9 @@
 """Automation: new corpora and manifest-version bumps flow through without anyone clicking,
 but never past a corpus whose scope checks failed."""
 
-import os
-
 import dagster as dg
+
+from weka_assets import env
 
 
 def on_new_data() -> dg.AutomationCondition:
@@ -32,9 +32,9 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "weka_automation_sensor",
     target=dg.AssetSelection.all(),
     # running by default; WEKA_ASSETS_AUTOMATION=stopped for instances that must only do what
-    # they are told (tests that drive backfills by hand)
+    # they are told (tests that drive backfills by hand); read when the code location loads
     default_status=dg.DefaultSensorStatus.STOPPED
-    if os.environ.get("WEKA_ASSETS_AUTOMATION") == "stopped"
+    if env.get("WEKA_ASSETS_AUTOMATION") == "stopped"
     else dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Requests new and stale partitions (after a manifest-version bump) whose upstream scope checks passed.",

@@ -1,11 +1,10 @@
 """Partitions: corpora are dynamic (added by the registry sensor or the CLI), tokenizers static."""
 
-import os
 import re
 
 import dagster as dg
 
-from weka_assets.decoding.tokenizers import DEFAULT_TOKENIZER
+from weka_assets import env
 
 # Partition keys become file names and UI backfill selections: no `|` (multi-partition
 # separator), `,` (breaks UI backfills) or `/` (nested storage paths).
@@ -26,8 +25,7 @@ corpus_partitions = dg.DynamicPartitionsDefinition(name="corpus")
 
 def configured_tokenizers() -> list[str]:
     """Tokenizer partition keys, from WEKA_ASSETS_TOKENIZERS (comma-separated) or the default."""
-    raw = os.environ.get("WEKA_ASSETS_TOKENIZERS", DEFAULT_TOKENIZER)
-    names = [t.strip() for t in raw.split(",") if t.strip()]
+    names = env.get("WEKA_ASSETS_TOKENIZERS")
     for name in names:
         validate_key(name, "tokenizer")
     return names

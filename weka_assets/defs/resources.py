@@ -3,24 +3,23 @@
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from weka_assets import env
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.defs.partitions import validate_key
+from weka_assets.replay.live_options import LiveOptions
 from weka_assets.sources import CorpusEntry, default_registry_path, load_registry
 from weka_assets.store import Store, s3_options_from_env
 from weka_assets.traces.reader import CorpusFormat
 
-DEFAULT_STORE = ".weka-store"
-
 
 def resolve_base_path(value: str) -> str:
     """Configured base, else $WEKA_ASSETS_STORE, else ./.weka-store (absolute when local)."""
-    base = value or os.environ.get("WEKA_ASSETS_STORE") or DEFAULT_STORE
+    base = value or env.store_base()
     return base if base.startswith("s3://") else str(Path(base).expanduser().resolve())
 
 
@@ -122,11 +121,7 @@ class CorpusCatalog(dg.ConfigurableResource):
     def entries(self) -> dict[str, CorpusEntry]:
         if self.corpora:
             return {n: CorpusEntry(name=n, source=src) for n, src in self.corpora.items()}
-        path = (
-            self.registry_path
-            or os.environ.get("WEKA_ASSETS_REGISTRY")
-            or str(default_registry_path())
-        )
+        path = self.registry_path or env.get("WEKA_ASSETS_REGISTRY") or str(default_registry_path())
         return {e.name: e for e in load_registry(path).corpora}
 
     def entry(self, corpus: str) -> CorpusEntry:
@@ -196,28 +191,37 @@ class ReplayOptions(dg.ConfigurableResource):
     )
 
 
+def _live(name: str):
+    """The resource field of live option `name`: its default and description, from
+    `LiveOptions` (the one definition)."""
+    field = LiveOptions.model_fields[name]
+    return Field(default=field.default, description=field.description)
+
+
 class LiveServer(dg.ConfigurableResource):
-    """The OpenAI-compatible server to replay against (e.g. `scripts/vllm-cpu-server start`)."""
+    """The OpenAI-compatible server to replay against (e.g. `scripts/vllm-cpu-server start`):
+    every field of `LiveOptions`, as simple config; `options()` builds it."""
 
     url: str = Field(
         default="", description="Base URL, e.g. http://127.0.0.1:8000; empty: not configured"
     )
     model: str = Field(default="", description="Served model name")
-    concurrency: int = 4
-    time_scale: float = Field(default=1.0, description="0.1 replays ten times faster than recorded")
-    arrival: str = Field(
-        default="",
-        description="together | staggered | poisson | recorded; empty: recorded for a "
-        "Mooncake dataset, together otherwise",
-    )
-    max_context: int | None = Field(
-        default=None,
-        description="Drop calls (or traces) above this many tokens (default: the model's "
-        "max_model_len from the server's /v1/models)",
-    )
-    drop: str = Field(default="calls", description="calls | traces")
-    max_tokens_cap: int = 16
-    block_size: int = Field(
-        default=32, description="The server's KV block size (for the prediction)"
-    )
-    timeout_s: float = 120.0
+    concurrency: int = _live("concurrency")
+    time_scale: float = _live("time_scale")
+    arrival: str = _live("arrival")
+    interval_s: float = _live("interval_s")
+    rate_per_s: float = _live("rate_per_s")
+    arrival_seed: int = _live("arrival_seed")
+    max_context: int | None = _live("max_context")
+    drop: str = _live("drop")
+    max_tokens_cap: int = _live("max_tokens_cap")
+    block_size: int = _live("block_size")
+    timeout_s: float = _live("timeout_s")
+    retries: int = _live("retries")
+    retry_backoff_s: float = _live("retry_backoff_s")
+    reset_cache: bool = _live("reset_cache")
+    subagent_status_from_files: bool = _live("subagent_status_from_files")
+
+    def options(self) -> LiveOptions:
+        """These fields as the core's `LiveOptions` (checked: a bad value raises)."""
+        return LiveOptions(**{name: getattr(self, name) for name in LiveOptions.model_fields})

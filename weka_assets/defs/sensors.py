@@ -2,17 +2,18 @@
 get a `raw_traces` run, without anyone remembering to click."""
 
 import json
-import os
 
 import dagster as dg
 
+from weka_assets import env
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.errors import WekaError
 from weka_assets.sources import resolve_revision
 
 RAW = dg.AssetKey("raw_traces")
-REFRESH_CRON = os.environ.get("WEKA_ASSETS_REFRESH_CRON", "0 3 * * *")
+# read when the code location loads (a schedule's cron is part of its definition)
+REFRESH_CRON = env.get("WEKA_ASSETS_REFRESH_CRON")
 
 
 @dg.sensor(

@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,11 +57,12 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
+from weka_assets.atomic import atomic_write
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, open_dataset
 from weka_assets.errors import WekaError
-from weka_assets.replay.schedule import Arrival, arrival_for, call_start_times
+from weka_assets.replay.live_options import DropPolicy, LiveOptions
+from weka_assets.replay.schedule import Arrival, call_start_times
 
-DropPolicy = Literal["calls", "traces"]
 Status = Literal["ok", "error", "cancelled", "not_sent", "dropped"]
 
 EXPLANATIONS = {
@@ -154,6 +154,9 @@ class LiveTotals(BaseModel):
 
 
 class LiveSettings(BaseModel):
+    """The options a result records (`LiveOptions`, the arrival spelled out, and where the
+    context window came from)."""
+
     concurrency: int
     time_scale: float
     arrival: dict
@@ -538,57 +541,34 @@ class LiveReplay:
     def __init__(
         self,
         ds: DecodedDataset,
-        url: str,
-        model: str,
+        options: LiveOptions,
         *,
-        concurrency: int = 4,
-        time_scale: float = 1.0,
-        arrival: Arrival | None = None,  # None: the dataset's default (schedule.arrival_for)
-        max_context: int | None = None,
-        drop: DropPolicy = "calls",
-        max_tokens_cap: int = 16,
-        block_size: int = 32,
-        timeout_s: float = 120.0,
-        retries: int = 2,
-        retry_backoff_s: float = 0.5,
-        reset_cache: bool = True,
-        subagent_status_from_files: bool = True,
         progress: Callable[[LiveCall], None] | None = None,
     ):
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if max_tokens_cap < 1:
-            raise ValueError(f"max_tokens_cap must be >= 1, got {max_tokens_cap}")
-        self.ds, self.url, self.model = ds, base_url(url), model
-        arrival = arrival if arrival is not None else arrival_for(ds)
+        self.ds, self.options = ds, options
+        self.url, self.model = base_url(options.url), options.model
+        arrival = options.arrival_for(ds)
+        recorded = set(LiveSettings.model_fields) - {"arrival", "max_context_source"}
         self.settings = LiveSettings(
-            concurrency=concurrency,
-            time_scale=time_scale,
+            **options.model_dump(include=recorded),
             arrival={
                 "mode": arrival.mode,
                 "interval_s": arrival.interval_s,
                 "rate_per_s": arrival.rate_per_s,
                 "seed": arrival.seed,
             },
-            max_context=max_context,
-            max_context_source="option" if max_context is not None else None,
-            drop=drop,
-            max_tokens_cap=max_tokens_cap,
-            block_size=block_size,
-            timeout_s=timeout_s,
-            retries=retries,
-            reset_cache=reset_cache,
+            max_context_source="option" if options.max_context is not None else None,
         )
-        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_s = options.retry_backoff_s
         self.progress = progress
         self._plan_args = dict(
             arrival=arrival,
-            time_scale=time_scale,
-            drop=drop,
-            max_tokens_cap=max_tokens_cap,
-            background=subagent_status(ds) if subagent_status_from_files else None,
+            time_scale=options.time_scale,
+            drop=options.drop,
+            max_tokens_cap=options.max_tokens_cap,
+            background=subagent_status(ds) if options.subagent_status_from_files else None,
         )
-        self.predictor = PrefixPredictor(block_size)
+        self.predictor = PrefixPredictor(options.block_size)
         c = ds.calls
         self.records: list[LiveCall] = [
             LiveCall(
@@ -603,7 +583,7 @@ class LiveReplay:
             )
             for i in range(ds.n_calls)
         ]
-        self._replan(max_context)
+        self._replan(options.max_context)
         self._keys: dict[int, list[bytes]] = {}
         self._finished: dict[int, float] = {}  # call -> seconds from the start
         self.sent = 0
@@ -883,13 +863,8 @@ class LiveReplay:
 def write_result(result: LiveResult, path: Path | str) -> Path:
     """Write the result JSON atomically (aside, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(result.model_dump_json(indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(result.model_dump_json(indent=2).encode())
     return path
 
 
@@ -909,49 +884,19 @@ def answered_calls(report, ds, max_context) -> Callable[[LiveCall], None]:
 
 def run_live_replay(
     ds: DecodedDataset | Path | str,
-    url: str,
-    model: str,
+    options: LiveOptions,
     *,
-    concurrency: int = 4,
-    time_scale: float = 1.0,
-    arrival: Arrival | None = None,
-    max_context: int | None = None,
-    drop: DropPolicy = "calls",
-    max_tokens_cap: int = 16,
-    block_size: int = 32,
-    timeout_s: float = 120.0,
-    retries: int = 2,
-    retry_backoff_s: float = 0.5,
-    reset_cache: bool = True,
-    subagent_status_from_files: bool = True,
     out_path: Path | str,
     progress: Callable[[LiveCall], None] | None = None,
 ) -> LiveResult:
-    """Replay `ds` against the server at `url`; write the result to `out_path` and return it.
+    """Replay `ds` against the server `options.url`; write the result to `out_path` and return it.
 
     On a fatal failure the result so far is written, then `LiveReplayError` (carrying it) is
     raised; on Ctrl-C it is written and KeyboardInterrupt propagates.
     """
     if not isinstance(ds, DecodedDataset):
         ds = open_dataset(ds)
-    replay = LiveReplay(
-        ds,
-        url,
-        model,
-        concurrency=concurrency,
-        time_scale=time_scale,
-        arrival=arrival,
-        max_context=max_context,
-        drop=drop,
-        max_tokens_cap=max_tokens_cap,
-        block_size=block_size,
-        timeout_s=timeout_s,
-        retries=retries,
-        retry_backoff_s=retry_backoff_s,
-        reset_cache=reset_cache,
-        subagent_status_from_files=subagent_status_from_files,
-        progress=progress,
-    )
+    replay = LiveReplay(ds, options, progress=progress)
     try:
         asyncio.run(replay.run())
     except LiveReplayError as exc:

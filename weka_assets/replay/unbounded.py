@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker
 from weka_assets.decoding.prf import MASK, mix64
-from weka_assets.parallel import ordered_map, workers
+from weka_assets.parallel import SHARD_CALLS, ordered_map, workers
 from weka_assets.replay.corpus_wide import corpus_wide_hits
 from weka_assets.replay.prefix import (
     FillerHasher,
@@ -29,7 +29,6 @@ from weka_assets.replay.prefix import (
 )
 
 ROW_CHUNK = 1 << 16
-SHARD_CALLS = 2048  # calls per worker task (whole traces)
 
 
 class HitFigures(BaseModel):

@@ -35,6 +35,8 @@ from typing import Literal, get_args
 import numpy as np
 import orjson
 
+from weka_assets.atomic import atomic_write
+
 Profile = Literal["semianalysis", "kv-cache-tester"]
 Size = Literal["small", "full"]
 PROFILES: tuple[str, ...] = get_args(Profile)
@@ -585,13 +587,11 @@ def generate_corpus(profile: Profile, traces: int, seed: int, size: Size = "smal
     return list(iter_corpus(profile, traces, seed, size))
 
 
-def _temp_beside(out: Path, directory: bool) -> Path:
-    """A fresh hidden name next to `out`, created with the umask's permissions."""
+def _folder_beside(out: Path) -> Path:
+    """A fresh hidden folder next to `out` (a folder of traces is published by renaming it;
+    a single file goes through `atomic_write`)."""
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    if directory:
-        tmp.mkdir()
-    else:
-        tmp.open("xb").close()
+    tmp.mkdir()
     return tmp
 
 
@@ -619,29 +619,23 @@ def write_corpus(trace_iter: Iterable[dict], out: Path | str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     name = out.name
     if name.endswith(".jsonl") or name.endswith(".jsonl.gz"):
-        tmp = _temp_beside(out, directory=False)
-        try:
-            with open(tmp, "wb") as raw:
-                if name.endswith(".gz"):
-                    with gzip.GzipFile(
-                        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
-                    ) as gz:
-                        for trace in trace_iter:
-                            gz.write(orjson.dumps(trace) + b"\n")
-                else:
+        with atomic_write(out) as raw:
+            if name.endswith(".gz"):
+                with gzip.GzipFile(
+                    filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
+                ) as gz:
                     for trace in trace_iter:
-                        raw.write(orjson.dumps(trace) + b"\n")
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                        gz.write(orjson.dumps(trace) + b"\n")
+            else:
+                for trace in trace_iter:
+                    raw.write(orjson.dumps(trace) + b"\n")
         return out
 
     if out.exists() and not out.is_dir():
         raise ValueError(
             f"{out} exists and is not a directory (use .jsonl or .jsonl.gz for a file)"
         )
-    tmp = _temp_beside(out, directory=True)
+    tmp = _folder_beside(out)
     try:
         seen: set[str] = set()
         for trace in trace_iter:
@@ -654,7 +648,7 @@ def write_corpus(trace_iter: Iterable[dict], out: Path | str) -> Path:
             (tmp / f"{trace_id}.json").write_bytes(orjson.dumps(trace) + b"\n")
         old = None
         if out.exists():
-            old = _temp_beside(out, directory=True)
+            old = _folder_beside(out)
             os.replace(out, old / "old")
         os.replace(tmp, out)
         if old is not None:

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from msgspec import UNSET
 
-from weka_assets.env import positive_int
+from weka_assets import env
 from weka_assets.errors import Location, SourceError, TraceError
 from weka_assets.traces.fastparse import fast_decode
 from weka_assets.traces.mooncake import (
@@ -36,11 +36,11 @@ MAX_IDS_PER_CALL_ENV = "WEKA_ASSETS_MAX_IDS_PER_CALL"  # hash ids of one call (d
 
 
 def max_trace_bytes() -> int:
-    return positive_int(MAX_TRACE_BYTES_ENV, 512 << 20)
+    return env.get(MAX_TRACE_BYTES_ENV)
 
 
 def max_ids_per_call() -> int:
-    return positive_int(MAX_IDS_PER_CALL_ENV, 4_000_000)
+    return env.get(MAX_IDS_PER_CALL_ENV)
 
 
 FORMATS = ("weka", "mooncake")

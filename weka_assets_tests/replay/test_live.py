@@ -41,6 +41,7 @@ from weka_assets.replay.live import (
     reordered,
     run_live_replay,
 )
+from weka_assets.replay.live_options import LiveOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "vllm-cpu-server"
@@ -290,7 +291,9 @@ def test_schedule_honours_timeline_dependencies_and_concurrency():
             200, content=_sse(len(body["prompt"])), headers={"content-type": "text/event-stream"}
         )
 
-    replay = LiveReplay(ds, "http://stub/v1", "tiny", concurrency=2, time_scale=0.05)
+    replay = LiveReplay(
+        ds, LiveOptions(url="http://stub/v1", model="tiny", concurrency=2, time_scale=0.05)
+    )
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
@@ -335,9 +338,16 @@ def test_dropped_calls_are_reported_and_release_their_dependants():
     for drop, sent, dropped_traces in (("calls", [300, 600], 0), ("traces", [], 1)):
         seen.clear()
         replay = LiveReplay(
-            ds, "http://stub", "tiny", time_scale=0.001, max_context=800, drop=drop,
-            reset_cache=False,
-        )  # fmt: skip
+            ds,
+            LiveOptions(
+                url="http://stub",
+                model="tiny",
+                time_scale=0.001,
+                max_context=800,
+                drop=drop,
+                reset_cache=False,
+            ),
+        )
 
         async def go(replay=replay):
             async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
@@ -493,7 +503,9 @@ def test_unreachable_url_fails_with_one_line_and_a_partial_result(tmp_path):
     out = tmp_path / "live.json"
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(LiveReplayError) as err:
-        run_live_replay(make_ds(serial(3)), url, "tiny", out_path=out, timeout_s=5)
+        run_live_replay(
+            make_ds(serial(3)), LiveOptions(url=url, model="tiny", timeout_s=5), out_path=out
+        )
     assert "\n" not in str(err.value) and f"cannot reach {url}" in str(err.value)
     data = _partial(out)
     assert data["totals"]["sent"] == 0 and data["totals"]["planned"] == 3
@@ -505,7 +517,7 @@ def test_wrong_model_listed_by_the_server(tmp_path, stub):
     server = stub()
     out = tmp_path / "live.json"
     with pytest.raises(LiveReplayError, match="does not serve model 'nope'.*serves: tiny"):
-        run_live_replay(make_ds(serial(3)), server.url, "nope", out_path=out)
+        run_live_replay(make_ds(serial(3)), LiveOptions(url=server.url, model="nope"), out_path=out)
     assert _partial(out)["totals"]["sent"] == 0
 
 
@@ -514,7 +526,11 @@ def test_wrong_model_404_from_the_completions_route(tmp_path, stub):
     server.list_models = False
     out = tmp_path / "live.json"
     with pytest.raises(LiveReplayError) as err:
-        run_live_replay(make_ds(serial(3)), server.url, "nope", out_path=out, concurrency=1)
+        run_live_replay(
+            make_ds(serial(3)),
+            LiveOptions(url=server.url, model="nope", concurrency=1),
+            out_path=out,
+        )
     assert "\n" not in str(err.value) and "404" in str(err.value) and "nope" in str(err.value)
     data = _partial(out)
     assert data["totals"]["sent"] == 1 and data["calls"][0]["status"] == "error"
@@ -526,9 +542,10 @@ def test_server_killed_mid_run(tmp_path, stub):
     out = tmp_path / "live.json"
     with pytest.raises(LiveReplayError) as err:
         run_live_replay(
-            make_ds(serial(8)), server.url, "tiny", out_path=out, concurrency=1,
-            time_scale=0.001, retries=1,
-        )  # fmt: skip
+            make_ds(serial(8)),
+            LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001, retries=1),
+            out_path=out,
+        )
     msg = str(err.value)
     assert "\n" not in msg and "went away" in msg and "after 4 of 8 calls sent" in msg
     assert str(out) in msg
@@ -542,9 +559,10 @@ def test_server_killed_mid_run(tmp_path, stub):
 def test_5xx_is_retried_and_4xx_is_not(tmp_path, stub):
     server = stub(fail_first=1, reject_len={200})
     result = run_live_replay(
-        make_ds(serial(3)), server.url, "tiny", out_path=tmp_path / "live.json",
-        concurrency=1, time_scale=0.001,
-    )  # fmt: skip
+        make_ds(serial(3)),
+        LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001),
+        out_path=tmp_path / "live.json",
+    )
     calls = result.calls
     assert [c.status for c in calls] == ["ok", "error", "ok"]
     assert calls[0].attempts == 2  # the 503, then success
@@ -559,17 +577,19 @@ def test_the_context_window_is_learned_from_the_server(tmp_path, stub):
     # 400 to the two over its window, so a call sent over it would be an error
     server = stub(max_model_len=305, reject_len={400, 500})
     result = run_live_replay(
-        make_ds(serial(5)), server.url, "tiny", out_path=tmp_path / "live.json",
-        concurrency=1, time_scale=0.001,
-    )  # fmt: skip
+        make_ds(serial(5)),
+        LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001),
+        out_path=tmp_path / "live.json",
+    )
     assert (result.settings.max_context, result.settings.max_context_source) == (305, "server")
     assert [c.status for c in result.calls] == ["ok", "ok", "ok", "dropped", "dropped"]
     assert result.totals.dropped_calls == 2 and result.totals.errors == 0 and result.complete
     # a given --max-context wins over the server's
     given = run_live_replay(
-        make_ds(serial(5)), server.url, "tiny", out_path=tmp_path / "given.json",
-        concurrency=1, time_scale=0.001, max_context=205,
-    )  # fmt: skip
+        make_ds(serial(5)),
+        LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001, max_context=205),
+        out_path=tmp_path / "given.json",
+    )
     assert (given.settings.max_context, given.settings.max_context_source) == (205, "option")
     assert [c.status for c in given.calls].count("dropped") == 3
 
@@ -577,9 +597,10 @@ def test_the_context_window_is_learned_from_the_server(tmp_path, stub):
 def test_without_a_stated_window_nothing_is_dropped(tmp_path, stub):
     server = stub(reject_len={400})
     result = run_live_replay(
-        make_ds(serial(4)), server.url, "tiny", out_path=tmp_path / "live.json",
-        concurrency=1, time_scale=0.001,
-    )  # fmt: skip
+        make_ds(serial(4)),
+        LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001),
+        out_path=tmp_path / "live.json",
+    )
     assert result.settings.max_context is None and result.settings.max_context_source is None
     assert [c.status for c in result.calls] == ["ok", "ok", "ok", "error"]
 
@@ -587,9 +608,17 @@ def test_without_a_stated_window_nothing_is_dropped(tmp_path, stub):
 def test_5xx_after_the_retries_fails_that_call_only(tmp_path, stub):
     server = stub(fail_first=3)
     result = run_live_replay(
-        make_ds(serial(2)), server.url, "tiny", out_path=tmp_path / "live.json",
-        concurrency=1, time_scale=0.001, retries=2, retry_backoff_s=0.01,
-    )  # fmt: skip
+        make_ds(serial(2)),
+        LiveOptions(
+            url=server.url,
+            model="tiny",
+            concurrency=1,
+            time_scale=0.001,
+            retries=2,
+            retry_backoff_s=0.01,
+        ),
+        out_path=tmp_path / "live.json",
+    )
     first, second = result.calls
     assert (first.status, first.attempts, first.http_status) == ("error", 3, 503)
     assert first.error == "HTTP 503: overloaded"
@@ -599,16 +628,20 @@ def test_5xx_after_the_retries_fails_that_call_only(tmp_path, stub):
 def test_per_request_timeout_is_recorded_and_the_run_goes_on(tmp_path, stub):
     server = stub(delay_s=1.0)
     result = run_live_replay(
-        make_ds(serial(2)), server.url, "tiny", out_path=tmp_path / "live.json",
-        concurrency=2, timeout_s=0.3,
-    )  # fmt: skip
+        make_ds(serial(2)),
+        LiveOptions(url=server.url, model="tiny", concurrency=2, timeout_s=0.3),
+        out_path=tmp_path / "live.json",
+    )
     assert [c.status for c in result.calls] == ["error", "error"]
     assert all(c.error == "timeout after 0.3 s" for c in result.calls)
 
 
 def test_cancel_stops_sending_and_keeps_results(stub):
     server = stub(delay_s=0.15)
-    replay = LiveReplay(make_ds(serial(10)), server.url, "tiny", concurrency=1, time_scale=0.001)
+    replay = LiveReplay(
+        make_ds(serial(10)),
+        LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001),
+    )
 
     def two_answered_and_one_in_flight() -> bool:
         # the client's own state: the server counts an answer before the client has read it
@@ -751,9 +784,17 @@ def test_real_vllm_cached_tokens_equal_the_prediction(vllm_server, tmp_path):
     # again without the reset: the server still holds every block, the prediction assumes a
     # cold cache, and each difference is explained as such
     warm = run_live_replay(
-        dataset, vllm_server, "tiny", concurrency=1, time_scale=0.001, max_context=4096,
-        reset_cache=False, out_path=tmp_path / "warm.json",
-    )  # fmt: skip
+        dataset,
+        LiveOptions(
+            url=vllm_server,
+            model="tiny",
+            concurrency=1,
+            time_scale=0.001,
+            max_context=4096,
+            reset_cache=False,
+        ),
+        out_path=tmp_path / "warm.json",
+    )
     assert warm.complete and warm.totals.errors == 0
     assert warm.totals.mismatched_calls > 0
     assert set(warm.totals.mismatches_by_explanation) == {"warm_server_cache"}
@@ -764,9 +805,10 @@ def test_real_vllm_cached_tokens_equal_the_prediction(vllm_server, tmp_path):
     # without --max-context: the window comes from the server's /v1/models (max_model_len
     # 4096), so the same calls are dropped and none fails with HTTP 400
     learned = run_live_replay(
-        dataset, vllm_server, "tiny", concurrency=1, time_scale=0.001,
+        dataset,
+        LiveOptions(url=vllm_server, model="tiny", concurrency=1, time_scale=0.001),
         out_path=tmp_path / "learned.json",
-    )  # fmt: skip
+    )
     assert (learned.settings.max_context, learned.settings.max_context_source) == (4096, "server")
     assert learned.complete and learned.totals.errors == 0
     assert learned.totals.dropped_calls == t["dropped_calls"]

@@ -10,7 +10,6 @@ from weka_assets.defs.outputs import DatasetRef, LiveRef
 from weka_assets.defs.resources import LiveServer, WekaStore
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.live import LiveReplayError, answered_calls, run_live_replay
-from weka_assets.replay.schedule import arrival_for
 
 LIVE_GROUP = "live"
 
@@ -39,29 +38,16 @@ def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
             raise dg.Failure(
                 "live_replay needs a server: set the live_server resource's url and model"
             )
+        options = live_server.options()
         ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
         out_key = f"live/{decoded_dataset.decode_key}/{context.run.run_id}"
         out_path = store.dir(out_key) / "result.json"
         progress = dagster_progress(context, interval=5.0)
-        on_call = answered_calls(progress, ds, live_server.max_context)
+        on_call = answered_calls(progress, ds, options.max_context)
 
         try:
             with progress:
-                result = run_live_replay(
-                    ds,
-                    live_server.url,
-                    live_server.model,
-                    concurrency=live_server.concurrency,
-                    time_scale=live_server.time_scale,
-                    arrival=arrival_for(ds, live_server.arrival),
-                    max_context=live_server.max_context,
-                    drop=live_server.drop,
-                    max_tokens_cap=live_server.max_tokens_cap,
-                    block_size=live_server.block_size,
-                    timeout_s=live_server.timeout_s,
-                    out_path=out_path,
-                    progress=on_call,
-                )
+                result = run_live_replay(ds, options, out_path=out_path, progress=on_call)
         except LiveReplayError as exc:
             store.push(out_key)
             raise dg.Failure(
