@@ -4,7 +4,24 @@ Every `*_key` is a store-relative key (`raw/<digest>/traces.jsonl`, `datasets/<d
 valid for a local store and for S3 alike; an asset turns it into a local path with `pull`.
 """
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel
+
+if TYPE_CHECKING:  # pandas and the store load only when a frame is asked for
+    import pandas as pd
+
+    from weka_assets.store import Store
+
+
+def _store(store: "Store | None") -> "Store":
+    """The given store, else the one the definitions use by default ($WEKA_ASSETS_STORE or
+    ./.weka-store), as a notebook next to the project would."""
+    if store is not None:
+        return store
+    from weka_assets.defs.resources import WekaStore
+
+    return WekaStore()._store()
 
 
 class RawCorpus(BaseModel):
@@ -49,6 +66,15 @@ class ReplayRef(BaseModel):
     token_replay_hit_rate: float | None
     fidelity_mismatched_calls: int
 
+    def per_call_frame(self, store: "Store | None" = None) -> "pd.DataFrame":
+        """The per-call table as a DataFrame, one row per call in dataset order: trace, conv,
+        request, inner, role, ids, hits, full_blocks, full_hits, token_blocks, token_hits.
+        In a notebook: `defs.load_asset_value("replay_benchmark", partition_key=...)
+        .per_call_frame()`."""
+        import pandas as pd
+
+        return pd.read_parquet(_store(store).pull(self.per_call_key))
+
 
 class CapacityRef(BaseModel):
     corpus: str
@@ -58,6 +84,24 @@ class CapacityRef(BaseModel):
     plot_key: str  # replay/<decode key>/capacity.png
     traces: int  # the leading traces the sweep covers
     dataset_traces: int
+
+    def frame(self, store: "Store | None" = None) -> "pd.DataFrame":
+        """The curve as a DataFrame, one row per capacity (increasing; the unbounded point last,
+        its capacity_blocks missing): capacity_blocks, capacity_bytes, hits, blocks, hit_rate,
+        and the hit rate per role."""
+        import orjson
+        import pandas as pd
+
+        curve = orjson.loads(_store(store).read_bytes(self.curve_key))
+        rows = [
+            {
+                **{k: p[k] for k in ("capacity_blocks", "capacity_bytes", "hits", "blocks")},
+                "hit_rate": p["hit_rate"],
+                **{f"{role}_hit_rate": r["hit_rate"] for role, r in p["per_role"].items()},
+            }
+            for p in curve["points"]
+        ]
+        return pd.DataFrame(rows).astype({"capacity_blocks": "Int64", "capacity_bytes": "Int64"})
 
 
 class BlastRef(BaseModel):
