@@ -149,11 +149,16 @@ def call_block_keys(ds: DecodedDataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Concatenate the segments of `values` (segment lengths `lengths`) in `order`."""
+    """Concatenate the segments of `values` (segment lengths `lengths`) in `order`.
+
+    The gather index is built in place (one array beside the result), so the peak is about
+    three arrays of the accesses, not five."""
     starts = np.cumsum(lengths) - lengths
     lens = lengths[order]
-    _, pos = segment_positions(lens)
-    return values[np.repeat(starts[order], lens) + pos]
+    new_starts = np.cumsum(lens) - lens
+    idx = np.repeat(starts[order] - new_starts, lens)  # per access: old minus new position
+    idx += np.arange(idx.size, dtype=idx.dtype)
+    return values[idx]
 
 
 @dataclass
@@ -206,8 +211,9 @@ def reuse_profile(
     order = global_order(ds, arrival, time_scale)
     flat = _reorder_segments(keys, lengths, order)
     del keys
-    role = np.repeat(np.asarray(ds.calls["role"], dtype=np.int8)[order], lengths[order])
     depth, distinct = start_depths(flat, lengths[order])
+    del flat
+    role = np.repeat(np.asarray(ds.calls["role"], dtype=np.int8)[order], lengths[order])
     never = int(depth.size) + 1
     depth[depth < 0] = never
     return ReuseProfile(
@@ -225,12 +231,19 @@ def _segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np
     """Running maximum within each segment, for values in [0, bound]."""
     if values.size == 0:
         return values.copy()
-    seg = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
-    big = np.int64(bound + 1)
-    return np.maximum.accumulate(values + seg * big) - seg * big
+    # each segment lifted above every earlier one, so one running maximum never crosses a
+    # segment boundary; in place (two arrays of the accesses at the peak)
+    lift = np.repeat(np.arange(lengths.size, dtype=np.int64) * np.int64(bound + 1), lengths)
+    out = values + lift
+    np.maximum.accumulate(out, out=out)
+    out -= lift
+    return out
 
 
 # ---- the depth pass ---------------------------------------------------------------------------
+
+
+SPREAD_CHUNK = 1 << 20  # accesses per step where a run head's depth is spread along its run
 
 
 def start_depths(keys: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int]:
@@ -244,13 +257,13 @@ def start_depths(keys: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int
     keys = np.asarray(keys)
     lengths = np.asarray(lengths, dtype=np.int64)
     n = keys.size
-    depth = np.full(n, -1, dtype=np.int64)
     if n == 0:
-        return depth, 0
+        return np.full(0, -1, dtype=np.int64), 0
+    prev = previous_touch(keys)  # first: its sort is the peak, before the arrays below exist
+    depth = np.full(n, -1, dtype=np.int64)
     ends = np.cumsum(lengths)
     start_of_call = np.repeat(ends - lengths, lengths)  # per position: where its call starts
 
-    prev = previous_touch(keys)
     touched = prev >= 0
     distinct = int(n - np.count_nonzero(touched))
     query = touched & (prev < start_of_call)  # last touched in an earlier call
@@ -312,9 +325,11 @@ def start_depths(keys: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int
     d_run = np.full(heads.size, -1, dtype=np.int64)
     d_run[query[heads]] = d_head
     qpos = np.flatnonzero(query)
-    rid = np.searchsorted(heads, qpos, side="right") - 1
-    depth[qpos] = d_run[rid] - (qpos - heads[rid])
-    del qpos, rid
+    for a in range(0, qpos.size, SPREAD_CHUNK):  # in chunks: its temporaries stay small
+        q = qpos[a : a + SPREAD_CHUNK]
+        rid = np.searchsorted(heads, q, side="right") - 1
+        depth[q] = d_run[rid] - (q - heads[rid])
+    del qpos
 
     # a key repeated within its call: the depth of its first occurrence in the call
     # (with the chained keys of prompts only on a 64-bit collision: a key includes its position)
@@ -340,19 +355,23 @@ def previous_touch(keys: np.ndarray) -> np.ndarray:
     """
     keys = np.asarray(keys).astype(np.uint64, copy=False)
     n = keys.size
-    prev = np.full(n, -1, dtype=np.int64)
     if n < 2:
-        return prev
+        return np.full(n, -1, dtype=np.int64)
     bits = int(n - 1).bit_length()
     low = np.uint64((1 << bits) - 1)
-    srt = np.sort((keys & ~low) | np.arange(n, dtype=np.uint64))
-    pos = (srt & low).astype(np.int64)
-    same_high = (srt[1:] & ~low) == (srt[:-1] & ~low)
-    full = keys[pos]
-    same = same_high & (full[1:] == full[:-1])
+    # built and sorted in place: the peak is about three arrays of the accesses
+    srt = keys & ~low
+    srt |= np.arange(n, dtype=np.uint64)
+    srt.sort()
+    same_high = (srt[1:] >> np.uint64(bits)) == (srt[:-1] >> np.uint64(bits))
+    srt &= low
+    pos = srt.view(np.int64)  # the positions, in key order
+    same = keys[pos]
+    same = same_high & (same[1:] == same[:-1])
+    prev = np.full(n, -1, dtype=np.int64)
     prev[pos[1:][same]] = pos[:-1][same]
     if (same_high & ~same).any():  # different keys in one group of equal high bits
-        clash = distinct(srt[1:][same_high & ~same] & ~low)
+        clash = distinct(keys[pos[1:][same_high & ~same]] & ~low)
         where = np.flatnonzero(np.isin(keys & ~low, clash))
         o = np.lexsort((where, keys[where]))
         w, k = where[o], keys[where][o]
