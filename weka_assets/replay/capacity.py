@@ -53,7 +53,6 @@ from pydantic import BaseModel
 
 from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset
-from weka_assets.replay.prefix import segment_positions
 from weka_assets.replay.schedule import Arrival, global_order
 from weka_assets.replay.unbounded import token_block_keys
 

@@ -5,8 +5,9 @@ import dagster as dg
 import orjson
 
 from weka_assets.decoding.dataset import open_dataset
+from weka_assets.defs.assets.replay import stored_replay
 from weka_assets.defs.helpers import decoding_asset, markdown_image, table
-from weka_assets.defs.outputs import BlastRef, DatasetRef
+from weka_assets.defs.outputs import BlastRef, DatasetRef, ReplayRef
 from weka_assets.defs.resources import WekaStore
 from weka_assets.replay.blast_radius import RoleBlast, blast_radius, blast_radius_png, previous_key
 
@@ -16,7 +17,10 @@ def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
 
     @dg.asset(**decoding_asset(manifest_version, "replay", {"python"}))
     def manifest_blast_radius(
-        context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore
+        context: dg.AssetExecutionContext,
+        decoded_dataset: DatasetRef,
+        replay_benchmark: ReplayRef,
+        store: WekaStore,
     ) -> dg.Output[BlastRef]:
         """Calls whose tokens and whose cache behaviour changed against the newest earlier
         decode of the same corpus and tokenizer under another decode key, by role and by cause
@@ -28,7 +32,13 @@ def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
             {**current.manifest, "decode_key": decoded_dataset.decode_key},
         )
         previous = open_dataset(store.pull(f"datasets/{prev}"), verify=True) if prev else None
-        br, _ = blast_radius(current, previous)
+        # the replays already stored (this one by replay_benchmark), not computed again
+        br, _ = blast_radius(
+            current,
+            previous,
+            current_replay=stored_replay(store, replay_benchmark.decode_key),
+            previous_replay=stored_replay(store, prev) if prev else None,
+        )
         out_key = f"blast_radius/{br.current_key}-vs-{br.previous_key or 'none'}.json"
         store.write_bytes(
             out_key, orjson.dumps(br.model_dump(mode="json"), option=orjson.OPT_INDENT_2)

@@ -28,7 +28,7 @@ from weka_assets.replay.capacity import (
     plot_png,
 )
 from weka_assets.replay.schedule import arrival_for
-from weka_assets.replay.unbounded import HitFigures, ReplayResult
+from weka_assets.replay.unbounded import CallFigures, HitFigures, ReplayResult
 
 
 def _rates(f: HitFigures) -> dict:
@@ -59,6 +59,17 @@ def policy_comparison(correct: ReplayResult, legacy: ReplayResult) -> list[dict]
             }
         )
     return rows
+
+
+# per_call.parquet column -> CallFigures field
+PER_CALL_FIGURES = {
+    "ids": "total",
+    "hits": "hits",
+    "full_blocks": "full_total",
+    "full_hits": "full_hits",
+    "token_blocks": "token_total",
+    "token_hits": "token_hits",
+}
 
 
 def _write_per_call(ds, cf, path) -> None:
@@ -176,6 +187,20 @@ def replay_in_store(context, store: WekaStore, dataset: DatasetRef, label: str =
         fidelity_mismatched_calls=result.fidelity_mismatched_calls,
     )
     return result, ds, result_dir, ref
+
+
+def stored_replay(store: WekaStore, decode_key: str) -> tuple[ReplayResult, CallFigures] | None:
+    """The unbounded replay of a dataset as stored by `replay_in_store` (its result and per-call
+    figures), or None when it was never replayed into this store."""
+    result_dir = f"replay/{decode_key}"
+    if not (
+        store.exists(f"{result_dir}/result.json") and store.exists(f"{result_dir}/per_call.parquet")
+    ):
+        return None
+    result = ReplayResult.model_validate_json(store.read_bytes(f"{result_dir}/result.json"))
+    t = pq.read_table(store.pull(f"{result_dir}/per_call.parquet"))
+    cols = {name: t.column(name).to_numpy().astype(np.int64) for name in PER_CALL_FIGURES}
+    return result, CallFigures(**{field: cols[name] for name, field in PER_CALL_FIGURES.items()})
 
 
 def _paths(store: WekaStore, result_dir: str) -> dict:
