@@ -495,6 +495,16 @@ def _rate(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
+def capacity_traces(ds: DecodedDataset, max_blocks: int) -> int:
+    """How many leading traces fit in `max_blocks` block accesses (at least one; 0: all): the
+    budget that bounds a sweep's memory (about 70 bytes per access at its peak)."""
+    if max_blocks <= 0:
+        return len(ds.traces)
+    blocks = ds.column("tokens_in") // ds.column("block_size")
+    per_trace = np.array([int(blocks[sl].sum()) for sl in ds.trace_slices()], dtype=np.int64)
+    return max(1, int(np.searchsorted(np.cumsum(per_trace), max_blocks, side="right")))
+
+
 def default_capacities(ds: DecodedDataset, points: int = 12) -> list[int]:
     """A log-spaced sweep of `points` capacities (blocks) up to the number of distinct blocks."""
     keys = np.sort(call_block_keys(ds)[0])

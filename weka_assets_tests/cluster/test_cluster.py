@@ -273,11 +273,7 @@ def test_a_manifest_bump_is_backfilled_through_the_cluster(deployment):
     stale = _cli(env, project, "stale", "--json")
     assert stale.returncode == 0, stale.stderr
     listed = {(s["asset"], s["partition"]) for s in json.loads(stale.stdout)["stale"]}
-    expected = {
-        (a, f"{c}|deepseek")
-        for a in DECODE_ASSETS
-        for c in CORPORA
-    }
+    expected = {(a, f"{c}|deepseek") for a in DECODE_ASSETS for c in CORPORA}
     assert listed == expected
 
     out = _cli(env, project, "backfill-stale", "--url", d["url"], "--wait")

@@ -229,7 +229,9 @@ def _walk_through(server, project, store, page, url, shot):
     # 2. the whole graph (without `live`), both corpora, one backfill
     open_lineage(page, url, "not group:live and not group:exports")
     page.get_by_role("button", name="Materialize all").click()
-    dialog = page.get_by_role("dialog").filter(has_text=f"Launch runs to materialize {2 + len(DECODING_ASSETS)} assets")
+    dialog = page.get_by_role("dialog").filter(
+        has_text=f"Launch runs to materialize {2 + len(DECODING_ASSETS)} assets"
+    )
     expect(dialog.get_by_text("raw_traces", exact=True)).to_be_visible()
     choose(page, dialog, CORPORA)
     shot("launch-the-whole-graph")

@@ -24,6 +24,7 @@ from weka_assets.replay.capacity import (
     KV_PRESETS,
     CapacityCurve,
     capacity_curve,
+    capacity_traces,
     default_capacities,
     plot_png,
 )
@@ -83,15 +84,6 @@ def _write_per_call(ds, cf, path) -> None:
     )  # fmt: skip
     with atomic_write(path) as fh:
         pq.write_table(per_call, fh)
-
-
-def capacity_traces(ds, max_blocks: int) -> int:
-    """How many leading traces fit in `max_blocks` block accesses (at least one; 0: all)."""
-    if max_blocks <= 0:
-        return len(ds.traces)
-    blocks = ds.column("tokens_in") // ds.column("block_size")
-    per_trace = np.array([int(blocks[sl].sum()) for sl in ds.trace_slices()], dtype=np.int64)
-    return max(1, int(np.searchsorted(np.cumsum(per_trace), max_blocks, side="right")))
 
 
 def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, int]:
