@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Quick start, command 2 (and CI): set up, lint, install the browser for the UI test, then run
 # the whole test suite offline.
+# `--fast` (first argument): the fast tier only, for development (README, "Tests"); the other
+# arguments go to pytest as they are. Without it (CI) every tier runs: slow, ui, live, fuzz and
+# cluster included.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  set -- -m "not slow and not ui and not live and not fuzz and not cluster" "$@"
+fi
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 ruff check weka_assets weka_assets_tests

@@ -173,3 +173,41 @@ def wait_until_loaded(server: DagsterDev, timeout: float = 120) -> None:
             assert not errors, errors
             return
         time.sleep(1)
+
+
+def _start(args: list[str], project: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    """`python -m ARGS...` in `project`, in its own process group, default signal handling."""
+    log = open(log_path, "w")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _DEFAULT_SIGNALS_WRAPPER, sys.executable, "-m", *args],
+            cwd=project,
+            env=dict(env, PYTHONPATH=str(project)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def start_webserver(
+    project: Path, env: dict, log_path: Path, *, ready_s: float = 120
+) -> DagsterDev:
+    """`dagster-webserver -w workspace.yaml` alone (no daemon), once its code location has
+    loaded: what a deployment runs beside `start_daemon`."""
+    port = free_port()
+    args = ["dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    server = DagsterDev(f"http://127.0.0.1:{port}", _start(args, project, env, log_path), log_path)
+    try:
+        wait_until_loaded(server, ready_s)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_daemon(project: Path, env: dict, log_path: Path) -> DagsterDev:
+    """`dagster-daemon run -w workspace.yaml` (its `url` is empty); stop it with `stop()`."""
+    process = _start(["dagster._daemon", "run", "-w", "workspace.yaml"], project, env, log_path)
+    return DagsterDev("", process, log_path)

@@ -1,8 +1,8 @@
 """The README's "After a loader fix" flow, end to end, in a copy of the project whose
 MANIFEST_VERSION literal is raised by one: stale lists exactly the decoding partitions,
-backfill-stale rebuilds them (in process, and as one backfill through a running `dagster dev`),
-then nothing is stale, both datasets exist, and a bump that changed nothing has a zero blast
-radius. Every command is the real CLI in a subprocess against one DAGSTER_HOME."""
+backfill-stale rebuilds them (in process, and as one backfill through a running webserver and
+daemon), then nothing is stale, both datasets exist, and a bump that changed nothing has a zero
+blast radius. Every command is the real CLI in a subprocess against one DAGSTER_HOME."""
 
 import json
 import os
@@ -10,19 +10,20 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from weka_assets.defs.jobs import DECODE_ASSETS
 from weka_assets.versions import MANIFEST_VERSION
-from weka_assets_tests.dagster_dev import ROOT, bumped_copy, start_dagster_dev
+from weka_assets_tests.dagster_dev import ROOT, bumped_copy, start_daemon, start_webserver
 
 pytestmark = pytest.mark.slow
 
 DECODING_ASSETS = set(DECODE_ASSETS)
 PARTITION = "sample-kvt|deepseek"
+BACKFILLS = "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"
 
 
 @pytest.fixture
@@ -98,20 +99,33 @@ def test_bump_stale_backfill_in_process(flow):
 @pytest.mark.live
 def test_bump_stale_backfill_through_a_running_webserver(flow):
     cli, copy, env, tmp_path = flow
-    server = start_dagster_dev(copy, env, tmp_path / "dagster-dev.log")
+    # a webserver, and the daemon started once the backfill is submitted: the daemon looks for
+    # new backfills every 30 s, from its start, so its first look finds this one (a daemon
+    # already running would take up to 30 s more, then 30 s to see the runs done)
+    server = start_webserver(copy, env, tmp_path / "webserver.log")
+    daemon = None
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "weka_assets.cli", "backfill-stale", "--url", server.url, "--wait"],
+        cwd=copy, env=dict(env, PYTHONPATH=str(copy)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        url = server.url
-        launched = cli("backfill-stale", "--url", url, "--wait", project=copy)
-        backfill_id = re.search(r"^backfill (\S+)$", launched.stdout, flags=re.M)[1]
-        listed = httpx.post(
-            f"{url}/graphql",
-            json={
-                "query": "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }"
-            },
-            timeout=30,
-        ).json()["data"]["partitionBackfillsOrError"]["results"]
+        deadline = time.monotonic() + 120
+        while not server.graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]:
+            assert launch.poll() is None, launch.communicate()
+            assert time.monotonic() < deadline, "no backfill was submitted"
+            time.sleep(0.5)
+        daemon = start_daemon(copy, env, tmp_path / "daemon.log")
+        out, err = launch.communicate(timeout=600)
+        assert launch.returncode == 0, err[-3000:]
+        backfill_id = re.search(r"^backfill (\S+)$", out, flags=re.M)[1]
+        listed = server.graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]
         assert [b["id"] for b in listed] == [backfill_id]
         assert listed[0]["status"] in ("COMPLETED", "COMPLETED_SUCCESS")
         assert_rebuilt(cli, copy, tmp_path)
     finally:
+        if launch.poll() is None:
+            launch.kill()
+        if daemon is not None:
+            daemon.stop()
         server.stop()

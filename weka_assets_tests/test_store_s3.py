@@ -156,6 +156,7 @@ def _decode_as_a_machine(env, corpus, cache_dir, report_json, index, ready, firs
             first_done.set()
 
 
+@pytest.mark.slow
 def test_two_machines_decoding_one_corpus_at_once_publish_one_dataset(bucket, s3, tmp_path):
     from weka_assets.pipeline import scope_report
 

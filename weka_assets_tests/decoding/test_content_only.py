@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from weka_assets.decoding.dataset import open_dataset, provenance_path
 from weka_assets.decoding.settings import DecodeSettings
@@ -60,6 +61,7 @@ def assert_identical(first, second) -> None:
     assert {"host", "pid"} <= set(pa)
 
 
+@pytest.mark.slow
 def test_the_real_sample_from_two_places_decodes_to_identical_bytes(tmp_path, monkeypatch):
     first, second = decode_twice(REAL_SAMPLE, tmp_path, monkeypatch)
     assert_identical(first, second)

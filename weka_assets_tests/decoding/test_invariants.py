@@ -142,6 +142,7 @@ def test_shared_leading_blocks_share_exactly_those_tokens(corpus_index):
     check()
 
 
+@pytest.mark.slow
 def test_session_policy_breaks_sharing_exactly_across_conversations():
     """Invariant 5: under `session`, calls of different conversations that share leading ids
     no longer share tokens; calls of the same conversation still do."""

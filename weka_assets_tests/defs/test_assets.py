@@ -95,6 +95,7 @@ def test_whole_chain_materializes_with_useful_metadata(env):
         assert check_status(instance, rule.name, "tiny") is True, rule.name
 
 
+@pytest.mark.slow
 def test_rematerializing_reuses_the_dataset_and_keeps_data_versions(env):
     instance, res = env
     materialize_corpus("tiny", instance, res)
@@ -130,6 +131,7 @@ def test_a_corpus_that_breaks_the_contract_stops_the_chain(env):
     assert not result.success
 
 
+@pytest.mark.slow
 def test_checks_report_per_partition(env):
     instance, res = env
     materialize_corpus("tiny", instance, res)

@@ -42,6 +42,7 @@ def test_new_entries_become_partitions_and_get_a_run(world):
     assert not again.run_requests and not again.dynamic_partitions_requests
 
 
+@pytest.mark.slow
 def test_moved_revision_gets_a_run_and_makes_downstream_stale(world):
     instance, defs, catalog, corpus = world
     first = tick(instance, catalog)
@@ -60,6 +61,7 @@ def test_moved_revision_gets_a_run_and_makes_downstream_stale(world):
     assert tick(instance, catalog, moved.cursor).run_requests == []
 
 
+@pytest.mark.slow
 def test_refetching_identical_bytes_leaves_downstream_fresh(world):
     instance, defs, _, _ = world
     instance.add_dynamic_partitions("corpus", ["alpha"])

@@ -76,7 +76,9 @@ def aiperf() -> Path:
 
 @pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="real sample missing")
 def test_analyze_trace_hit_rate_equals_ours(aiperf, tmp_path):
-    ds = decoded(REAL_SAMPLE).head(10)
+    # three real traces (509k blocks; both of the first ten that have subagents): aiperf's
+    # analysis takes time in proportion to the blocks (about 38 s for the first ten here)
+    ds = decoded(REAL_SAMPLE).head(3)
     ours, _ = replay_unbounded(ds)
     export_dataset(ds, "mooncake", tmp_path / "m.jsonl")
     report = tmp_path / "report.json"

@@ -23,6 +23,7 @@ def env(tmp_path):
         yield instance, build_defs(resource_defs=res), tmp_path / "store"
 
 
+@pytest.mark.slow
 def test_exports_materialize_beside_the_dataset(env):
     instance, defs, store = env
     steps = materialize_corpus("tiny", instance, defs)
