@@ -88,3 +88,14 @@ def ordered_map(
         finally:
             for f in pending:
                 f.cancel()
+
+
+def in_worker(fn: Callable[..., R], *args) -> R:
+    """`fn(*args)` in a worker process of its own, when this process may start one: for work
+    that loads something large it never needs again (a tokenizer), so that memory leaves with
+    the worker instead of staying in a long-lived process (a Dagster run executes every step
+    in one process). `fn` must be a module-level function, its arguments and result picklable."""
+    if _daemonic() or workers() <= 1:
+        return fn(*args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
+        return pool.submit(fn, *args).result()

@@ -33,7 +33,7 @@ from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key
 from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resolve_tokenizer
 from weka_assets.env import host_name
 from weka_assets.errors import CorpusRejected, TraceError
-from weka_assets.parallel import ordered_map
+from weka_assets.parallel import in_worker, ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
 from weka_assets.traces.reader import (
     CorpusFormat,
@@ -315,7 +315,8 @@ def decode_corpus(
             manifest["corpus_format"] = "mooncake"
         if measure_drift and first:
             sample = concat_pieces(first, filler.tokens, {})  # the first trace, in memory
-            manifest["retokenization_drift"] = retokenization_drift(sample, spec, 4, 256)
+            # in a worker: the tokenizer it loads (about 120 MB) leaves with it
+            manifest["retokenization_drift"] = in_worker(retokenization_drift, sample, spec, 4, 256)
         final = writer.publish(key, manifest)
         if writer.won:
             record = provenance(

@@ -208,10 +208,9 @@ def reuse_profile(
     """Keys of every call on the shared timeline and their LRU depths at each call's start."""
     keys, lengths = call_block_keys(ds)
     order = global_order(ds, arrival, time_scale)
-    flat = _reorder_segments(keys, lengths, order)
+    flat = [_reorder_segments(keys, lengths, order)]
     del keys
-    depth, distinct = start_depths(flat, lengths[order])
-    del flat
+    depth, distinct = start_depths(flat, lengths[order])  # takes the keys (frees them early)
     role = np.repeat(np.asarray(ds.calls["role"], dtype=np.int8)[order], lengths[order])
     never = int(depth.size) + 1
     depth[depth < 0] = never
@@ -245,23 +244,33 @@ def _segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np
 SPREAD_CHUNK = 1 << 20  # accesses per step where a run head's depth is spread along its run
 
 
-def start_depths(keys: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int]:
+def start_depths(
+    keys: np.ndarray | list[np.ndarray], lengths: np.ndarray
+) -> tuple[np.ndarray, int]:
     """(LRU depth of every access's key at the start of its call, number of distinct keys).
+
+    `keys` may come as a one-item list: the caller hands the array over, and it is freed as
+    soon as the previous touches are known (the sweep's peak memory).
 
     `keys` are the accesses in time order, cut into calls by `lengths`. The depth is the number
     of distinct keys touched since the key's last touch before the call; -1 when the key was not
     touched before the call (a key repeated within a call gets the depth of its first occurrence
     in that call).
     """
+    if isinstance(keys, list):  # [keys]: the caller hands them over, freed once used
+        keys = np.asarray(keys.pop())
     keys = np.asarray(keys)
     lengths = np.asarray(lengths, dtype=np.int64)
     n = keys.size
     if n == 0:
         return np.full(0, -1, dtype=np.int64), 0
     prev = previous_touch(keys)  # first: its sort is the peak, before the arrays below exist
-    depth = np.full(n, -1, dtype=np.int64)
+    del keys
+    # positions fit in 32 bits far beyond any sweep's budget: half the memory per access
+    pos_type = np.int32 if n < 2**31 - 1 else np.int64
+    depth = np.full(n, -1, dtype=pos_type)
     ends = np.cumsum(lengths)
-    start_of_call = np.repeat(ends - lengths, lengths)  # per position: where its call starts
+    start_of_call = np.repeat((ends - lengths).astype(pos_type), lengths)  # where its call starts
 
     touched = prev >= 0
     distinct = int(n - np.count_nonzero(touched))
@@ -323,12 +332,10 @@ def start_depths(keys: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int
     # spread each run head's depth along its run: d, d - 1, ...
     d_run = np.full(heads.size, -1, dtype=np.int64)
     d_run[query[heads]] = d_head
-    qpos = np.flatnonzero(query)
-    for a in range(0, qpos.size, SPREAD_CHUNK):  # in chunks: its temporaries stay small
-        q = qpos[a : a + SPREAD_CHUNK]
+    for a in range(0, n, SPREAD_CHUNK):  # in chunks: its temporaries stay small
+        q = np.flatnonzero(query[a : a + SPREAD_CHUNK]) + a
         rid = np.searchsorted(heads, q, side="right") - 1
         depth[q] = d_run[rid] - (q - heads[rid])
-    del qpos
 
     # a key repeated within its call: the depth of its first occurrence in the call
     # (with the chained keys of prompts only on a 64-bit collision: a key includes its position)
