@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weka_assets.decoding.dataset import DecodedDataset, _chunks
+from weka_assets.decoding.prf import mix64
 from weka_assets.replay.prefix import segment_positions
 
 CALL_CHUNK = 1 << 16  # calls per vectorised step (bounds the flat arrays of added rows)
@@ -53,15 +54,24 @@ def timeline_order(ds: DecodedDataset) -> np.ndarray:
 
 def block_classes(ds: DecodedDataset) -> tuple[np.ndarray, int]:
     """(class of every block row, number of classes): rows with equal `block_offsets` rows and
-    equal block sizes share a class. Classes are numbered in sorted-offset order."""
+    equal block sizes share a class. Classes are numbered in the order of a sort by offsets."""
     rows = int(ds.block_id.size)
     if rows == 0:
         return np.empty(0, np.int64), 0
     offsets = np.concatenate(list(_chunks(ds.block_offsets))).reshape(rows, -1)
     bs_of_trace = np.array([int(t["block_size"]) for t in ds.traces], dtype=np.int64)
     bs = bs_of_trace[np.concatenate(list(_chunks(ds.block_trace)))]
-    # any lexicographic order groups equal (block size, offsets) rows together
-    order = np.lexsort([offsets[:, j] for j in range(offsets.shape[1])] + [bs])
+    # one sort of a 64-bit hash of the row, then a check that rows with equal hashes are equal
+    # in full; only if not (about n^2 / 2^65 odds), the full lexicographic sort
+    key = np.zeros(rows, dtype=np.uint64)
+    for j in range(offsets.shape[1]):
+        key ^= offsets[:, j].astype(np.uint64)
+        key = mix64(key, out=key)
+    order = np.argsort(key)
+    tie = key[order[1:]] == key[order[:-1]]
+    a, b = order[:-1][tie], order[1:][tie]
+    if (offsets[a] != offsets[b]).any() or (bs[a] != bs[b]).any():
+        order = np.lexsort([offsets[:, j] for j in range(offsets.shape[1])] + [bs])
     new = np.empty(rows, dtype=bool)
     new[0] = True
     srt = offsets[order]
