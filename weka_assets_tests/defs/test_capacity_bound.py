@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from weka_assets.replay.capacity import capacity_traces
-from weka_assets.replay.capacity import capacity_curve
+from weka_assets.replay.capacity import capacity_curve, capacity_traces
 from weka_assets_tests.corpora import decoded, synthetic
 
 
