@@ -209,7 +209,7 @@ if __name__ == "__main__":
     step("legacy_scope_dataset")
     ds = open_dataset(out.path, verify=True)
     part = ds.head(capacity_traces(ds, 8_000_000))
-    capacity_curve(part, default_capacities(part, 12), arrival_for(part, ""), 1.0, KV_PRESETS["llama-3.1-8b"])
+    capacity_curve(part, None, arrival_for(part, ""), 1.0, KV_PRESETS["llama-3.1-8b"], points=12)
     step("capacity_curve")
     legacy = [p for p in (work / "datasets").iterdir() if p.name not in (out.key,) and not p.name.startswith(".")]
     replay(legacy[0])

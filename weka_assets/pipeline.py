@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
 from weka_assets.atomic import atomic_write
 from weka_assets.decoding.dataset import (
@@ -318,6 +319,9 @@ def decode_corpus(
             # in a worker: the tokenizer it loads (about 120 MB) leaves with it
             manifest["retokenization_drift"] = in_worker(retokenization_drift, sample, spec, 4, 256)
         final = writer.publish(key, manifest)
+        # pyarrow's pool keeps what the parquet writers freed (tens of MB): give it back, as a
+        # long-lived process (a Dagster run executes every step in one) would keep it
+        pa.default_memory_pool().release_unused()
         if writer.won:
             record = provenance(
                 final, corpus=str(Path(path).absolute()), tokenizer_source=spec.source

@@ -5,10 +5,12 @@ written by the assets themselves; this IO manager only keeps the pointer to it, 
 store (a local folder or S3).
 """
 
+import ctypes
 import importlib
 
 import dagster as dg
 import orjson
+import pyarrow as pa
 from pydantic import BaseModel
 
 from weka_assets.defs.resources import WekaStore
@@ -43,6 +45,7 @@ class DescriptorIOManager(dg.ConfigurableIOManager):
         )
         # which machine ran the step: `weka-assets launch` counts steps per host from it
         context.add_output_metadata({"host": host_name()})
+        release_freed_memory()
 
     def load_input(self, context: dg.InputContext) -> BaseModel:
         partition = self._partition(context)
@@ -58,3 +61,14 @@ class DescriptorIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(f"{where}: refusing to load descriptor type {body['model']!r}")
         cls = getattr(importlib.import_module(module), name)
         return cls.model_validate(body["data"])
+
+
+def release_freed_memory() -> None:
+    """Give back what the step freed: pyarrow's pool and glibc's heap keep freed memory for
+    reuse, and a run that executes every step in one process (in process, or one Celery
+    worker) would carry one step's peak into the next."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -367,9 +367,12 @@ def previous_touch(keys: np.ndarray) -> np.ndarray:
     low = np.uint64((1 << bits) - 1)
     # built and sorted in place: the peak is about three arrays of the accesses
     srt = keys & ~low
-    srt |= np.arange(n, dtype=np.uint64)
+    for a in range(0, n, SPREAD_CHUNK):  # the positions, without a whole arange beside
+        srt[a : a + SPREAD_CHUNK] |= np.arange(a, min(a + SPREAD_CHUNK, n), dtype=np.uint64)
     srt.sort()
-    same_high = (srt[1:] >> np.uint64(bits)) == (srt[:-1] >> np.uint64(bits))
+    hi = srt >> np.uint64(bits)
+    same_high = hi[1:] == hi[:-1]
+    del hi
     srt &= low
     pos = srt.view(np.int64)  # the positions, in key order
     same = keys[pos]
@@ -533,15 +536,17 @@ def capacity_curve(
     time_scale: float = 1.0,
     geometry: KVGeometry | None = None,
     profile: ReuseProfile | None = None,
+    points: int = 12,
 ) -> CapacityCurve:
     """Hit rate of one shared LRU cache at each capacity (blocks), plus the unbounded point.
 
-    `capacities=None` uses `default_capacities`. `profile` reuses an earlier `reuse_profile`
-    of the same dataset, arrival and time scale.
+    `capacities=None` sweeps `points` capacities as `default_capacities` does, from the
+    profile's own count of distinct blocks (no second pass over the keys). `profile` reuses an
+    earlier `reuse_profile` of the same dataset, arrival and time scale.
     """
     prof = profile if profile is not None else reuse_profile(ds, arrival, time_scale)
     caps = (
-        _sweep(prof.distinct_blocks, 12)
+        _sweep(prof.distinct_blocks, points)
         if capacities is None
         else sorted({int(c) for c in capacities})
     )

@@ -68,14 +68,16 @@ def block_classes(ds: DecodedDataset) -> tuple[np.ndarray, int]:
         key ^= offsets[:, j].astype(np.uint64)
         key = mix64(key, out=key)
     order = np.argsort(key)
-    tie = key[order[1:]] == key[order[:-1]]
-    a, b = order[:-1][tie], order[1:][tie]
-    if (offsets[a] != offsets[b]).any() or (bs[a] != bs[b]).any():
-        order = np.lexsort([offsets[:, j] for j in range(offsets.shape[1])] + [bs])
+    key = key[order]
     new = np.empty(rows, dtype=bool)
     new[0] = True
-    srt = offsets[order]
-    new[1:] = np.any(srt[1:] != srt[:-1], axis=1) | (bs[order][1:] != bs[order][:-1])
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    del key
+    a, b = order[:-1][~new[1:]], order[1:][~new[1:]]
+    if (offsets[a] != offsets[b]).any() or (bs[a] != bs[b]).any():
+        order = np.lexsort([offsets[:, j] for j in range(offsets.shape[1])] + [bs])
+        srt = offsets[order]
+        new[1:] = np.any(srt[1:] != srt[:-1], axis=1) | (bs[order][1:] != bs[order][:-1])
     cls = np.empty(rows, dtype=np.int64)
     cls[order] = np.cumsum(new) - 1
     return cls, int(new.sum())

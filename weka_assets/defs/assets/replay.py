@@ -25,7 +25,6 @@ from weka_assets.replay.capacity import (
     CapacityCurve,
     capacity_curve,
     capacity_traces,
-    default_capacities,
     plot_png,
 )
 from weka_assets.replay.schedule import arrival_for
@@ -96,10 +95,11 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
     part = ds.head(n)
     curve = capacity_curve(
         part,
-        default_capacities(part, options.points),
+        None,  # the default sweep of `points` capacities, from the pass's distinct blocks
         arrival_for(part, options.arrival),
         options.time_scale,
         geometry,
+        points=options.points,
     )
     return curve, plot_png(curve), n
 
