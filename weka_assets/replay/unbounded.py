@@ -45,6 +45,21 @@ class HitFigures(BaseModel):
     token_replay_hit_rate: float | None
 
 
+# the figures a table row shows: counts, the three rates, the fidelity mismatches
+HEADLINE = (
+    "calls",
+    "blocks",
+    "theoretical_hit_rate",
+    "theoretical_full_block_hit_rate",
+    "token_replay_hit_rate",
+    "fidelity_mismatched_calls",
+)
+
+
+def headline(f: HitFigures) -> dict:
+    return {k: getattr(f, k) for k in HEADLINE}
+
+
 class ReplayResult(HitFigures):
     per_role: dict[str, HitFigures]
     per_trace: list[dict]
@@ -406,18 +421,7 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
     per_role = {role: figures(cf, ds.role_mask(role)) for role in ROLES}
     per_trace = []
     for t, sl in zip(ds.traces, ds.trace_slices(), strict=True):
-        f = figures(cf, sl)
-        per_trace.append(
-            {
-                "trace": t["id"],
-                "calls": f.calls,
-                "blocks": f.blocks,
-                "theoretical_hit_rate": f.theoretical_hit_rate,
-                "theoretical_full_block_hit_rate": f.theoretical_full_block_hit_rate,
-                "token_replay_hit_rate": f.token_replay_hit_rate,
-                "fidelity_mismatched_calls": f.fidelity_mismatched_calls,
-            }
-        )
+        per_trace.append({"trace": t["id"], **headline(figures(cf, sl))})
     result = ReplayResult(
         **overall.model_dump(),
         per_role=per_role,

@@ -28,18 +28,7 @@ from weka_assets.replay.capacity import (
     plot_png,
 )
 from weka_assets.replay.schedule import arrival_for
-from weka_assets.replay.unbounded import CallFigures, HitFigures, ReplayResult
-
-
-def _rates(f: HitFigures) -> dict:
-    return {
-        "calls": f.calls,
-        "blocks": f.blocks,
-        "theoretical_hit_rate": f.theoretical_hit_rate,
-        "theoretical_full_block_hit_rate": f.theoretical_full_block_hit_rate,
-        "token_replay_hit_rate": f.token_replay_hit_rate,
-        "fidelity_mismatched_calls": f.fidelity_mismatched_calls,
-    }
+from weka_assets.replay.unbounded import CallFigures, ReplayResult, headline
 
 
 def policy_comparison(correct: ReplayResult, legacy: ReplayResult) -> list[dict]:
@@ -222,7 +211,7 @@ def build_legacy_scope_replay(manifest_version: int) -> dg.AssetsDefinition:
                 "theoretical_hit_rate": result.theoretical_hit_rate,
                 "calls_that_lose_hits": result.fidelity_mismatched_calls,
                 "dagster/row_count": result.calls,
-                "per_role": table([{"role": r, **_rates(f)} for r, f in result.per_role.items()]),
+                "per_role": table([{"role": r, **headline(f)} for r, f in result.per_role.items()]),
                 "decode_key": legacy_scope_dataset.decode_key,
                 "manifest_version": legacy_scope_dataset.manifest_version,
                 "tokenizer": legacy_scope_dataset.tokenizer,
@@ -305,8 +294,8 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
             f"legacy session scope: {pct(legacy.token_replay_hit_rate)}"
         )
         roles = [
-            {"role": "all", **_rates(result)},
-            *({"role": r, **_rates(f)} for r, f in result.per_role.items()),
+            {"role": "all", **headline(result)},
+            *({"role": r, **headline(f)} for r, f in result.per_role.items()),
         ]
         return dg.Output(
             ref,
