@@ -134,7 +134,21 @@ def cli_stages(path: Path, work: Path) -> tuple[dict, dict]:
         f"{BIN} replay $(cat {work / 'path.txt'}) --json {work / 'replay.json'}"
     )
     stages["FULL CHAIN: validate, scope, decode, replay"] = measure(["bash", "-c", chain])
+    # what the Dagster graph computes, as CLI commands: both decodes, both replays, the capacity
+    # sweep with the asset's default budget
+    shutil.rmtree(root, ignore_errors=True)
+    same = (
+        f"{BIN} decode {path} --out {root} > {work / 'p1.txt'} && "
+        f"{BIN} decode {path} --out {root} --scope-policy session > {work / 'p2.txt'} && "
+        f"{BIN} replay $(tail -1 {work / 'p1.txt'}) --json {work / 'r1.json'} --capacity auto "
+        f"--capacity-max-blocks 8000000 --kv-model llama-3.1-8b && "
+        f"{BIN} replay $(tail -1 {work / 'p2.txt'}) --json {work / 'r2.json'}"
+    )
+    stages[SAME_WORK] = measure(["bash", "-c", same])
     return stages, manifest
+
+
+SAME_WORK = "CLI, the graph's work: both decodes, replays, sweep"
 
 
 DAGSTER_CHILD = """
@@ -312,11 +326,13 @@ def main() -> int:
                 print(f"  {step:<26} {d:10.2f} {secs:8.2f} {d / secs:6.2f}")
             runs_s = sum(v for k, v in dag["steps_s"].items() if k.startswith("run "))
             cli = stages["FULL CHAIN: validate, scope, decode, replay"]["wall_s"]
+            same = stages[SAME_WORK]["wall_s"]
             print(f"  {'all steps':<26} {total_d:10.2f} {total_c:8.2f} {total_d / total_c:6.2f}")
             print(
-                f"  the two runs (what a user waits for): {runs_s:.2f} s = {runs_s / total_c:.2f} x the "
-                f"core doing the same work, {runs_s / cli:.2f} x the CLI chain (which does less: no "
-                "legacy decode and replay, no capacity sweep)"
+                f"  the two runs (what a user waits for): {runs_s:.2f} s = {runs_s / same:.2f} x the "
+                f"CLI doing the graph's work ({same:.2f} s), {runs_s / total_c:.2f} x the core in "
+                f"one process, {runs_s / cli:.2f} x the CLI chain (which does less: no legacy "
+                "decode and replay, no capacity sweep)"
             )
             for step, secs in dag["steps_s"].items():
                 if step.startswith(("run ", "re-materialize")):

@@ -397,6 +397,14 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
         "(5000, 5000blocks) or bytes (16GiB, 512MB; needs --kv-model)",
     )
     p.add_argument(
+        "--capacity-max-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="sweep the leading traces up to N block accesses (about 45 bytes each at the "
+        "peak; capacity_curve's default is 8000000); 0: every trace",
+    )
+    p.add_argument(
         "--kv-model",
         metavar="NAME",
         default=None,
@@ -454,6 +462,9 @@ def _capacity(dataset: Path, args: argparse.Namespace):
     from weka_assets.replay.schedule import arrival_for
 
     ds = open_dataset(dataset)
+    if args.capacity_max_blocks < 0:
+        raise UsageError("--capacity-max-blocks: 0 or more")
+    ds = ds.head(cap.capacity_traces(ds, args.capacity_max_blocks))
     geometry = None
     if args.kv_model:
         if args.kv_model not in cap.KV_PRESETS:

@@ -475,3 +475,25 @@ def test_console_script_entry_point(real_sample, tmp_path):
     assert proc.stdout.strip().startswith("FAIL: 1/1 shared")
     assert "[unknown_scope]" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads(out.read_text())["hard_errors"][0]["rule"] == "unknown_scope"
+
+
+def test_replay_capacity_sweep_with_a_block_budget(decoded, tmp_path):
+    """--capacity-max-blocks bounds the sweep to the leading traces, as capacity_curve does."""
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.replay.capacity import capacity_traces
+
+    dataset = decoded["trace"]["dataset"]
+    ds = open_dataset(dataset)
+    budget = int((ds.column("tokens_in") // ds.column("block_size"))[ds.trace_slices()[0]].sum())
+    out = tmp_path / "r.json"
+    run = cli(
+        "replay", dataset, "--json", out, "--capacity", "auto", "--capacity-max-blocks", budget
+    )
+    assert run.rc == 0, run.err
+    curve = json.loads(out.read_text())["capacity_curve"]
+    n = capacity_traces(ds, budget)
+    assert n == 1 and curve["calls"] == ds.head(n).n_calls < ds.n_calls
+    assert (
+        cli("replay", dataset, "--json", out, "--capacity", "auto", "--capacity-max-blocks", -1).rc
+        == 2
+    )
