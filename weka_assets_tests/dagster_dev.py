@@ -114,37 +114,9 @@ def start_dagster_dev(
     """`dagster dev -w workspace.yaml` in `project` on 127.0.0.1, once its code location has
     loaded (the webserver answers a few seconds before the code is in)."""
     port = port or free_port()
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _DEFAULT_SIGNALS_WRAPPER,
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=project,
-        env=dict(env, PYTHONPATH=str(project)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so it is stopped with its children
-    )
-    log.close()
-    server = DagsterDev(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_until_loaded(server, ready_s)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    args = ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    server = DagsterDev(f"http://127.0.0.1:{port}", _start(args, project, env, log_path), log_path)
+    return _loaded(server, ready_s)
 
 
 LOCATION_STATUS = """
@@ -185,7 +157,7 @@ def _start(args: list[str], project: Path, env: dict, log_path: Path) -> subproc
             env=dict(env, PYTHONPATH=str(project)),
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: stopped with its children
         )
     finally:
         log.close()
@@ -199,6 +171,11 @@ def start_webserver(
     port = free_port()
     args = ["dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     server = DagsterDev(f"http://127.0.0.1:{port}", _start(args, project, env, log_path), log_path)
+    return _loaded(server, ready_s)
+
+
+def _loaded(server: DagsterDev, ready_s: float) -> DagsterDev:
+    """`server` once its code location has loaded; stopped by PID when it does not."""
     try:
         wait_until_loaded(server, ready_s)
     except BaseException:
