@@ -150,14 +150,22 @@ def call_block_keys(ds: DecodedDataset) -> tuple[np.ndarray, np.ndarray]:
 def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Concatenate the segments of `values` (segment lengths `lengths`) in `order`.
 
-    The gather index is built in place (one array beside the result), so the peak is about
-    three arrays of the accesses, not five."""
+    Gathered about SPREAD_CHUNK values at a time, so the peak is the input and the result."""
     starts = np.cumsum(lengths) - lengths
     lens = lengths[order]
-    new_starts = np.cumsum(lens) - lens
-    idx = np.repeat(starts[order] - new_starts, lens)  # per access: old minus new position
-    idx += np.arange(idx.size, dtype=idx.dtype)
-    return values[idx]
+    new_ends = np.cumsum(lens)
+    out = np.empty(int(new_ends[-1]) if lens.size else 0, dtype=values.dtype)
+    i = 0
+    while i < lens.size:  # whole segments at a time
+        a = int(new_ends[i] - lens[i])
+        j = max(int(np.searchsorted(new_ends, a + SPREAD_CHUNK, side="right")), i + 1)
+        b = int(new_ends[j - 1])
+        # per value: its old position, as (old start - new start) + new position
+        idx = np.repeat(starts[order[i:j]] - (new_ends[i:j] - lens[i:j]), lens[i:j])
+        idx += np.arange(a, b, dtype=idx.dtype)
+        out[a:b] = values[idx]
+        i = j
+    return out
 
 
 @dataclass
@@ -170,8 +178,8 @@ class ReuseProfile:
 
     order: np.ndarray  # int64 [calls]: ds call index of each call on the timeline
     lengths: np.ndarray  # int64 [calls]: full blocks of each call, in ds order
-    depth: np.ndarray  # int64 [n]: LRU depth of the key when its call starts; `never` if unseen
-    run_max: np.ndarray  # int64 [n]: running maximum of depth within the call
+    depth: np.ndarray  # int32 [n] (int64 past 2**31): depth at the call's start; `never` if unseen
+    run_max: np.ndarray  # [n]: running maximum of depth within the call (depth's dtype)
     role: np.ndarray  # int8 [n]: role of the block's call
     distinct_blocks: int
     never: int  # the depth of a key never touched before: larger than any real depth
@@ -226,15 +234,22 @@ def reuse_profile(
 
 
 def _segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np.ndarray:
-    """Running maximum within each segment, for values in [0, bound]."""
-    if values.size == 0:
-        return values.copy()
-    # each segment lifted above every earlier one, so one running maximum never crosses a
-    # segment boundary; in place (two arrays of the accesses at the peak)
-    lift = np.repeat(np.arange(lengths.size, dtype=np.int64) * np.int64(bound + 1), lengths)
-    out = values + lift
-    np.maximum.accumulate(out, out=out)
-    out -= lift
+    """Running maximum within each segment, for values in [0, bound] (in `values`' dtype)."""
+    out = np.empty_like(values)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    i = 0
+    while i < lengths.size:  # whole segments, about SPREAD_CHUNK values at a time
+        a = int(ends[i] - lengths[i])
+        j = max(int(np.searchsorted(ends, a + SPREAD_CHUNK, side="right")), i + 1)
+        b = int(ends[j - 1])
+        # each segment lifted above every earlier one, so one running maximum never crosses a
+        # segment boundary (64-bit for this chunk only)
+        lift = np.repeat(np.arange(j - i, dtype=np.int64) * np.int64(bound + 1), lengths[i:j])
+        run = values[a:b] + lift
+        np.maximum.accumulate(run, out=run)
+        out[a:b] = run - lift
+        i = j
     return out
 
 
@@ -277,12 +292,14 @@ def start_depths(
     query = touched & (prev < start_of_call)  # last touched in an earlier call
     # runs: consecutive positions of one call whose previous touches are consecutive too
     cont = np.zeros(n, dtype=bool)
-    cont[1:] = (
-        (start_of_call[1:] == start_of_call[:-1])
-        & (prev[1:] == prev[:-1] + 1)
-        & touched[:-1]
-        & (query[1:] == query[:-1])
-    )
+    for a in range(1, n, SPREAD_CHUNK):  # in chunks: no temporary of the accesses' size
+        b = min(a + SPREAD_CHUNK, n)
+        cont[a:b] = (
+            (start_of_call[a:b] == start_of_call[a - 1 : b - 1])
+            & (prev[a:b] == prev[a - 1 : b - 1] + 1)
+            & touched[a - 1 : b - 1]
+            & (query[a:b] == query[a - 1 : b - 1])
+        )
     heads = np.flatnonzero(touched & ~cont)
     # a run ends before the first position after its head that does not continue it
     stops = np.flatnonzero(~cont)
@@ -328,6 +345,9 @@ def start_depths(
     q_head_of = ev[is_q]  # indices into the event arrays: the first q_heads.size are queries
     d_head = np.empty(q_heads.size, dtype=np.int64)
     d_head[q_head_of] = head_depth
+    # the events are done with: freed before the spread (the sweep's peak was here)
+    del ev_call, ev_kind, ev_val, ev_w, ev, s_w, s_wa, is_q, head_depth, q_head_of
+    del ramp_call, ramp_a, ramp_w, q_heads, head_call
 
     # spread each run head's depth along its run: d, d - 1, ...
     d_run = np.full(heads.size, -1, dtype=np.int64)
@@ -365,20 +385,27 @@ def previous_touch(keys: np.ndarray) -> np.ndarray:
         return np.full(n, -1, dtype=np.int64)
     bits = int(n - 1).bit_length()
     low = np.uint64((1 << bits) - 1)
-    # built and sorted in place: the peak is about three arrays of the accesses
+    # built and sorted in place: the peak is about two arrays of the accesses
     srt = keys & ~low
     for a in range(0, n, SPREAD_CHUNK):  # the positions, without a whole arange beside
         srt[a : a + SPREAD_CHUNK] |= np.arange(a, min(a + SPREAD_CHUNK, n), dtype=np.uint64)
     srt.sort()
-    hi = srt >> np.uint64(bits)
-    same_high = hi[1:] == hi[:-1]
-    del hi
+    # neighbours in key order with equal high bits, then equal full keys; chunk by chunk, so
+    # no temporary of the accesses' size exists beside the sorted words
+    same_high = np.empty(n - 1, dtype=bool)
+    for a in range(0, n - 1, SPREAD_CHUNK):
+        hi = srt[a : a + SPREAD_CHUNK + 1] >> np.uint64(bits)
+        same_high[a : a + SPREAD_CHUNK] = hi[1:] == hi[:-1]
     srt &= low
     pos = srt.view(np.int64)  # the positions, in key order
-    same = keys[pos]
-    same = same_high & (same[1:] == same[:-1])
-    prev = np.full(n, -1, dtype=np.int64)
-    prev[pos[1:][same]] = pos[:-1][same]
+    same = np.empty(n - 1, dtype=bool)
+    # positions in 32 bits while they fit: half the memory of the sweep's longest-lived array
+    prev = np.full(n, -1, dtype=np.int32 if n < 2**31 - 1 else np.int64)
+    for a in range(0, n - 1, SPREAD_CHUNK):
+        p = pos[a : a + SPREAD_CHUNK + 1]
+        k = keys[p]
+        same[a : a + SPREAD_CHUNK] = s = same_high[a : a + SPREAD_CHUNK] & (k[1:] == k[:-1])
+        prev[p[1:][s]] = p[:-1][s]
     if (same_high & ~same).any():  # different keys in one group of equal high bits
         clash = distinct(keys[pos[1:][same_high & ~same]] & ~low)
         where = np.flatnonzero(np.isin(keys & ~low, clash))
@@ -554,7 +581,10 @@ def capacity_curve(
         raise ValueError(f"capacity must be >= 0 blocks, got {caps[0]}")
     sizes = ds.block_sizes
     block_size = sizes[0] if len(sizes) == 1 else None
-    sorted_max = {role: np.sort(prof.run_max[prof.role == k]) for k, role in enumerate(ROLES)}
+    sorted_max = {}
+    for k, role in enumerate(ROLES):  # one copy per role, sorted in place
+        sorted_max[role] = prof.run_max[prof.role == k]
+        sorted_max[role].sort()
     points = []
     for cap in [*caps, None]:
         limit = prof._limit(cap)

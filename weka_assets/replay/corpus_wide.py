@@ -36,7 +36,7 @@ from weka_assets.decoding.dataset import DecodedDataset, _chunks
 from weka_assets.decoding.prf import mix64
 from weka_assets.replay.prefix import segment_positions
 
-CALL_CHUNK = 1 << 16  # calls per vectorised step (bounds the flat arrays of added rows)
+ROW_CHUNK = 1 << 20  # added rows per vectorised step (whole calls; bounds the flat arrays)
 ORDERING = (
     "calls sorted by (t_abs as recorded, trace index, index in the dataset), stable; t_abs is "
     "on each trace's own clock (every trace starts near 0)"
@@ -128,15 +128,18 @@ def corpus_wide_hits(ds: DecodedDataset, order: np.ndarray | None = None) -> Cor
         rows = tail_rows[starts[a:b][call_of] + within]
         return cls[rows], call_of
 
+    # calls in chunks of about ROW_CHUNK added rows (a call larger than that is one chunk)
+    ends = np.cumsum(added)
+    cuts = np.unique(np.searchsorted(ends, np.arange(ROW_CHUNK, int(ends[-1]), ROW_CHUNK)) + 1)
+    bounds = [0, *cuts[cuts < m].tolist(), m]
+    chunks = list(zip(bounds[:-1], bounds[1:], strict=True))
     # where each class first appears on the timeline: only added rows can be first
     first = np.full(n_cls, m, np.int64)
-    for a in range(0, m, CALL_CHUNK):
-        b = min(a + CALL_CHUNK, m)
+    for a, b in chunks:
         k, call_of = added_classes(a, b)
         np.minimum.at(first, k, pos[a:b][call_of])
     # each call: its shared ids, then the leading run of added ids first seen earlier
-    for a in range(0, m, CALL_CHUNK):
-        b = min(a + CALL_CHUNK, m)
+    for a, b in chunks:
         k, call_of = added_classes(a, b)
         seg = added[a:b]
         seen = first[k] < pos[a:b][call_of]

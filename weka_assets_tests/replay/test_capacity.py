@@ -159,9 +159,13 @@ def test_hand_built_trace_gives_hand_computed_hits(tmp_path):
 # ---- the one-pass curve against the direct LRU simulation -----------------------------------------
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 5], ids=["one-chunk", "chunks-of-5"])
 @pytest.mark.parametrize("arrival", ARRIVALS, ids=lambda a: a.mode)
 @pytest.mark.parametrize("which", ["semianalysis", "kv-cache-tester"])
-def test_stack_depths_equal_the_direct_lru_call_by_call(which, arrival):
+def test_stack_depths_equal_the_direct_lru_call_by_call(which, arrival, chunk, monkeypatch):
+    # chunks of 5 accesses: every chunked pass (gather, sort neighbours, runs, spread, running
+    # maxima) crosses call and chunk boundaries many times
+    monkeypatch.setattr("weka_assets.replay.capacity.SPREAD_CHUNK", chunk)
     ds = decoded(synthetic(which, traces=4, seed=11))
     prof = reuse_profile(ds, arrival, time_scale=0.7)
     d = prof.distinct_blocks

@@ -34,13 +34,15 @@ def _walk(ds):
     [("semianalysis", "trace"), ("kv-cache-tester", "trace"), ("kv-cache-tester", "session"),
      ("truncated", "trace")],
 )  # fmt: skip
-def test_hits_equal_a_plain_walk(corpus, policy):
+def test_hits_equal_a_plain_walk(corpus, policy, monkeypatch):
     path = truncated() if corpus == "truncated" else synthetic(corpus, traces=8, seed=3)
     ds = decoded(path, policy)
-    wide = corpus_wide_hits(ds)
     hits, mean = _walk(ds)
-    assert [int(wide.hits[i]) for i in sorted(hits)] == [hits[i] for i in sorted(hits)]
-    assert wide.aiperf_analyze_trace_hit_rate == mean  # the same float, not only close
+    for rows in (1 << 20, 7):  # one chunk, then chunks of a few calls (a big call alone)
+        monkeypatch.setattr("weka_assets.replay.corpus_wide.ROW_CHUNK", rows)
+        wide = corpus_wide_hits(ds)
+        assert [int(wide.hits[i]) for i in sorted(hits)] == [hits[i] for i in sorted(hits)]
+        assert wide.aiperf_analyze_trace_hit_rate == mean  # the same float, not only close
 
 
 def test_timeline_order_keeps_each_trace_in_its_replay_order():
