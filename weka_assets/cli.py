@@ -625,8 +625,13 @@ def cmd_replay_live(args: argparse.Namespace) -> int:
     try:
         with reporter:
             result = run_live_replay(ds, options, out_path=args.json, progress=progress)
-    except KeyboardInterrupt:
-        _err(f"partial result written to {args.json}")
+    except KeyboardInterrupt as exc:
+        written = getattr(exc, "partial_result", None)
+        _err(
+            f"partial result written to {written}"
+            if written is not None
+            else f"interrupted before the replay started: nothing written to {args.json}"
+        )
         raise
     print(result.summary())
     t = result.totals

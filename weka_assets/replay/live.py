@@ -903,9 +903,10 @@ def run_live_replay(
         result = replay.result()
         write_result(result, out_path)
         raise LiveReplayError(f"{exc} (partial result: {out_path})", result) from None
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         replay.stopped, replay.error = "cancelled", "cancelled (interrupted)"
         write_result(replay.result(), out_path)
+        exc.partial_result = out_path  # what the caller may report (an earlier Ctrl-C: none)
         raise
     result = replay.result()
     write_result(result, out_path)

@@ -668,6 +668,27 @@ def test_cancel_stops_sending_and_keeps_results(stub):
     assert server.completions <= n_sent  # nothing sent after the cancel
 
 
+def test_cli_ctrl_c_before_the_replay_starts_says_nothing_was_written(
+    tmp_path, stub, monkeypatch, capsys
+):
+    from weka_assets import cli
+    from weka_assets.replay import live
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt  # a Ctrl-C while the replay is being set up
+
+    monkeypatch.setattr(live.LiveReplay, "__init__", interrupted)
+    server = stub()
+    dataset = make_ds(serial(3)).write(tmp_path / "datasets", "k")
+    out = tmp_path / "live.json"
+    code = cli.main(["replay-live", str(dataset), "--url", server.url, "--model", "tiny",
+                     "--json", str(out)])  # fmt: skip
+    assert code == 130
+    err = capsys.readouterr().err
+    assert f"interrupted before the replay started: nothing written to {out}" in err
+    assert "partial result written" not in err and not out.exists()
+
+
 def test_cli_ctrl_c_writes_the_partial_result(tmp_path, stub):
     # deterministic: two calls answered, the third held in flight until the end, so the
     # signal surely lands mid-run whatever the machine's load
