@@ -136,7 +136,8 @@ _TABLE = [
     Setting("WEKA_ASSETS_WEBSERVER", None, text, "where `backfill-stale` launches its backfill",
             shown="http://127.0.0.1:3000 when it answers"),
     Setting("WEKA_ASSETS_EXECUTOR", "multiprocess", one_of(*EXECUTORS),
-            "how a run executes its steps: `multiprocess` (one process per step), `in_process` "
+            "how a run executes its steps: `multiprocess` (one process per step, forked from a fork "
+            "server that imported the code location once), `in_process` "
             "(one process; faster on a small machine), `celery` (Celery workers), `k8s` (one "
             "Kubernetes Job per step); see [deployment.md](deployment.md)"),
     Setting("WEKA_ASSETS_CELERY_BROKER", None, text,

@@ -99,7 +99,12 @@ def _k8s() -> dg.ExecutorDefinition:
 
 # name -> the executor definition (configured from the environment where it takes config)
 EXECUTORS: dict[str, Callable[[], dg.ExecutorDefinition]] = {
-    "multiprocess": lambda: dg.multiprocess_executor,
+    # steps forked from a fork server that has imported the code location once, instead of
+    # each step spawning a fresh interpreter that imports dagster and the definitions again
+    # (the whole chain of the 391-trace corpus as a UI run: 26.2 s -> 20.8 s, two cores)
+    "multiprocess": lambda: dg.multiprocess_executor.configured(
+        {"start_method": {"forkserver": {}}}
+    ),
     "in_process": lambda: dg.in_process_executor,
     "celery": _celery,
     "k8s": _k8s,

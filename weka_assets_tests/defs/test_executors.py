@@ -51,8 +51,11 @@ def test_dagsters_own_executors(monkeypatch, name):
     assert config_errors(executor) == []
 
 
-def test_multiprocess_is_the_default(monkeypatch):
-    assert loaded(monkeypatch).name == "multiprocess"
+def test_multiprocess_is_the_default_and_forks_steps_from_a_fork_server(monkeypatch):
+    executor = loaded(monkeypatch)
+    assert executor.name == "multiprocess"
+    # the code location is imported once, by the fork server, not by every step
+    assert resolved(executor)["start_method"] == {"forkserver": {}}
 
 
 def test_celery(monkeypatch):
