@@ -11,6 +11,14 @@ fork of a threaded Dagster process; the server starts once per process, its modu
 preloaded) and live for one map: a pool kept alive past the step would hold the step's
 process open at exit.
 
+A worker also imports the main script of the process that starts it (Python does so for
+forkserver and spawn workers, as `__mp_main__`). Runs launched by Dagster and `python -m
+pytest` name a module as main, which workers skip; the `weka-assets` script imports only the
+command-line module (about 20 ms, its commands import lazily). A script of your own
+that drives the core or materializes in process should keep its imports under
+`if __name__ == "__main__":`: a top-level `import dagster` there was imported again by both
+workers of every step (about 1 s of CPU each, measured in benchmarks/chain.py).
+
 A daemonic process may not have children (Python refuses: "daemonic processes are not allowed
 to have children"). A prefork Celery worker runs each task in such a process, so there the map
 runs in process: the deployment's parallelism is then its workers, one step each.
