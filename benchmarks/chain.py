@@ -9,7 +9,10 @@ as a memory-mapped dataset, count once per process) and peak PSS (shared pages s
 the processes that map them: the memory actually used),
 and throughput in calls, hash ids and prompt tokens per second. Then the same corpus through
 a Dagster materialization (in process, a fresh instance): every asset's step time from the
-event log, and the re-materialization of the unchanged `decoded_dataset` partition.
+event log, and the re-materialization of the unchanged `decoded_dataset` partition; the same
+work through the core in one process, without Dagster; and the two runs as `execute_job` runs
+them with the code location's own executor, as a run launched from the UI does
+(`WEKA_ASSETS_EXECUTOR`: `in_process` by default; `multiprocess` for a process per step).
 
 Results are printed and appended, one JSON object per run, to benchmarks/results/chain.jsonl.
 
@@ -196,6 +199,52 @@ if __name__ == "__main__":
 """
 
 
+# The chain as a run launched from the UI executes it: `execute_job` of the two jobs with the
+# code location's own executor (WEKA_ASSETS_EXECUTOR; with `multiprocess`, step processes
+# rebuild the jobs: module-level functions, reconstructable). The corpus and store come from
+# the environment.
+UI_CHILD = """
+import json, os, sys, time
+
+
+def _job(name):
+    from weka_assets.definitions import build_defs, resources
+    from weka_assets.defs.resources import CorpusCatalog
+
+    catalog = CorpusCatalog(corpora={"bench": os.environ["BENCH_CORPUS"]})
+    res = dict(resources(os.environ["BENCH_STORE"]), catalog=catalog)
+    return build_defs(resource_defs=res).resolve_job_def(name)
+
+
+def scope_job():
+    return _job("scope_job")
+
+
+def decode_job():
+    return _job("decode_job")
+
+
+if __name__ == "__main__":
+    import dagster as dg
+
+    times = {}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("corpus", ["bench"])
+        multi = {"dagster/partition": "bench|deepseek", "dagster/partition/corpus": "bench",
+                 "dagster/partition/tokenizer": "deepseek"}
+        for fn, tags in ((scope_job, {"dagster/partition": "bench"}), (decode_job, multi)):
+            t = time.perf_counter()
+            r = dg.execute_job(dg.reconstructable(fn), instance=instance, tags=tags)
+            assert r.success, fn.__name__
+            times["run " + fn.__name__] = time.perf_counter() - t
+            for rec in instance.all_logs(r.run_id):
+                ev = rec.dagster_event
+                if ev is not None and ev.event_type_value == "STEP_SUCCESS":
+                    times[ev.step_key] = ev.event_specific_data.duration_ms / 1000
+    print(json.dumps(times))
+"""
+
+
 CORE_CHILD = """
 import json, shutil, sys, time
 from pathlib import Path
@@ -265,6 +314,24 @@ def dagster_stages(path: Path, work: Path) -> dict:
     return {"whole process": whole, "steps_s": steps}
 
 
+def ui_stages(path: Path, work: Path) -> dict:
+    """The two runs as the UI launches them (the code location's executor)."""
+    script = work / "ui_child.py"
+    script.write_text(UI_CHILD)
+    home = work / "dagster-home-ui"
+    home.mkdir(exist_ok=True)
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        BENCH_CORPUS=str(path),
+        BENCH_STORE=str(work / "store-ui"),
+    )
+    whole = measure([sys.executable, str(script)], env)
+    steps = json.loads(whole.pop("stdout").strip().splitlines()[-1])
+    return {"whole process": whole, "steps_s": steps}
+
+
 def rates(stage: dict, manifest: dict) -> dict:
     w = stage["wall_s"]
     return {
@@ -300,6 +367,7 @@ def main() -> int:
             stages, manifest = cli_stages(path, work)
             dag = None if args.no_dagster else dagster_stages(path, work)
             core = None if args.no_dagster else core_stages(path, work)
+            ui = None if args.no_dagster else ui_stages(path, work)
         size = {k: manifest[k] for k in ("traces", "calls", "ids", "prompt_tokens")}
         size["corpus_mb"] = round(path.stat().st_size / 2**20, 1)
         print(f"\n== {n} traces: {size}")
@@ -344,7 +412,18 @@ def main() -> int:
             for step, secs in dag["steps_s"].items():
                 if step.startswith(("run ", "re-materialize")):
                     print(f"  {step:<58} {secs:7.2f} s")
-        runs.append({"traces": n, "size": size, "stages": stages, "dagster": dag, "core": core})
+            u = ui["whole process"]
+            ui_runs = sum(v for k, v in ui["steps_s"].items() if k.startswith("run "))
+            print(
+                f"As a UI run ({os.environ.get('WEKA_ASSETS_EXECUTOR', 'in_process')} executor): the two runs "
+                f"{ui_runs:.2f} s = {ui_runs / cli:.2f} x the CLI chain; whole process "
+                f"{u['wall_s']:.2f} s, peak RSS {u['peak_rss_mb']:.0f} MB, PSS {u['peak_pss_mb']:.0f} MB"
+            )
+            for step, secs in ui["steps_s"].items():
+                print(f"  {step:<26} {secs:7.2f} s")
+        runs.append(
+            {"traces": n, "size": size, "stages": stages, "dagster": dag, "core": core, "ui": ui}
+        )
     if len(runs) >= 2:
         a, b = runs[0], runs[-1]
         key = "FULL CHAIN: validate, scope, decode, replay"

@@ -135,11 +135,12 @@ _TABLE = [
             "`scripts/cluster` sets one per worker", shown="the hostname"),
     Setting("WEKA_ASSETS_WEBSERVER", None, text, "where `backfill-stale` launches its backfill",
             shown="http://127.0.0.1:3000 when it answers"),
-    Setting("WEKA_ASSETS_EXECUTOR", "multiprocess", one_of(*EXECUTORS),
-            "how a run executes its steps: `multiprocess` (one process per step, forked from a fork "
-            "server that imported the code location once), `in_process` "
-            "(one process; faster on a small machine), `celery` (Celery workers), `k8s` (one "
-            "Kubernetes Job per step); see [deployment.md](deployment.md)"),
+    Setting("WEKA_ASSETS_EXECUTOR", "in_process", one_of(*EXECUTORS),
+            "how a run executes its steps: `in_process` (one after another in the run's process, "
+            "each step on every core through its own worker processes), `multiprocess` (a "
+            "process per step, forked from a fork server that imported the code location "
+            "once), `celery` (Celery workers), `k8s` (one Kubernetes Job per step); see "
+            "[deployment.md](deployment.md)"),
     Setting("WEKA_ASSETS_CELERY_BROKER", None, text,
             "`celery`: the broker URL, e.g. `redis://redis:6379/0`", shown="none (required)"),
     Setting("WEKA_ASSETS_CELERY_BACKEND", None, text,

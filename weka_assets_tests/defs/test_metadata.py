@@ -54,9 +54,11 @@ def test_every_check_job_sensor_and_schedule_is_described():
 def test_the_executor_follows_the_environment(monkeypatch):
     monkeypatch.setenv("WEKA_ASSETS_EXECUTOR", "in_process")
     assert build_defs(resource_defs={}).executor is dg.in_process_executor
-    monkeypatch.delenv("WEKA_ASSETS_EXECUTOR")
+    monkeypatch.setenv("WEKA_ASSETS_EXECUTOR", "multiprocess")
     executor = build_defs(resource_defs={}).executor
     assert executor.name == "multiprocess"  # Dagster's, steps forked from a fork server
+    monkeypatch.delenv("WEKA_ASSETS_EXECUTOR")
+    assert build_defs(resource_defs={}).executor is dg.in_process_executor  # the default
     monkeypatch.setenv("WEKA_ASSETS_EXECUTOR", "threads")
     with pytest.raises(ValueError, match="WEKA_ASSETS_EXECUTOR='threads'"):
         build_defs(resource_defs={})
