@@ -153,19 +153,27 @@ def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray
     Gathered about SPREAD_CHUNK values at a time, so the peak is the input and the result."""
     starts = np.cumsum(lengths) - lengths
     lens = lengths[order]
-    new_ends = np.cumsum(lens)
-    out = np.empty(int(new_ends[-1]) if lens.size else 0, dtype=values.dtype)
-    i = 0
-    while i < lens.size:  # whole segments at a time
-        a = int(new_ends[i] - lens[i])
-        j = max(int(np.searchsorted(new_ends, a + SPREAD_CHUNK, side="right")), i + 1)
-        b = int(new_ends[j - 1])
+    new_starts = np.cumsum(lens) - lens
+    out = np.empty(int(lens.sum()), dtype=values.dtype)
+    for i, j, a, b in _segment_chunks(lens):
         # per value: its old position, as (old start - new start) + new position
-        idx = np.repeat(starts[order[i:j]] - (new_ends[i:j] - lens[i:j]), lens[i:j])
+        idx = np.repeat(starts[order[i:j]] - new_starts[i:j], lens[i:j])
         idx += np.arange(a, b, dtype=idx.dtype)
         out[a:b] = values[idx]
-        i = j
     return out
+
+
+def _segment_chunks(lengths: np.ndarray):
+    """(first segment, end segment, first value, end value) of runs of whole segments holding
+    about SPREAD_CHUNK values each (a longer segment is a run of its own)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    i = 0
+    while i < lengths.size:
+        a = int(ends[i] - lengths[i])
+        j = max(int(np.searchsorted(ends, a + SPREAD_CHUNK, side="right")), i + 1)
+        yield i, j, a, int(ends[j - 1])
+        i = j
 
 
 @dataclass
@@ -237,19 +245,13 @@ def _segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np
     """Running maximum within each segment, for values in [0, bound] (in `values`' dtype)."""
     out = np.empty_like(values)
     lengths = np.asarray(lengths, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    i = 0
-    while i < lengths.size:  # whole segments, about SPREAD_CHUNK values at a time
-        a = int(ends[i] - lengths[i])
-        j = max(int(np.searchsorted(ends, a + SPREAD_CHUNK, side="right")), i + 1)
-        b = int(ends[j - 1])
+    for i, j, a, b in _segment_chunks(lengths):
         # each segment lifted above every earlier one, so one running maximum never crosses a
         # segment boundary (64-bit for this chunk only)
         lift = np.repeat(np.arange(j - i, dtype=np.int64) * np.int64(bound + 1), lengths[i:j])
         run = values[a:b] + lift
         np.maximum.accumulate(run, out=run)
         out[a:b] = run - lift
-        i = j
     return out
 
 
