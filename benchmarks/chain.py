@@ -194,7 +194,7 @@ if __name__ == "__main__":
         r = run_selection(defs, instance, ["decoded_dataset"], key, "WARNING")
         assert r.success and r.outputs["decoded_dataset"].reused, r.failures
         times["re-materialize decoded_dataset (run)"] = time.perf_counter() - t
-        times["re-materialize decoded_dataset (step)"] = steps(instance, r.run_id)["decoded_dataset"]
+        times["re-materialize decoded_dataset (step)"] = steps(instance, r.run_id)["decoded_datasets"]
     print(json.dumps(times))
 """
 
@@ -252,7 +252,7 @@ from pathlib import Path
 if __name__ == "__main__":
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.decoding.settings import DecodeSettings
-    from weka_assets.pipeline import decode_corpus, replay, scope_report
+    from weka_assets.pipeline import Variant, decode_variants, replay, scope_report
     from weka_assets.replay.blast_radius import blast_radius
     from weka_assets.replay.capacity import KV_PRESETS, capacity_curve, capacity_traces
     from weka_assets.replay.schedule import arrival_for
@@ -272,17 +272,17 @@ if __name__ == "__main__":
     step("raw_traces")
     report = scope_report(snap)
     step("trace_scope")
-    out = decode_corpus(snap, work / "datasets", report=report, digest=digest)
-    step("decoded_dataset")
-    decode_corpus(snap, work / "datasets", DecodeSettings(scope_policy="session"), report=report,
-                  digest=digest, measure_drift=False)
-    step("legacy_scope_dataset")
+    out, legacy = decode_variants(
+        snap, work / "datasets",
+        [Variant(DecodeSettings()), Variant(DecodeSettings(scope_policy="session"), False)],
+        report, digest=digest,
+    )
+    step("decoded_datasets")
     ds = open_dataset(out.path, verify=True)
     part = ds.head(capacity_traces(ds, 8_000_000))
     capacity_curve(part, None, arrival_for(part, ""), 1.0, KV_PRESETS["llama-3.1-8b"], points=12)
     step("capacity_curve")
-    legacy = [p for p in (work / "datasets").iterdir() if p.name not in (out.key,) and not p.name.startswith(".")]
-    replay(legacy[0])
+    replay(legacy.path)
     step("legacy_scope_replay")
     result = replay(ds)
     step("replay_benchmark")

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from weka_assets.defs.assets.blast_radius import build_manifest_blast_radius
-from weka_assets.defs.assets.decoded import build_decoded_dataset
+from weka_assets.defs.assets.decoded import build_decoded_datasets
 from weka_assets.defs.assets.exports import build_export_assets
 from weka_assets.defs.assets.live import build_live_replay
 from weka_assets.defs.assets.raw import raw_traces
@@ -39,8 +39,7 @@ def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefi
     return [
         raw_traces,
         trace_scope,
-        build_decoded_dataset(manifest_version),
-        build_decoded_dataset(manifest_version, "legacy_scope_dataset", scope_policy="session"),
+        build_decoded_datasets(manifest_version),
         build_legacy_scope_replay(manifest_version),
         build_capacity_curve(manifest_version),
         build_replay_benchmark(manifest_version),

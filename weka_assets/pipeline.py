@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -198,36 +198,201 @@ def decode_corpus(
     `fmt`: the corpus format (None: detected); a Mooncake dataset's manifest says
     `corpus_format: mooncake` (its calls' times are on one corpus-wide clock).
     """
-    started = time.perf_counter()
-    fmt = detect_format(path, fmt)
-    root = Path(root)
-    provenance_dir = Path(provenance_dir) if provenance_dir is not None else root / PROVENANCE
-    spec = resolve_tokenizer(settings.tokenizer)
-    filler = build_filler(spec, settings.filler_text, cache_dir=root / FILLER_CACHE)
-    hashing = ThreadPoolExecutor(1)
-    pending_digest = hashing.submit(lambda: digest or corpus_digest(file_digests(path)))
-    hashing.shutdown(wait=False)
+    common = dict(
+        manifest_version=manifest_version,
+        fetch_existing=fetch_existing,
+        digest=digest,
+        provenance_dir=provenance_dir,
+        fmt=fmt,
+    )
+    if report is not None:
+        variant = Variant(settings, measure_drift)
+        return decode_variants(path, root, [variant], report, progress=progress, **common)[0]
+    run = _Decoding(path, root, **common)
+    build = run.build(Variant(settings, measure_drift))
+    with build.writing(root):
+        task = partial(scope_and_decode_record, settings=settings, n=build.filler.size)
+        analysed = []
+        for rec, piece in _ticking(ordered_map(task, run.records()), "decode", progress, run.path):
+            analysed.append(rec)
+            keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")
+            if piece is not None and keep:  # a duplicate id fails the gate below
+                build.append(piece)
+        report, _ = build_report(analysed, policy)
+        run.gate(report)
+        material, key = run.key_for(build, report)
+        if (manifest := run.existing(key)) is not None:
+            return run.reused(key, material, manifest)
+        return run.publish(build, key, material, report)
 
-    def key_for(rep: ScopeReport) -> tuple[dict, str]:
+
+@dataclass(frozen=True)
+class Variant:
+    """One dataset to decode a corpus into: its settings, and whether to measure its
+    retokenization drift (a comparison dataset, the legacy scope's, skips it)."""
+
+    settings: DecodeSettings
+    measure_drift: bool = True
+
+
+def decode_variants(
+    path: Path | str,
+    root: Path | str,
+    variants: list[Variant],
+    report: ScopeReport,
+    *,
+    manifest_version: int = MANIFEST_VERSION,
+    fetch_existing: Callable[[str], bool] | None = None,
+    progress: ProgressFn | None = None,
+    digest: str | None = None,
+    provenance_dir: Path | str | None = None,
+    fmt: CorpusFormat | None = None,
+) -> list[DecodeOutcome]:
+    """`decode_corpus` of a gated corpus under several settings at once (the contract's scope
+    and the legacy one): each dataset not stored yet is decoded in one shared pass, every
+    trace read and parsed once and decoded once per dataset; a stored one is reused. The
+    outcomes are in the order of `variants`; two variants with one decode key share one."""
+    run = _Decoding(
+        path,
+        root,
+        manifest_version=manifest_version,
+        fetch_existing=fetch_existing,
+        digest=digest,
+        provenance_dir=provenance_dir,
+        fmt=fmt,
+    )
+    run.gate(report)
+    builds: dict[str, _Build] = {}  # decode key -> its dataset, once per key
+    keyed = []
+    for v in variants:
+        build = run.build(v)
+        material, key = run.key_for(build, report)
+        keyed.append(key)
+        builds.setdefault(key, build).material = material
+    outcomes: dict[str, DecodeOutcome] = {}
+    with ExitStack() as stack:
+        for key in sorted(builds):  # one lock order for every process: no deadlock
+            if (manifest := run.existing(key, repair=False)) is None:
+                # one writer per key: a second one waits here, then finds it published
+                stack.enter_context(key_lock(run.root, key))
+                manifest = run.existing(key)
+            if manifest is not None:
+                outcomes[key] = run.reused(key, builds[key].material, manifest)
+        todo = {k: b for k, b in builds.items() if k not in outcomes}
+        if todo:
+            for b in todo.values():
+                stack.enter_context(b.writing(run.root))
+            targets = tuple((b.settings, b.filler.size) for b in todo.values())
+            task = partial(
+                decode_record,
+                targets=targets,
+                excluded=frozenset(report.excluded_traces),
+            )
+            pieces = _ticking(ordered_map(task, run.records()), "decode", progress, run.path)
+            for decoded in pieces:
+                if isinstance(decoded, TraceError):
+                    raise decoded
+                if decoded is not None:
+                    for b, piece in zip(todo.values(), decoded, strict=True):
+                        b.append(piece)
+            for key, b in todo.items():
+                outcomes[key] = run.publish(b, key, b.material, report)
+    return [outcomes[key] for key in keyed]
+
+
+@dataclass
+class _Build:
+    """One dataset being decoded: its settings, tokenizer, filler and writer, what it holds so
+    far, and its first trace (for the drift measurement)."""
+
+    settings: DecodeSettings
+    measure_drift: bool
+    spec: TokenizerSpec
+    filler: object  # Filler
+    material: dict = field(default_factory=dict)
+    writer: DatasetWriter | None = None
+    totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "ids": 0})
+    first: list = field(default_factory=list)
+
+    @contextmanager
+    def writing(self, root: Path):
+        """A writer aside under `root`, dropped on leaving unless it was published."""
+        with DatasetWriter(root, self.filler.tokens, self.settings.sub_blocks) as writer:
+            self.writer = writer
+            yield writer
+
+    def append(self, piece) -> None:
+        if not self.first:
+            self.first.append(piece)
+        self.writer.append(piece)
+        self.totals["prompt_tokens"] += int(piece.calls["tokens_in"].sum())
+        self.totals["ids"] += int(piece.calls["n_ids"].sum())
+
+
+class _Decoding:
+    """What the decodes of one corpus share: where it and its datasets are, its digest (in a
+    thread beside the first pass when not given), the key's existence check, the publication."""
+
+    def __init__(
+        self,
+        path,
+        root,
+        *,
+        manifest_version: int,
+        fetch_existing: Callable[[str], bool] | None,
+        digest: str | None,
+        provenance_dir: Path | str | None,
+        fmt: CorpusFormat | None,
+    ):
+        self.started = time.perf_counter()
+        self.path = path
+        self.fmt = detect_format(path, fmt)
+        self.root = Path(root)
+        self.provenance_dir = (
+            Path(provenance_dir) if provenance_dir is not None else self.root / PROVENANCE
+        )
+        self.manifest_version = manifest_version
+        self.fetch_existing = fetch_existing
+        hashing = ThreadPoolExecutor(1)
+        self._digest = hashing.submit(lambda: digest or corpus_digest(file_digests(path)))
+        hashing.shutdown(wait=False)
+
+    def records(self):
+        return iter_raw_records(self.path, lazy=True, fmt=self.fmt)
+
+    def build(self, variant: Variant) -> _Build:
+        spec = resolve_tokenizer(variant.settings.tokenizer)
+        filler = build_filler(
+            spec, variant.settings.filler_text, cache_dir=self.root / FILLER_CACHE
+        )
+        return _Build(variant.settings, variant.measure_drift, spec, filler)
+
+    def key_for(self, build: _Build, rep: ScopeReport) -> tuple[dict, str]:
         material = decode_key_material(
-            settings,
-            corpus_digest=pending_digest.result(),
-            tokenizer=spec,
-            filler_sha256=filler.sha256,
+            build.settings,
+            corpus_digest=self._digest.result(),
+            tokenizer=build.spec,
+            filler_sha256=build.filler.sha256,
             block_sizes=sorted(int(b) for b in rep.block_sizes),
             excluded_traces=rep.excluded_traces,
-            manifest_version=manifest_version,
+            manifest_version=self.manifest_version,
             decode_scopes=rep.decode_scopes,
         )
         return material, decode_key(material)
 
-    def existing(key: str, repair: bool = True) -> dict | None:
+    @staticmethod
+    def gate(rep: ScopeReport) -> None:
+        if not rep.passed:
+            raise CorpusRejected("; ".join(rep.failure_reasons), rep.hard_errors)
+
+    def existing(self, key: str, repair: bool = True) -> dict | None:
         """The manifest of a complete, intact dataset at `key`. With `repair` (only under the
         key's lock), a corrupt one is moved aside and a remote copy tried once more."""
-        target = root / key
+        target = self.root / key
+        fetch = self.fetch_existing
         for _ in range(2):  # the local copy, then (when it was corrupt) a fresh remote one
             if not is_complete(target) and not (
-                fetch_existing is not None and fetch_existing(key) and is_complete(target)
+                fetch is not None and fetch(key) and is_complete(target)
             ):
                 return None
             problem = verify_dataset(target)
@@ -239,68 +404,20 @@ def decode_corpus(
             log.warning("stored dataset %s is corrupt (%s): moved to %s", key, problem, aside)
         return None
 
-    def gate(rep: ScopeReport) -> None:
-        if not rep.passed:
-            raise CorpusRejected("; ".join(rep.failure_reasons), rep.hard_errors)
+    def reused(self, key: str, material: dict, manifest: dict) -> DecodeOutcome:
+        path = self.root / key
+        return DecodeOutcome(
+            path, key, True, material, _since(self.started), manifest, False, read_provenance(path)
+        )
 
-    with ExitStack() as stack:
-        if report is not None:
-            gate(report)
-            material, key = key_for(report)
-            if (manifest := existing(key, repair=False)) is None:
-                # one writer per key: a second one waits here, then finds it published
-                stack.enter_context(key_lock(root, key))
-                manifest = existing(key)
-            if manifest is not None:
-                return _reused(root / key, key, material, started, manifest)
-        writer = stack.enter_context(DatasetWriter(root, filler.tokens, settings.sub_blocks))
-        totals = {"prompt_tokens": 0, "ids": 0}
-
-        first: list = []  # the first trace, kept for the drift measurement
-
-        def append(piece) -> None:
-            if not first:
-                first.append(piece)
-            writer.append(piece)
-            totals["prompt_tokens"] += int(piece.calls["tokens_in"].sum())
-            totals["ids"] += int(piece.calls["n_ids"].sum())
-
-        if report is not None:
-            excluded = frozenset(report.excluded_traces)
-            task = partial(decode_record, settings=settings, n=filler.size, excluded=excluded)
-            for piece in _ticking(
-                ordered_map(task, iter_raw_records(path, lazy=True, fmt=fmt)),
-                "decode",
-                progress,
-                path,
-            ):
-                if isinstance(piece, TraceError):
-                    raise piece
-                if piece is not None:
-                    append(piece)
-        else:
-            task = partial(scope_and_decode_record, settings=settings, n=filler.size)
-            analysed = []
-            for rec, piece in _ticking(
-                ordered_map(task, iter_raw_records(path, lazy=True, fmt=fmt)),
-                "decode",
-                progress,
-                path,
-            ):
-                analysed.append(rec)
-                keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")
-                if piece is not None and keep:  # a duplicate id fails the gate below
-                    append(piece)
-            report, _ = build_report(analysed, policy)
-            gate(report)
-            material, key = key_for(report)
-            if (manifest := existing(key)) is not None:
-                return _reused(root / key, key, material, started, manifest)
+    def publish(self, build: _Build, key: str, material: dict, report: ScopeReport):
+        """Publish what `build` wrote under `key` (its manifest last) with its provenance."""
+        writer, spec, filler = build.writer, build.spec, build.filler
         # content only: the time, host and local paths go to the provenance record
         manifest = {
             "decode_key": key,
             "key_material": material,
-            "manifest_version": manifest_version,
+            "manifest_version": self.manifest_version,
             "tokenizer_source": portable_tokenizer_source(spec),
             "decode_scope": report.layout,  # the layout decoded (per trace: decode_scopes)
             "decode_scopes": report.decode_scopes,
@@ -310,12 +427,12 @@ def decode_corpus(
             "blocks": writer.n_blocks,
             "tail_rows": writer.n_rows,
             "filler_tokens": int(filler.size),
-            **totals,
+            **build.totals,
         }
-        if fmt.format == "mooncake":  # only then: Weka manifests keep their bytes
+        if self.fmt.format == "mooncake":  # only then: Weka manifests keep their bytes
             manifest["corpus_format"] = "mooncake"
-        if measure_drift and first:
-            sample = concat_pieces(first, filler.tokens, {})  # the first trace, in memory
+        if build.measure_drift and build.first:
+            sample = concat_pieces(build.first, filler.tokens, {})  # the first trace, in memory
             # in a worker: the tokenizer it loads (about 120 MB) leaves with it
             manifest["retokenization_drift"] = in_worker(retokenization_drift, sample, spec, 4, 256)
         final = writer.publish(key, manifest)
@@ -324,18 +441,14 @@ def decode_corpus(
         pa.default_memory_pool().release_unused()
         if writer.won:
             record = provenance(
-                final, corpus=str(Path(path).absolute()), tokenizer_source=spec.source
+                final, corpus=str(Path(self.path).absolute()), tokenizer_source=spec.source
             )
-            write_json(record, provenance_dir / f"{key}.json")
+            write_json(record, self.provenance_dir / f"{key}.json")
         else:  # a concurrent writer's dataset was there first: it is the stored one
             manifest, record = read_manifest(final), read_provenance(final)
-    return DecodeOutcome(final, key, False, material, _since(started), manifest, writer.won, record)
-
-
-def _reused(path: Path, key: str, material: dict, started: float, manifest: dict):
-    return DecodeOutcome(
-        path, key, True, material, _since(started), manifest, False, read_provenance(path)
-    )
+        return DecodeOutcome(
+            final, key, False, material, _since(self.started), manifest, writer.won, record
+        )
 
 
 def _since(started: float) -> float:

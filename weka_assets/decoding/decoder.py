@@ -165,17 +165,22 @@ def decode_trace(
 
 
 def decode_record(
-    raw: RawRecord, settings: DecodeSettings, n: int, excluded: frozenset[str] = frozenset()
-) -> TracePiece | TraceError | None:
-    """Worker task: parse one raw record and decode it (None when excluded)."""
+    raw: RawRecord,
+    targets: tuple[tuple[DecodeSettings, int], ...],
+    excluded: frozenset[str] = frozenset(),
+) -> tuple[TracePiece, ...] | TraceError | None:
+    """Worker task: parse one raw record once and decode it for each (settings, filler size)
+    of `targets`, in their order (None when the trace is excluded)."""
     rec = parse_record(raw)
     if rec.error is not None:
         return rec.error
     if rec.trace.id in excluded:
         return None
-    piece = decode_trace(rec.trace, settings, n, trace_decode_scope(rec.trace))
-    piece.done, piece.total = raw.done, raw.total
-    return piece
+    scope = trace_decode_scope(rec.trace)
+    pieces = tuple(decode_trace(rec.trace, settings, n, scope) for settings, n in targets)
+    for piece in pieces:
+        piece.done, piece.total = raw.done, raw.total
+    return pieces
 
 
 def scope_and_decode_record(

@@ -13,7 +13,7 @@ from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.defs.automation import rebuild_condition
 from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
 from weka_assets.defs.resources import WekaStore
-from weka_assets.pipeline import decode_corpus
+from weka_assets.pipeline import Variant, decode_variants
 from weka_assets.traces.scope import ScopeReport
 
 _TYPES = {bool: "bool", int: "int", float: "float"}
@@ -109,12 +109,29 @@ def decode_in_store(
     settings: DecodeSettings,
     report: ScopeReport,
     manifest_version: int,
+    measure_drift: bool = True,
     **kw,
 ):
-    """decode_corpus into the store's datasets/: an existing key (also a remote one) is reused;
-    a new dataset is published exclusively (its manifest last, with conditional writes on S3),
-    so of two machines decoding one key at once, one publishes and the other adopts its
-    dataset. Its provenance goes to `provenance/datasets/<key>.json`, beside it."""
+    """`decode_variants_in_store` of one dataset."""
+    variant = Variant(settings, measure_drift)
+    return decode_variants_in_store(store, corpus_path, [variant], report, manifest_version, **kw)[
+        0
+    ]
+
+
+def decode_variants_in_store(
+    store: WekaStore,
+    corpus_path,
+    variants: list[Variant],
+    report: ScopeReport,
+    manifest_version: int,
+    **kw,
+) -> list:
+    """decode_variants into the store's datasets/ (one pass for every dataset not stored yet):
+    an existing key (also a remote one) is reused; a new dataset is published exclusively (its
+    manifest last, with conditional writes on S3), so of two machines decoding one key at
+    once, one publishes and the other adopts its dataset. Its provenance goes to
+    `provenance/datasets/<key>.json`, beside it."""
 
     def fetch_existing(key: str) -> bool:
         if store.exists(f"datasets/{key}/manifest.json"):
@@ -122,10 +139,16 @@ def decode_in_store(
             return True
         return False
 
-    out = decode_corpus(
-        corpus_path, store.dir("datasets"), settings, report=report, manifest_version=manifest_version,
+    outs = decode_variants(
+        corpus_path, store.dir("datasets"), variants, report, manifest_version=manifest_version,
         fetch_existing=fetch_existing, provenance_dir=store.dir("provenance/datasets"), **kw,
     )  # fmt: skip
+    return [_stored(store, out) for out in outs]
+
+
+def _stored(store: WekaStore, out):
+    """A decode's outcome once its new dataset is published in the store (or adopted: another
+    machine's copy was there first)."""
     if out.reused:
         return out
     record = f"provenance/datasets/{out.key}.json"

@@ -61,7 +61,7 @@ def run_selection(
                 )
     if result.success:
         for name in selection:
-            out.outputs[name] = result.output_for_node(name)
+            out.outputs[name] = result.asset_value(name)
     return out
 
 

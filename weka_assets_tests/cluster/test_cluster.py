@@ -4,8 +4,8 @@ prefork Celery workers, each with its own cache folder and host name as if on it
 
 One cluster for the module, in phases (tests in file order):
 1. five corpora launched at once through `weka-assets launch --url --wait`; while they run, the
-   worker that executes `big`'s `decoded_dataset` is SIGKILLed (its whole process group, as a
-   machine dying); `dup-a` and `dup-b` are two partitions of the same bytes, so two workers
+   worker that executes `big`'s decoding step (`decoded_datasets`) is SIGKILLed (its whole
+   process group, as a machine dying); `dup-a` and `dup-b` are two partitions of the same bytes, so two workers
    decode one decode key at once;
 2. what the store holds afterwards: every dataset complete and verified, byte-identical to a
    single-process `weka-assets decode` of the same corpus, one dataset for the shared key;
@@ -28,13 +28,19 @@ import s3fs
 
 from weka_assets import cluster as wc
 from weka_assets.decoding.dataset import verify_dataset
-from weka_assets.defs.jobs import DECODE_ASSETS
+from weka_assets.definitions import defs
+from weka_assets.defs.jobs import CORPUS_ASSETS, DECODE_ASSETS
 from weka_assets.synthetic import iter_corpus, write_corpus
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import bump_manifest, copy_project
 
 pytestmark = [pytest.mark.cluster, pytest.mark.live, pytest.mark.slow]
 
+# one step per op: both datasets of a partition decode in one step (`decoded_datasets`)
+DECODE_STEP = defs.resolve_assets_def("decoded_dataset").node_def.name
+STEPS_PER_CORPUS = len(
+    {defs.resolve_assets_def(a).node_def.name for a in (*CORPUS_ASSETS, *DECODE_ASSETS)}
+)
 CORPORA = ("sample", "kvt", "big", "dup-a", "dup-b")
 
 
@@ -126,7 +132,7 @@ def _celery_workers_of(url: str, run_id: str, step: str) -> list[str]:
 
 
 def _kill_the_decoding_worker(d: dict, partition: str, found: dict, stop: threading.Event):
-    """Wait until a worker starts `decoded_dataset` of `partition`, then SIGKILL that worker's
+    """Wait until a worker starts the decoding step of `partition`, then SIGKILL that worker's
     whole process group (its prefork child with it)."""
     url, pids = d["url"], d["cluster"].load()["pids"]
     try:
@@ -139,7 +145,7 @@ def _watch(url: str, pids: dict, partition: str, found: dict, stop: threading.Ev
     while not stop.is_set():
         runs = _graphql(url, RUNS_OF, {"p": partition})["runsOrError"]["results"]
         for run in runs:
-            workers = _celery_workers_of(url, run["runId"], "decoded_dataset")
+            workers = _celery_workers_of(url, run["runId"], DECODE_STEP)
             if workers:
                 os.killpg(pids[workers[0]], signal.SIGKILL)
                 found.update(run_id=run["runId"], killed=workers[0])
@@ -197,12 +203,12 @@ def test_corpora_launched_at_once_run_on_both_workers_and_survive_a_killed_worke
         for host, n in summary["steps_by_host"].items():
             steps[host] = steps.get(host, 0) + n
     assert set(steps) == {"w1", "w2"} and min(steps.values()) > 0, steps
-    assert sum(steps.values()) == (2 + len(DECODE_ASSETS)) * len(CORPORA)  # every asset, once
+    assert sum(steps.values()) == STEPS_PER_CORPUS * len(CORPORA)  # every step, once
 
     # the worker running big's decode was killed mid-step: the step was delivered again, to
     # the other worker, within the same run, and that run succeeded
-    assert "run_id" in killed, f"no worker was seen starting big's decoded_dataset: {killed}"
-    workers = _celery_workers_of(d["url"], killed["run_id"], "decoded_dataset")
+    assert "run_id" in killed, f"no worker was seen starting big's decoding step: {killed}"
+    workers = _celery_workers_of(d["url"], killed["run_id"], DECODE_STEP)
     assert workers[0] == killed["killed"] and killed["killed"] not in workers[1:], workers
     assert len(workers) == 2, workers
     run = _graphql(

@@ -127,3 +127,34 @@ def test_trace_files_are_still_found_through_the_provenance_record(tmp_path):
     assert found and found == subagent_status(ds, corpus=corpus)
     provenance_path(out.path).unlink()
     assert subagent_status(open_dataset(out.path)) == {}  # no record: the corpus is unknown
+
+
+def test_one_pass_for_both_scopes_writes_what_two_passes_write(tmp_path):
+    """The datasets of the contract's scope and the legacy one, decoded in one shared pass (as
+    the `decoded_datasets` step does), are byte for byte the datasets two separate decodes
+    write; with one of them stored already, the pass decodes only the other."""
+    from weka_assets.pipeline import Variant, decode_variants, scope_report
+
+    if not REAL_SAMPLE.is_dir():
+        pytest.skip(f"real kv-cache-tester sample not found at {REAL_SAMPLE}")
+    trace, session = DecodeSettings(), DecodeSettings(scope_policy="session")
+    report = scope_report(REAL_SAMPLE)
+    apart = [
+        decode_corpus(REAL_SAMPLE, tmp_path / "apart", s, report=report, measure_drift=d)
+        for s, d in ((trace, True), (session, False))
+    ]
+    together = decode_variants(
+        REAL_SAMPLE, tmp_path / "together", [Variant(trace), Variant(session, False)], report
+    )
+    assert apart[0].key != apart[1].key
+    for a, b in zip(apart, together, strict=True):
+        assert a.key == b.key and not b.reused and b.published
+        fa, fb = files_of(a.path), files_of(b.path)
+        assert [n for n in fa if fa[n] != fb.get(n)] == [] and set(fa) == set(fb)
+    # the legacy dataset gone, the contract's kept: only the legacy one is decoded again
+    shutil.rmtree(together[1].path)
+    again = decode_variants(
+        REAL_SAMPLE, tmp_path / "together", [Variant(trace), Variant(session, False)], report
+    )
+    assert [o.reused for o in again] == [True, False]
+    assert files_of(again[1].path) == files_of(apart[1].path)

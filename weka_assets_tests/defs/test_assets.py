@@ -107,6 +107,32 @@ def test_rematerializing_reuses_the_dataset_and_keeps_data_versions(env):
     assert second.tags["dagster/data_version"] == first.tags["dagster/data_version"]
 
 
+def test_either_dataset_materializes_alone(env, tmp_path):
+    """Both datasets decode in one step (`decoded_datasets`), which still materializes either
+    one alone: the legacy one first decodes and stores only it, then the contract's."""
+    from weka_assets.instance.materialize import CORPUS_ASSETS, run_selection
+
+    instance, res = env
+    instance.add_dynamic_partitions("corpus", ["tiny"])
+    assert run_selection(res, instance, CORPUS_ASSETS, "tiny").success
+    key = dg.MultiPartitionKey({"corpus": "tiny", "tokenizer": "deepseek"})
+    stored = tmp_path / "store" / "datasets"
+    decoded = {}
+    for asset in ("legacy_scope_dataset", "decoded_dataset"):
+        out = run_selection(res, instance, [asset], key)
+        assert out.success, out.failures
+        mats = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=5
+        ).records
+        assert len(mats) == 1 and out.outputs[asset].reused is False
+        decoded[asset] = out.outputs[asset].decode_key
+        datasets = {p.name for p in stored.iterdir() if not p.name.startswith(".")}
+        assert datasets == set(decoded.values()), asset
+    assert not instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=AssetKey("replay_benchmark")), limit=1
+    ).records
+
+
 def test_a_corpus_that_breaks_the_contract_stops_the_chain(env):
     instance, res = env
     steps = materialize_corpus("broken", instance, res)

@@ -206,10 +206,15 @@ def test_manifest_blast_radius_metadata(sample):
 
 def test_long_steps_log_their_progress(sample):
     logs = sample[1]
-    final = re.compile(r"^(legacy session scope: )?(scope|decode|replay) \S+ .* in [\d.]+ \S+, ")
+    final = re.compile(
+        r"^(legacy session scope: |trace and legacy session scopes: )?"
+        r"(scope|decode|replay) \S+ .* in [\d.]+ \S+, "
+    )
     stages = {m[2] for m in map(final.match, logs) if m}
     assert stages == {"scope", "decode", "replay"}, [line for line in logs if " in " in line]
-    assert any(line.startswith("legacy session scope: decode ") for line in logs)
+    # both datasets in one pass, which says so; the legacy replay on its own
+    assert any(line.startswith("trace and legacy session scopes: decode ") for line in logs)
+    assert any(line.startswith("legacy session scope: replay ") for line in logs)
 
 
 # ---- the verdict and attention rows on their own -------------------------------------------

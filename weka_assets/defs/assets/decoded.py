@@ -1,12 +1,13 @@
-"""`decoded_dataset`: synthetic token datasets keyed by decode key (manifest version included)."""
+"""`decoded_dataset` and `legacy_scope_dataset`: synthetic token datasets keyed by decode key
+(manifest version included), decoded in one step that reads and parses the corpus once."""
 
 import dagster as dg
 
-from weka_assets.decoding.settings import DecodeSettings
-from weka_assets.defs.helpers import decode_in_store, decoding_asset, key_values
+from weka_assets.defs.helpers import decode_variants_in_store, decoding_asset, key_values
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ScopeGate
 from weka_assets.defs.resources import DecodeOptions, WekaStore
 from weka_assets.errors import WekaError
+from weka_assets.pipeline import DecodeOutcome, Variant
 from weka_assets.progress import dagster_progress
 from weka_assets.traces.reader import CorpusFormat
 from weka_assets.traces.scope import ScopeReport
@@ -19,88 +20,112 @@ DESCRIPTIONS = {
     "subagent on its own agent id): the historic loader bug, kept only to show what it cost "
     "(replay_benchmark compares the two). Stored and reused by its own decode key.",
 }
+# each dataset's scope policy: the contract's, and the historic bug's
+SCOPE_POLICIES = {"decoded_dataset": "trace", "legacy_scope_dataset": "session"}
+# what the step's progress lines start with, by the datasets it decodes
+LABELS = {
+    ("decoded_dataset",): "",
+    ("legacy_scope_dataset",): "legacy session scope: ",
+    tuple(SCOPE_POLICIES): "trace and legacy session scopes: ",
+}
 
 
-def build_decoded_dataset(
-    manifest_version: int, name: str = "decoded_dataset", scope_policy: str = "trace"
-) -> dg.AssetsDefinition:
-    """`decoded_dataset` (or, with the legacy `session` scope policy, `legacy_scope_dataset`)
-    for one manifest version (injected, so tests can bump it)."""
-
-    @dg.asset(
-        name=name,
-        description=DESCRIPTIONS[name],
-        **decoding_asset(
-            manifest_version, "decoded", {"python", "numpy", "parquet"}, corpus_inputs=True
-        ),
+def build_decoded_datasets(manifest_version: int) -> dg.AssetsDefinition:
+    """Both datasets of a corpus x tokenizer partition for one manifest version (injected, so
+    tests can bump it). One step: when both are selected, every trace is read and parsed once
+    and decoded twice; either one can be materialized alone."""
+    kw = decoding_asset(
+        manifest_version, "decoded", {"python", "numpy", "parquet"}, corpus_inputs=True
     )
-    def _decoded(
+    per_asset = ("code_version", "group_name", "kinds", "owners", "io_manager_key")
+    out_kw = {k: kw.pop(k) for k in (*per_asset, "automation_condition") if k in kw}
+
+    @dg.multi_asset(
+        name="decoded_datasets",
+        outs={
+            name: dg.AssetOut(description=DESCRIPTIONS[name], is_required=False, **out_kw)
+            for name in SCOPE_POLICIES
+        },
+        can_subset=True,
+        **kw,
+    )
+    def decoded_datasets(
         context: dg.AssetExecutionContext,
         raw_traces: RawCorpus,
         trace_scope: ScopeGate,
         store: WekaStore,
         decode: DecodeOptions,
-    ) -> dg.Output[DatasetRef]:
+    ):
         keys = context.partition_key.keys_by_dimension
         corpus, tokenizer = keys["corpus"], keys["tokenizer"]
+        names = [n for n in SCOPE_POLICIES if n in context.selected_output_names]
         report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
-        settings: DecodeSettings = decode.settings(tokenizer, scope_policy=scope_policy)
-        label = "legacy session scope: " if scope_policy == "session" else ""
+        variants = [
+            # the legacy dataset is a comparison: no drift measurement
+            Variant(
+                decode.settings(tokenizer, scope_policy=SCOPE_POLICIES[n]), n == "decoded_dataset"
+            )
+            for n in names
+        ]
+        label = LABELS[tuple(names)]
         progress = dagster_progress(context, label=label)
         progress.expect("decode", report.traces)
         try:
             with progress:
-                out = decode_in_store(
+                outs = decode_variants_in_store(
                     store,
                     store.pull(raw_traces.key),
-                    settings,
+                    variants,
                     report,
                     manifest_version,
                     progress=progress,
-                    measure_drift=scope_policy == "trace",  # the legacy one is a comparison
                     digest=raw_traces.digest,  # verified by raw_traces: not hashed again
                     # as trace_scope read it (None, from before formats: detected)
                     fmt=CorpusFormat(trace_scope.format, trace_scope.block_size),
                 )
         except WekaError as exc:
             raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
-        m = out.manifest
-        verb = "reused existing" if out.reused else "decoded new"
-        context.log.info(
-            f"{verb} dataset {out.key} ({m.get('calls')} calls, {m.get('blocks')} blocks) in {out.seconds:.2f}s"
-        )
-        return dg.Output(
-            DatasetRef(
-                corpus=corpus,
-                tokenizer=tokenizer,
-                key=f"datasets/{out.key}",
-                decode_key=out.key,
-                manifest_version=m["manifest_version"],
-                reused=out.reused,
-            ),
-            data_version=dg.DataVersion(out.key),
-            metadata={
-                "decode_key": out.key,
-                "manifest_version": m["manifest_version"],
-                "tokenizer": tokenizer,
-                "reused": out.reused,
-                "published": out.published,
-                "dagster/row_count": m.get("calls", 0),
-                "traces": m.get("traces", 0),
-                "distinct_blocks": m.get("blocks", 0),
-                "hash_ids": m.get("ids", 0),
-                "prompt_tokens": m.get("prompt_tokens", 0),
-                "seconds": round(out.seconds, 3),
-                "dataset_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}")),
-                "manifest_path": dg.MetadataValue.path(
-                    store.url(f"datasets/{out.key}/manifest.json")
-                ),
-                "key_material": dg.MetadataValue.json(out.material),
-                "provenance_path": dg.MetadataValue.path(
-                    store.url(f"provenance/datasets/{out.key}.json")
-                ),
-                "retokenization_drift": key_values(m.get("retokenization_drift", {})),
-            },
-        )
+        for name, out in zip(names, outs, strict=True):
+            yield _output(context, name, out, corpus, tokenizer, store)
 
-    return _decoded
+    return decoded_datasets
+
+
+def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str, store):
+    m = out.manifest
+    verb = "reused existing" if out.reused else "decoded new"
+    context.log.info(
+        f"{name}: {verb} dataset {out.key} ({m.get('calls')} calls, {m.get('blocks')} blocks) in {out.seconds:.2f}s"
+    )
+    return dg.Output(
+        DatasetRef(
+            corpus=corpus,
+            tokenizer=tokenizer,
+            key=f"datasets/{out.key}",
+            decode_key=out.key,
+            manifest_version=m["manifest_version"],
+            reused=out.reused,
+        ),
+        output_name=name,
+        data_version=dg.DataVersion(out.key),
+        metadata={
+            "decode_key": out.key,
+            "manifest_version": m["manifest_version"],
+            "tokenizer": tokenizer,
+            "reused": out.reused,
+            "published": out.published,
+            "dagster/row_count": m.get("calls", 0),
+            "traces": m.get("traces", 0),
+            "distinct_blocks": m.get("blocks", 0),
+            "hash_ids": m.get("ids", 0),
+            "prompt_tokens": m.get("prompt_tokens", 0),
+            "seconds": round(out.seconds, 3),
+            "dataset_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}")),
+            "manifest_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}/manifest.json")),
+            "key_material": dg.MetadataValue.json(out.material),
+            "provenance_path": dg.MetadataValue.path(
+                store.url(f"provenance/datasets/{out.key}.json")
+            ),
+            "retokenization_drift": key_values(m.get("retokenization_drift", {})),
+        },
+    )
