@@ -658,12 +658,36 @@ def key_lock(root: Path | str, key: str):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+# sha256 of the files this process has read whole, by file identity (device, inode, size,
+# mtime, ctime): every step of an in-process Dagster run verifies the datasets it opens, and a
+# file unchanged since this process hashed it (its writer's manifest, or an earlier step's
+# check) is not read again. Any write, truncation, rename over it or chmod changes the
+# identity. An entry is kept only when the file's times were older than the hashing by more
+# than a clock tick (the kernel stamps files with a coarse clock): a write in the same tick
+# would leave the same identity (git calls such entries "racily clean").
+_DIGESTS: dict[tuple, str] = {}
+_RACY_NS = 50_000_000
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _sha256(path: Path) -> str:
+    before = os.stat(path)
+    ident = _identity(before)
+    if (known := _DIGESTS.get(ident)) is not None:
+        return known
+    started = time.time_ns()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    settled = max(before.st_mtime_ns, before.st_ctime_ns) < started - _RACY_NS
+    if settled and _identity(os.stat(path)) == ident:
+        _DIGESTS[ident] = digest
+    return digest
 
 
 def _fsync_dir(path: Path) -> None:

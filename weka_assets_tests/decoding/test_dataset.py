@@ -153,3 +153,32 @@ def test_stored_dataset_is_read_in_chunks_like_the_one_in_memory(tmp_path, corpu
         assert s.n_calls == stored.trace_slices()[last - 1].stop - start
         for j in range(s.n_calls):
             assert (s.expand_call(j) == stored.expand_call(start + j)).all()
+
+
+def test_verification_reads_a_file_again_only_once_it_changed(tmp_path, corpus, monkeypatch):
+    """Each step of a run verifies the datasets it opens; a file this process has hashed and
+    that has not changed since is not read again, and a changed one (same size, one bit) is
+    read again and fails the check."""
+    import hashlib
+    import time
+
+    from weka_assets.decoding import dataset
+
+    out = decode_corpus(corpus, tmp_path, measure_drift=False)
+    time.sleep(0.1)  # files older than a clock tick: their identity says they are unchanged
+    hashed = []
+    real = hashlib.sha256
+    # a file is hashed chunk by chunk from sha256(); the manifest's own digest, sha256(bytes)
+    monkeypatch.setattr(
+        dataset.hashlib, "sha256", lambda *a: real(*a) if a else hashed.append(1) or real()
+    )
+    assert dataset.verify_dataset(out.path) is None
+    first = len(hashed)
+    assert dataset.verify_dataset(out.path) is None
+    assert len(hashed) == first  # nothing read again
+    rows = out.path / "tail_rows.npy"
+    data = bytearray(rows.read_bytes())
+    data[-1] ^= 1
+    rows.write_bytes(bytes(data))  # in place, at once: same size, same inode
+    assert dataset.verify_dataset(out.path) == f"{rows}: checksum mismatch"
+    assert len(hashed) == first + 1

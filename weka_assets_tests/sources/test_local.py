@@ -89,3 +89,30 @@ def test_builtin_with_and_without_cache(tmp_path):
     assert direct.sha256 == cached.sha256 and direct.revision == f"sha256:{direct.sha256}"
     assert direct.path.name == "traces.jsonl"
     assert list((tmp_path / "cache").iterdir())  # generated once there
+
+
+@pytest.mark.parametrize("kernel", ["copy_file_range", "refused after a partial copy"])
+def test_hash_copy_digests_the_bytes_it_wrote(tmp_path, monkeypatch, kernel):
+    """The copy runs in the kernel; where the kernel refuses (another file system on an old
+    kernel), even after copying part of the file, the copy through user space starts over."""
+    import errno
+    import hashlib
+
+    from weka_assets.sources import local
+
+    src = tmp_path / "src.jsonl"
+    src.write_bytes(os.urandom(3 << 20) + b"\n")
+    if kernel != "copy_file_range":
+        real = os.copy_file_range
+
+        def refused(fd_in, fd_out, count, *args):
+            real(fd_in, fd_out, 1000)  # part of it, then the kernel gives up
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    got = local.hash_copy(src, tmp_path / "dst.jsonl")
+    assert (tmp_path / "dst.jsonl").read_bytes() == src.read_bytes()
+    assert got.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert got.bytes == src.stat().st_size and got.name == "dst.jsonl"
+    with pytest.raises(FileExistsError):  # never over an existing file
+        local.hash_copy(src, tmp_path / "dst.jsonl")
