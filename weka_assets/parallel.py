@@ -24,13 +24,11 @@ to have children"). A prefork Celery worker runs each task in such a process, so
 runs in process: the deployment's parallelism is then its workers, one step each.
 """
 
-import importlib
 import logging
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from typing import TypeVar
 
 from weka_assets import env
@@ -104,26 +102,8 @@ def in_worker(fn: Callable[..., R], *args) -> R:
     """`fn(*args)` in a worker process of its own, when this process may start one: for work
     that loads something large it never needs again (a tokenizer), so that memory leaves with
     the worker instead of staying in a long-lived process (a Dagster run executes every step
-    in one). `fn` must be a module-level function, its arguments and result picklable."""
-    with warm_worker() as call:
-        return call(fn, *args)
-
-
-@contextmanager
-def warm_worker(*modules: str) -> Iterator[Callable[..., R]]:
-    """A worker process of its own that starts importing `modules` at once, while the caller
-    works on; yields `call(fn, *args)`, which runs `fn(*args)` there (here, in a process that
-    may not start one). For a slow import needed only at the end of a step, such as
-    matplotlib for a plot (0.3 s), overlapped with the step's own work on one core."""
+    in one process). `fn` must be a module-level function, its arguments and result picklable."""
     if _daemonic() or workers() <= 1:
-        yield lambda fn, *args: fn(*args)
-        return
+        return fn(*args)
     with ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
-        if modules:
-            pool.submit(_import, modules)  # not waited for: the next task queues behind it
-        yield lambda fn, *args: pool.submit(fn, *args).result()
-
-
-def _import(modules: tuple[str, ...]) -> None:
-    for name in modules:
-        importlib.import_module(name)
+        return pool.submit(fn, *args).result()

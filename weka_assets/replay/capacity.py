@@ -633,10 +633,6 @@ def capacity_curve(
     )
 
 
-# what drawing a plot imports (most of matplotlib), for a worker to load ahead of the plot
-PLOTTING = ("matplotlib.figure", "matplotlib.backends.backend_agg")
-
-
 def figure_png(fig) -> bytes:
     """A laid-out matplotlib figure as PNG bytes (the caller closes it)."""
     fig.tight_layout()

@@ -8,6 +8,7 @@ a failure removes the temporary folder and leaves every earlier snapshot as it w
 """
 
 import gzip
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from weka_assets.sources import builtin, hf, local, s3
 from weka_assets.sources.errors import FetchError, SourceError
 from weka_assets.sources.uri import SourceSpec, parse_source
-from weka_assets.traces.reader import JSONL_SUFFIXES, FileDigest, corpus_digest
+from weka_assets.traces.reader import JSONL_SUFFIXES, FileDigest, corpus_digest, scan_lines
 
 TMP_PREFIX = ".tmp-"
 
@@ -78,10 +79,18 @@ def count_traces(path: Path) -> int:
     """Records in a corpus: non-blank lines of a .jsonl[.gz], or the *.json files of a folder."""
     if path.is_dir():
         return sum(1 for p in path.iterdir() if p.suffix == ".json" and p.is_file())
-    if path.name.endswith(JSONL_SUFFIXES):
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as fh:
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as fh:
             return sum(1 for line in fh if line.strip())
+    if path.name.endswith(JSONL_SUFFIXES):
+        # newlines found by numpy, 8 MiB at a time: a line is never copied whole (reading
+        # 860 KB lines through Python took 0.34 s for 337 MB); only short lines can be blank
+        with open(path, "rb") as fh:
+            return sum(
+                1
+                for _, offset, length in scan_lines(path)
+                if length > 64 or os.pread(fh.fileno(), length, offset).strip()
+            )
     return 1
 
 

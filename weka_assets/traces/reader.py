@@ -297,7 +297,7 @@ def _lines(fh, limit: int):
 SCAN_CHUNK = 8 << 20
 
 
-def _scan_lines(f: Path) -> Iterator[tuple[int, int, int]]:
+def scan_lines(f: Path) -> Iterator[tuple[int, int, int]]:
     """(line number, offset, length) of every line of a plain file, found by scanning 8 MiB
     chunks for newlines: no line is ever held whole."""
     lineno = start = pos = 0
@@ -333,7 +333,7 @@ def iter_raw_records(
         base = done
         try:
             if f.suffix == ".json" or not f.name.endswith(".gz"):
-                spans = [(None, 0, size)] if f.suffix == ".json" else _scan_lines(f)
+                spans = [(None, 0, size)] if f.suffix == ".json" else scan_lines(f)
                 for lineno, offset, length in spans:
                     done = base + offset + length
                     if length > limit:

@@ -9,9 +9,7 @@ from weka_assets.defs.assets.replay import stored_replay
 from weka_assets.defs.helpers import decoding_asset, markdown_image, table
 from weka_assets.defs.outputs import BlastRef, DatasetRef, ReplayRef
 from weka_assets.defs.resources import WekaStore
-from weka_assets.parallel import warm_worker
 from weka_assets.replay.blast_radius import RoleBlast, blast_radius, blast_radius_png, previous_key
-from weka_assets.replay.capacity import PLOTTING
 
 
 def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
@@ -28,26 +26,24 @@ def build_manifest_blast_radius(manifest_version: int) -> dg.AssetsDefinition:
         decode of the same corpus and tokenizer under another decode key, by role and by cause
         (block first sent by the parent, a sibling, or the call's own conversation), and the
         change in token-replay hit rate. Zero everywhere when a bump changed nothing."""
-        # the plot in a worker of its own that imports matplotlib meanwhile (see capacity_curve)
-        with warm_worker(*PLOTTING) as plot:
-            current = open_dataset(store.pull(decoded_dataset.key), verify=True)
-            prev = previous_key(
-                store.manifests("datasets"),
-                {**current.manifest, "decode_key": decoded_dataset.decode_key},
-            )
-            previous = open_dataset(store.pull(f"datasets/{prev}"), verify=True) if prev else None
-            # the replays already stored (this one by replay_benchmark), not computed again
-            br, _ = blast_radius(
-                current,
-                previous,
-                current_replay=stored_replay(store, replay_benchmark.decode_key),
-                previous_replay=stored_replay(store, prev) if prev else None,
-            )
-            out_key = f"blast_radius/{br.current_key}-vs-{br.previous_key or 'none'}.json"
-            store.write_bytes(
-                out_key, orjson.dumps(br.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
-            )
-            png = plot(blast_radius_png, br)
+        current = open_dataset(store.pull(decoded_dataset.key), verify=True)
+        prev = previous_key(
+            store.manifests("datasets"),
+            {**current.manifest, "decode_key": decoded_dataset.decode_key},
+        )
+        previous = open_dataset(store.pull(f"datasets/{prev}"), verify=True) if prev else None
+        # the replays already stored (this one by replay_benchmark), not computed again
+        br, _ = blast_radius(
+            current,
+            previous,
+            current_replay=stored_replay(store, replay_benchmark.decode_key),
+            previous_replay=stored_replay(store, prev) if prev else None,
+        )
+        out_key = f"blast_radius/{br.current_key}-vs-{br.previous_key or 'none'}.json"
+        store.write_bytes(
+            out_key, orjson.dumps(br.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+        )
+        png = blast_radius_png(br)
         plot_key = out_key.removesuffix(".json") + ".png"
         store.write_bytes(plot_key, png)
         summary = br.markdown()

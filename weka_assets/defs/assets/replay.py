@@ -18,12 +18,11 @@ from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.helpers import content_version, decoding_asset, markdown_image, pct, table
 from weka_assets.defs.outputs import CapacityRef, DatasetRef, ReplayRef
 from weka_assets.defs.resources import ReplayOptions, WekaStore
-from weka_assets.parallel import warm_worker
+from weka_assets.parallel import in_worker
 from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
     KV_PRESETS,
-    PLOTTING,
     CapacityCurve,
     capacity_curve,
     capacity_traces,
@@ -82,21 +81,19 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
     geometry = KV_PRESETS.get(options.kv_model)
     if options.kv_model and geometry is None:
         raise dg.Failure(f"unknown kv_model {options.kv_model!r} (known: {', '.join(KV_PRESETS)})")
-    # the plot in a worker of its own, which imports matplotlib (0.3 s, about 30 MB) while the
-    # sweep runs here on one core; matplotlib never loads into the run's process, which
-    # executes every later step too
-    with warm_worker(*PLOTTING) as plot:
-        n = capacity_traces(ds, options.capacity_max_blocks)
-        part = ds.head(n)
-        curve = capacity_curve(
-            part,
-            None,  # the default sweep of `points` capacities, from the pass's distinct blocks
-            arrival_for(part, options.arrival),
-            options.time_scale,
-            geometry,
-            points=options.points,
-        )
-        return curve, plot(plot_png, curve), n
+    n = capacity_traces(ds, options.capacity_max_blocks)
+    part = ds.head(n)
+    curve = capacity_curve(
+        part,
+        None,  # the default sweep of `points` capacities, from the pass's distinct blocks
+        arrival_for(part, options.arrival),
+        options.time_scale,
+        geometry,
+        points=options.points,
+    )
+    # in a worker of its own: matplotlib (0.3 s to import, about 30 MB) never loads into the
+    # run's process, which executes every later step too
+    return curve, in_worker(plot_png, curve), n
 
 
 def curve_rows(curve: CapacityCurve) -> list[dict]:
