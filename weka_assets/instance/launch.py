@@ -41,7 +41,7 @@ query($id: String!) {
     __typename
     ... on PartitionBackfill { id status runs(limit: 1000) {
       runId status tags { key value }
-      assetMaterializations { assetKey { path } partition
+      assetMaterializations { assetKey { path } partition stepKey
         metadataEntries { label ... on TextMetadataEntry { text } } } } }
     ... on PythonError { message }
     ... on BackfillNotFoundError { message }
@@ -90,11 +90,11 @@ def launch_chain(url: str, corpora: list[str], tokenizer: str) -> str:
 
 def backfill_summary(url: str, backfill_id: str) -> dict:
     """The backfill's runs (id, status) and how many steps each machine ran (from the `host`
-    that every materialization records)."""
+    that every materialization records; a step counted once, whatever it materialized)."""
     data = _graphql(url, RUNS, {"id": backfill_id})["partitionBackfillOrError"]
     if data["__typename"] != "PartitionBackfill":
         raise WebserverError(f"backfill {backfill_id}: {data.get('message') or data['__typename']}")
-    runs, hosts = [], Counter()
+    runs, steps = [], {}  # (run, step) -> the host that materialized its assets
     for run in sorted(data["runs"], key=lambda r: r["runId"]):
         tags = {t["key"]: t["value"] for t in run["tags"]}
         runs.append(
@@ -107,7 +107,9 @@ def backfill_summary(url: str, backfill_id: str) -> dict:
         )
         for m in run["assetMaterializations"]:
             host = next((e["text"] for e in m["metadataEntries"] if e["label"] == "host"), None)
-            hosts[host or "unknown"] += 1
+            # a step may materialize several assets (both datasets decode in one step)
+            steps[(run["runId"], m["stepKey"])] = host or "unknown"
+    hosts = Counter(steps.values())
     return {
         "backfill_id": backfill_id,
         "status": data["status"],

@@ -34,6 +34,8 @@ from weka_assets.synthetic import iter_corpus, write_corpus
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import bump_manifest, copy_project
 
+# the phases share one deployment and run in file order, so one pytest worker runs them all:
+# scripts/test.sh runs pytest-xdist with --dist loadfile
 pytestmark = [pytest.mark.cluster, pytest.mark.live, pytest.mark.slow]
 
 # one step per op: both datasets of a partition decode in one step (`decoded_datasets`)
