@@ -18,6 +18,7 @@ Results are printed and appended, one JSON object per run, to benchmarks/results
 
     .venv/bin/python benchmarks/chain.py                # 391 traces, then 4 x 391
     .venv/bin/python benchmarks/chain.py --scales 1     # 1x only
+    .venv/bin/python benchmarks/chain.py --scales 1 --pairs 5   # and 5 (chain, Dagster) pairs
 """
 
 import argparse
@@ -132,11 +133,7 @@ def cli_stages(path: Path, work: Path) -> tuple[dict, dict]:
     stages["expand every call (streamed)"] = measure([str(BIN), "expand", str(dataset)])
     manifest = json.loads((dataset / "manifest.json").read_text())
     shutil.rmtree(root, ignore_errors=True)
-    chain = (
-        f"{BIN} decode {path} --out {root} > {work / 'path.txt'} && "
-        f"{BIN} replay $(cat {work / 'path.txt'}) --json {work / 'replay.json'}"
-    )
-    stages["FULL CHAIN: validate, scope, decode, replay"] = measure(["bash", "-c", chain])
+    stages[FULL_CHAIN] = measure(["bash", "-c", chain_command(path, work)])
     # what the Dagster graph computes, as CLI commands: both decodes, both replays, the capacity
     # sweep with the asset's default budget
     shutil.rmtree(root, ignore_errors=True)
@@ -152,6 +149,33 @@ def cli_stages(path: Path, work: Path) -> tuple[dict, dict]:
 
 
 SAME_WORK = "CLI, the graph's work: both decodes, replays, sweep"
+FULL_CHAIN = "FULL CHAIN: validate, scope, decode, replay"
+
+
+def chain_command(path: Path, work: Path) -> str:
+    """The plain CLI chain: decode (validation and the scope gate included), then replay."""
+    root = work / "datasets"
+    return (
+        f"{BIN} decode {path} --out {root} > {work / 'path.txt'} && "
+        f"{BIN} replay $(cat {work / 'path.txt'}) --json {work / 'replay.json'}"
+    )
+
+
+def paired_ratios(path: Path, work: Path, pairs: int) -> list[dict]:
+    """The plain CLI chain and right after it the Dagster materialization of the whole graph
+    (each from scratch: a fresh dataset root, instance and store), `pairs` times: this VM's
+    speed drifts by up to 20 % within minutes, so a ratio is taken between neighbours."""
+    out = []
+    for i in range(pairs):
+        pair = work / f"pair-{i}"
+        pair.mkdir()
+        chain = measure(["bash", "-c", chain_command(path, pair)])["wall_s"]
+        dag = dagster_stages(path, pair)
+        runs_s = sum(v for k, v in dag["steps_s"].items() if k.startswith("run "))
+        out.append({"chain_s": chain, "dagster_runs_s": runs_s, "ratio": runs_s / chain})
+        print(f"  pair {i + 1}: CLI chain {chain:.2f} s, Dagster {runs_s:.2f} s, {runs_s / chain:.2f} x")
+        shutil.rmtree(pair, ignore_errors=True)
+    return out
 
 
 # The children import weka_assets and dagster under their main guard: a forkserver worker
@@ -347,6 +371,12 @@ def main() -> int:
     ap.add_argument("--scales", default="1,4", help="corpus sizes, in multiples of --traces")
     ap.add_argument("--no-dagster", action="store_true", help="skip the Dagster materialization")
     ap.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="then this many (CLI chain, Dagster) pairs, each ratio between neighbours",
+    )
+    ap.add_argument(
         "--corpus-dir",
         type=Path,
         default=Path.home() / ".cache" / "weka-assets" / "bench",
@@ -368,6 +398,16 @@ def main() -> int:
             dag = None if args.no_dagster else dagster_stages(path, work)
             core = None if args.no_dagster else core_stages(path, work)
             ui = None if args.no_dagster else ui_stages(path, work)
+            if args.pairs and not args.no_dagster:
+                print(f"\n{args.pairs} pairs: the CLI chain, then Dagster, {n} traces")
+                pairs = paired_ratios(path, work, args.pairs)
+                ratios = sorted(p["ratio"] for p in pairs)
+                print(
+                    f"  Dagster against the CLI chain, pair by pair: median "
+                    f"{ratios[len(ratios) // 2]:.2f} x, best {ratios[0]:.2f} x, worst {ratios[-1]:.2f} x"
+                )
+            else:
+                pairs = []
         size = {k: manifest[k] for k in ("traces", "calls", "ids", "prompt_tokens")}
         size["corpus_mb"] = round(path.stat().st_size / 2**20, 1)
         print(f"\n== {n} traces: {size}")
@@ -400,7 +440,7 @@ def main() -> int:
                 total_d, total_c = total_d + d, total_c + secs
                 print(f"  {step:<26} {d:10.2f} {secs:8.2f} {d / secs:6.2f}")
             runs_s = sum(v for k, v in dag["steps_s"].items() if k.startswith("run "))
-            cli = stages["FULL CHAIN: validate, scope, decode, replay"]["wall_s"]
+            cli = stages[FULL_CHAIN]["wall_s"]
             same = stages[SAME_WORK]["wall_s"]
             print(f"  {'all steps':<26} {total_d:10.2f} {total_c:8.2f} {total_d / total_c:6.2f}")
             print(
@@ -422,11 +462,19 @@ def main() -> int:
             for step, secs in ui["steps_s"].items():
                 print(f"  {step:<26} {secs:7.2f} s")
         runs.append(
-            {"traces": n, "size": size, "stages": stages, "dagster": dag, "core": core, "ui": ui}
+            {
+                "traces": n,
+                "size": size,
+                "stages": stages,
+                "dagster": dag,
+                "core": core,
+                "ui": ui,
+                "pairs": pairs,
+            }
         )
     if len(runs) >= 2:
         a, b = runs[0], runs[-1]
-        key = "FULL CHAIN: validate, scope, decode, replay"
+        key = FULL_CHAIN
         k = b["traces"] / a["traces"]
         ids = b["size"]["ids"] / a["size"]["ids"]
         t = b["stages"][key]["wall_s"] / a["stages"][key]["wall_s"]

@@ -1,5 +1,6 @@
 """A snapshot of the asset graph: any change of lineage, partitions, code versions (the
-manifest version), automation or checks becomes a reviewed diff of snapshots/asset_graph.json.
+manifest version), automation, checks or the step that computes each asset becomes a reviewed
+diff of snapshots/asset_graph.json.
 
 After an intended change: WEKA_UPDATE_SNAPSHOTS=1 bash scripts/test.sh -k snapshot, then
 review and commit the JSON diff.
@@ -33,6 +34,8 @@ def graph_snapshot(definitions) -> dict:
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "partitions": str(node.partitions_def),
             "code_version": node.code_version,
+            # the step (op) that computes it: both datasets share `decoded_datasets`
+            "step": definitions.resolve_assets_def(key).node_def.name,
             "group": node.group_name,
             "owners": list(node.owners),
             "kinds": sorted(node.kinds),
