@@ -29,7 +29,7 @@ from weka_assets.decoding.dataset import (
     verify_dataset,
 )
 from weka_assets.decoding.decoder import concat_pieces, decode_record, scope_and_decode_record
-from weka_assets.decoding.filler import build_filler
+from weka_assets.decoding.filler import Filler, build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
 from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resolve_tokenizer
 from weka_assets.env import host_name
@@ -308,7 +308,7 @@ class _Build:
     settings: DecodeSettings
     measure_drift: bool
     spec: TokenizerSpec
-    filler: object  # Filler
+    filler: Filler
     material: dict = field(default_factory=dict)
     writer: DatasetWriter | None = None
     totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "ids": 0})
