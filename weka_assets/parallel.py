@@ -44,6 +44,7 @@ SHARD_CALLS = 2048
 # the modules whose functions run in workers, imported once by the fork server
 _PRELOAD = [
     "weka_assets.traces.scope",
+    "weka_assets.traces.parsed",
     "weka_assets.decoding.decoder",
     "weka_assets.decoding.expand",
     "weka_assets.replay.unbounded",

@@ -36,6 +36,7 @@ from weka_assets.env import host_name
 from weka_assets.errors import CorpusRejected, TraceError
 from weka_assets.parallel import in_worker, ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
+from weka_assets.traces.parsed import ParsedWriter, analyse_and_encode, corpus_root, read_parsed
 from weka_assets.traces.reader import (
     CorpusFormat,
     corpus_digest,
@@ -72,9 +73,16 @@ def scope_report(
     policy: Policy = "fail",
     progress: ProgressFn | None = None,
     fmt: CorpusFormat | None = None,
+    keep: ParsedWriter | None = None,
 ) -> ScopeReport:
-    """The corpus report; `fmt` names the corpus format (None: detected, see `CorpusFormat`)."""
-    analysed = ordered_map(analyse_record, iter_raw_records(path, lazy=True, fmt=fmt))
+    """The corpus report; `fmt` names the corpus format (None: detected, see `CorpusFormat`).
+    `keep`: a `keep_parse` writer that keeps what this pass parsed, for the decodes after it."""
+    records = iter_raw_records(path, lazy=True, fmt=fmt)
+    if keep is None:
+        analysed = ordered_map(analyse_record, records)
+    else:
+        task = partial(analyse_and_encode, root=str(corpus_root(path)))
+        analysed = keep.tee(ordered_map(task, records))
     report, _ = build_report(_ticking(analysed, "scope", progress, path), policy)
     return report
 
@@ -122,6 +130,7 @@ class DecodeOutcome:
     manifest: dict = field(default_factory=dict)
     published: bool = False  # this call's dataset is the one stored at the key
     provenance: dict = field(default_factory=dict)  # where and when the dataset was written
+    from_parse: bool = False  # decoded from the scope pass's parse (`keep_parse`), not the JSON
 
 
 def retokenization_drift(
@@ -247,11 +256,14 @@ def decode_variants(
     digest: str | None = None,
     provenance_dir: Path | str | None = None,
     fmt: CorpusFormat | None = None,
+    parsed: Path | str | None = None,
 ) -> list[DecodeOutcome]:
     """`decode_corpus` of a gated corpus under several settings at once (the contract's scope
     and the legacy one): each dataset not stored yet is decoded in one shared pass, every
     trace read and parsed once and decoded once per dataset; a stored one is reused. The
-    outcomes are in the order of `variants`; two variants with one decode key share one."""
+    outcomes are in the order of `variants`; two variants with one decode key share one.
+    `parsed`: the corpus as its scope pass parsed it (`keep_parse`), read instead of the JSON
+    when it is this corpus's current parse (else the JSON is parsed, as without it)."""
     run = _Decoding(
         path,
         root,
@@ -288,7 +300,8 @@ def decode_variants(
                 targets=targets,
                 excluded=frozenset(report.excluded_traces),
             )
-            pieces = _ticking(ordered_map(task, run.records()), "decode", progress, run.path)
+            records = run.records(parsed)
+            pieces = _ticking(ordered_map(task, records), "decode", progress, run.path)
             for decoded in pieces:
                 if isinstance(decoded, TraceError):
                     raise decoded
@@ -353,11 +366,19 @@ class _Decoding:
         )
         self.manifest_version = manifest_version
         self.fetch_existing = fetch_existing
+        self.from_parse = False  # records read from the scope pass's parse, not the JSON
         hashing = ThreadPoolExecutor(1)
         self._digest = hashing.submit(lambda: digest or corpus_digest(file_digests(path)))
         hashing.shutdown(wait=False)
 
-    def records(self):
+    def records(self, parsed: Path | str | None = None):
+        """The corpus's records: its scope pass's parse when given and current, else the JSON.
+        `self.from_parse` says which."""
+        if parsed is not None:
+            frames = read_parsed(parsed, self._digest.result(), self.fmt, self.path)
+            if frames is not None:
+                self.from_parse = True
+                return frames
         return iter_raw_records(self.path, lazy=True, fmt=self.fmt)
 
     def build(self, variant: Variant) -> _Build:
@@ -447,8 +468,9 @@ class _Decoding:
         else:  # a concurrent writer's dataset was there first: it is the stored one
             manifest, record = read_manifest(final), read_provenance(final)
         return DecodeOutcome(
-            final, key, False, material, _since(self.started), manifest, writer.won, record
-        )
+            final, key, False, material, _since(self.started), manifest, writer.won, record,
+            self.from_parse,
+        )  # fmt: skip
 
 
 def _since(started: float) -> float:

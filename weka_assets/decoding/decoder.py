@@ -22,6 +22,7 @@ from weka_assets.decoding.filler import Filler
 from weka_assets.decoding.prf import block_offsets, tail_offset
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.errors import TraceError
+from weka_assets.traces.parsed import ParsedRecord
 from weka_assets.traces.reader import RawRecord, parse_record
 from weka_assets.traces.schema import Trace, common_prefix
 from weka_assets.traces.scope import AnalysedRecord, analyse_parsed, trace_decode_scope
@@ -165,13 +166,14 @@ def decode_trace(
 
 
 def decode_record(
-    raw: RawRecord,
+    raw: RawRecord | ParsedRecord,
     targets: tuple[tuple[DecodeSettings, int], ...],
     excluded: frozenset[str] = frozenset(),
 ) -> tuple[TracePiece, ...] | TraceError | None:
-    """Worker task: parse one raw record once and decode it for each (settings, filler size)
-    of `targets`, in their order (None when the trace is excluded)."""
-    rec = parse_record(raw)
+    """Worker task: parse one raw record once (or rebuild it from the scope pass's parse) and
+    decode it for each (settings, filler size) of `targets`, in their order (None when the
+    trace is excluded)."""
+    rec = raw.record() if isinstance(raw, ParsedRecord) else parse_record(raw)
     if rec.error is not None:
         return rec.error
     if rec.trace.id in excluded:

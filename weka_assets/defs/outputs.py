@@ -45,6 +45,8 @@ class ScopeGate(BaseModel):
     summary: str
     format: str | None = None  # weka | mooncake, as read (None: written before formats)
     block_size: int | None = None  # a Mooncake corpus's block size
+    # the corpus as the scope pass parsed it (traces/parsed.py), for the decodes; None: not kept
+    parsed_key: str | None = None
 
 
 class DatasetRef(BaseModel):

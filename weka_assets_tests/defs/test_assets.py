@@ -65,6 +65,10 @@ def test_whole_chain_materializes_with_useful_metadata(env):
     dec = latest(instance, "decoded_dataset", key)
     assert dec.metadata["manifest_version"].value == MANIFEST_VERSION
     assert dec.metadata["dagster/row_count"].value > 0 and dec.metadata["reused"].value is False
+    # both datasets decoded from the parse trace_scope kept, not from the JSON again
+    assert scope.metadata["parsed_path"].value.endswith(".parsed")
+    assert dec.metadata["decoded_from"].value == "parse"
+    assert latest(instance, "legacy_scope_dataset", key).metadata["decoded_from"].value == "parse"
     rep = latest(instance, "replay_benchmark", key)
     assert rep.metadata["fidelity_mismatched_calls"].value == 0
     assert 0 < rep.metadata["token_replay_hit_rate"].value <= 1

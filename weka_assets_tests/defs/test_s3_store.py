@@ -34,7 +34,11 @@ def test_whole_chain_reads_s3_and_stores_on_s3(s3, monkeypatch, tmp_path):
         assert [s.success for s in steps] == [True, True], [s.failures for s in steps]
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="store")["Contents"]]
         tops = {k.split("/")[1] for k in keys}
-        assert tops >= {"raw", "scope", "datasets", "replay", "blast_radius", "descriptors"}
+        assert tops >= {
+            "raw", "scope", "parsed", "datasets", "replay", "blast_radius", "descriptors"
+        }  # fmt: skip
+        dec = instance.get_latest_materialization_event(dg.AssetKey("decoded_dataset"))
+        assert dec.asset_materialization.metadata["decoded_from"].value == "parse"
         ref = steps[1].outputs["decoded_dataset"]
         assert f"weka/{ref.key}/manifest.json" in keys
         # the manifest is the last object of the dataset written

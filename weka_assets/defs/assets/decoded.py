@@ -1,5 +1,6 @@
 """`decoded_dataset` and `legacy_scope_dataset`: synthetic token datasets keyed by decode key
-(manifest version included), decoded in one step that reads and parses the corpus once."""
+(manifest version included), decoded in one step that reads the corpus once: as trace_scope
+parsed it (traces/parsed.py), else its JSON."""
 
 import dagster as dg
 
@@ -82,6 +83,7 @@ def build_decoded_datasets(manifest_version: int) -> dg.AssetsDefinition:
                     digest=raw_traces.digest,  # verified by raw_traces: not hashed again
                     # as trace_scope read it (None, from before formats: detected)
                     fmt=CorpusFormat(trace_scope.format, trace_scope.block_size),
+                    parsed=_parse_kept(store, trace_scope),
                 )
         except WekaError as exc:
             raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
@@ -89,6 +91,14 @@ def build_decoded_datasets(manifest_version: int) -> dg.AssetsDefinition:
             yield _output(context, name, out, corpus, tokenizer, store)
 
     return decoded_datasets
+
+
+def _parse_kept(store: WekaStore, gate: ScopeGate):
+    """The corpus as trace_scope parsed it, when it kept its parse (the decode checks that it
+    is this corpus's current one, else parses the JSON)."""
+    if gate.parsed_key is None or not store.exists(gate.parsed_key):
+        return None
+    return store.pull(gate.parsed_key)
 
 
 def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str, store):
@@ -120,6 +130,8 @@ def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str,
             "hash_ids": m.get("ids", 0),
             "prompt_tokens": m.get("prompt_tokens", 0),
             "seconds": round(out.seconds, 3),
+            # what a new dataset was decoded from: trace_scope's kept parse, or the JSON
+            **({} if out.reused else {"decoded_from": "parse" if out.from_parse else "json"}),
             "dataset_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}")),
             "manifest_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}/manifest.json")),
             "key_material": dg.MetadataValue.json(out.material),

@@ -17,6 +17,7 @@ from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
 from weka_assets.pipeline import scope_report
 from weka_assets.progress import dagster_progress
+from weka_assets.traces.parsed import keep_parse
 from weka_assets.traces.reader import detect_format
 from weka_assets.traces.scope import CONTRACT_FIGURES, CONTRACT_RULES, ScopeReport
 
@@ -131,11 +132,16 @@ def trace_scope(
     corpus = store.pull(raw_traces.key)
     fmt = detect_format(corpus, catalog.corpus_format(raw_traces.corpus))
     mooncake_bs = fmt.mooncake_block_size if fmt.format == "mooncake" else None
-    with progress:
-        report = scope_report(corpus, catalog.policy(raw_traces.corpus), progress, fmt)
-    report = report.relative_to(corpus)  # stored: the same bytes whichever machine wrote it
     # a Mooncake report depends on the block size the registry gives, not only on the bytes
     tag = f"-mooncake{mooncake_bs}" if mooncake_bs else ""
+    # what this pass parses is kept for the decodes after it (one per tokenizer), which then
+    # never parse the JSON again
+    parsed_key = f"parsed/{raw_traces.digest}{tag}.parsed"
+    with progress, keep_parse(store.local(parsed_key), raw_traces.digest, fmt) as kept:
+        report = scope_report(corpus, catalog.policy(raw_traces.corpus), progress, fmt, kept)
+    if kept.written:
+        store.push(parsed_key)
+    report = report.relative_to(corpus)  # stored: the same bytes whichever machine wrote it
     report_key = f"scope/{raw_traces.digest}{tag}-{report.policy}.json"
     store.write_bytes(
         report_key, orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
@@ -160,6 +166,8 @@ def trace_scope(
         "format": fmt.format,
         "report_path": dg.MetadataValue.path(store.url(report_key)),
         "snapshot_path": dg.MetadataValue.path(store.url(raw_traces.key)),
+        # the parse the decodes read instead of the JSON (absent: a record did not parse)
+        **({"parsed_path": dg.MetadataValue.path(store.url(parsed_key))} if kept.written else {}),
     }
     if not report.passed:
         # the checks are recorded for this partition, then the step fails: nothing downstream runs
@@ -184,6 +192,7 @@ def trace_scope(
             summary=report.summary(),
             format=fmt.format,
             block_size=mooncake_bs,
+            parsed_key=parsed_key if kept.written else None,
         ),
         data_version=dg.DataVersion(version),
         metadata=metadata,

@@ -1,0 +1,201 @@
+"""The scope pass's kept parse (traces/parsed.py): traces rebuilt from it equal parsing's, the
+file has the same bytes wherever it is written, a decode from it writes the same datasets as a
+decode from the JSON, and anything amiss sends the decode back to the JSON."""
+
+import dataclasses
+import filecmp
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from weka_assets.decoding.settings import DecodeSettings
+from weka_assets.pipeline import Variant, decode_variants, scope_report
+from weka_assets.traces.parsed import (
+    corpus_root,
+    decode_frame,
+    encode_trace,
+    keep_parse,
+    read_parsed,
+)
+from weka_assets.traces.reader import (
+    CorpusFormat,
+    corpus_digest,
+    detect_format,
+    file_digests,
+    iter_raw_records,
+    parse_record,
+)
+from weka_assets_tests.corpora import REAL_SAMPLE, synthetic, truncated
+from weka_assets_tests.mooncake import mooncake_requests, write_mooncake
+
+
+def assert_equal(a, b, where=""):
+    """Dataclass instances equal field by field: arrays in value and dtype, scalars in value
+    and type, nested dataclasses likewise."""
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        here = f"{where}.{f.name}"
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and np.array_equal(x, y), here
+        elif isinstance(x, list) and x and dataclasses.is_dataclass(x[0]):
+            assert len(x) == len(y), here
+            for k, (u, v) in enumerate(zip(x, y, strict=True)):
+                assert_equal(u, v, f"{here}[{k}]")
+        else:
+            assert x == y and type(x) is type(y), (here, x, y)
+
+
+def corpora(tmp_path_factory=None):
+    out = [synthetic(p, traces=4, seed=3) for p in ("semianalysis", "kv-cache-tester")]
+    out.append(truncated())  # hash lists cut short: unhashed tails of whole blocks
+    if REAL_SAMPLE.is_dir():
+        out.append(REAL_SAMPLE)
+    return out
+
+
+@pytest.mark.parametrize("corpus", corpora(), ids=lambda p: p.name)
+def test_a_rebuilt_trace_equals_the_parsed_one(corpus):
+    root = corpus_root(corpus)
+    n = 0
+    for raw in iter_raw_records(corpus):
+        trace = parse_record(raw).trace
+        back = decode_frame(encode_trace(trace, root), root)
+        assert_equal(trace, back, trace.id)
+        # the conversations hold the very calls of the document-order list, as parsing builds
+        assert [id(c) for c in back.parent_first_calls()] == sorted(
+            (id(c) for c in back.calls), key=[id(c) for c in back.parent_first_calls()].index
+        )
+        assert all(c in back.calls for s in back.subagents for c in s.calls)
+        n += 1
+    assert n > 0
+
+
+def test_a_mooncake_corpus_round_trips(tmp_path):
+    path = write_mooncake(tmp_path / "m.jsonl", mooncake_requests(40))
+    fmt = detect_format(path, CorpusFormat("mooncake", 512))
+    root = corpus_root(path)
+    for raw in iter_raw_records(path, fmt=fmt):
+        trace = parse_record(raw).trace
+        assert_equal(trace, decode_frame(encode_trace(trace, root), root))
+
+
+def kept(corpus, dest, fmt=None):
+    fmt = detect_format(corpus, fmt)
+    digest = corpus_digest(file_digests(corpus))
+    with keep_parse(dest, digest, fmt) as writer:
+        report = scope_report(corpus, fmt=fmt, keep=writer)
+    return report, writer, digest, fmt
+
+
+def test_the_kept_parse_has_the_same_bytes_wherever_the_corpus_lies(tmp_path):
+    corpus = synthetic("semianalysis", traces=5, seed=4)
+    elsewhere = tmp_path / "deep" / "folder" / corpus.name
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copyfile(corpus, elsewhere)
+    report, writer, digest, fmt = kept(corpus, tmp_path / "a.parsed")
+    report2, writer2, _, _ = kept(elsewhere, tmp_path / "b.parsed")
+    assert writer.written and writer2.written and writer.traces == 5
+    assert (tmp_path / "a.parsed").read_bytes() == (tmp_path / "b.parsed").read_bytes()
+    # keeping the parse changes no figure
+    assert report == scope_report(corpus)
+    assert report2.relative_to(elsewhere) == report.relative_to(corpus)
+    # read back at the other place: file names are that machine's
+    recs = list(read_parsed(tmp_path / "a.parsed", digest, fmt, elsewhere))
+    assert [r.record().trace.file for r in recs] == [str(elsewhere)] * 5
+    assert recs[-1].done == recs[-1].total == corpus.stat().st_size
+
+
+def test_a_record_that_does_not_parse_keeps_no_parse(tmp_path):
+    good = synthetic("kv-cache-tester", traces=3, seed=5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + "{not json\n")
+    report, writer, _, _ = kept(bad, tmp_path / "bad.parsed")
+    assert report.hard_errors and not writer.written
+    assert not (tmp_path / "bad.parsed").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]  # nothing aside left either
+
+
+def test_an_error_in_the_pass_keeps_no_parse(tmp_path):
+    corpus = synthetic("kv-cache-tester", traces=3, seed=5)
+    digest = corpus_digest(file_digests(corpus))
+    with pytest.raises(KeyError), keep_parse(tmp_path / "x.parsed", digest, CorpusFormat("weka")):
+        raise KeyError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def kept_sample(tmp_path_factory):
+    corpus = synthetic("semianalysis", traces=6, seed=8)
+    dest = tmp_path_factory.mktemp("kept") / "c.parsed"
+    return (corpus, dest, *kept(corpus, dest))
+
+
+def damaged(path, tmp_path, how):
+    out = tmp_path / "damaged.parsed"
+    data = bytearray(path.read_bytes())
+    if how == "flipped":
+        data[len(data) // 3] ^= 0x10
+    elif how == "cut":
+        data = data[: len(data) // 2]
+    elif how == "not a parse":
+        data = b"[1, 2, 3]\n"
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize(
+    "how, why",
+    [
+        ("flipped", "do not match their sha256"),
+        ("cut", "no trailer"),
+        ("not a parse", "no trailer"),
+        ("digest", "another corpus digest"),
+        ("limits", "another fingerprint"),
+        ("missing", "No such file"),
+    ],
+)
+def test_a_parse_that_is_not_current_and_intact_is_refused(
+    kept_sample, tmp_path, caplog, monkeypatch, how, why
+):
+    corpus, path, _, _, digest, fmt = kept_sample
+    if how in ("flipped", "cut", "not a parse"):
+        path = damaged(path, tmp_path, how)
+    elif how == "digest":
+        digest = "0" * 64
+    elif how == "limits":  # another parser limit: another parse
+        monkeypatch.setenv("WEKA_ASSETS_MAX_IDS_PER_CALL", "123456")
+    else:
+        path = tmp_path / "nothing.parsed"
+    with caplog.at_level(logging.WARNING, logger="weka_assets.traces.parsed"):
+        assert read_parsed(path, digest, fmt, corpus) is None
+    assert why in caplog.text and "parsing the JSON" in caplog.text
+
+
+def test_decoding_from_the_parse_writes_the_datasets_the_json_gives(kept_sample, tmp_path):
+    corpus, path, report, _, digest, _ = kept_sample
+    variants = [
+        Variant(DecodeSettings(), False),
+        Variant(DecodeSettings(scope_policy="session"), False),
+    ]
+    from_json = decode_variants(corpus, tmp_path / "json", variants, report, digest=digest)
+    from_parse = decode_variants(
+        corpus, tmp_path / "parse", variants, report, digest=digest, parsed=path
+    )
+    assert [o.from_parse for o in from_json] == [False, False]
+    assert [o.from_parse for o in from_parse] == [True, True]
+    for a, b in zip(from_json, from_parse, strict=True):
+        assert a.key == b.key
+        names = sorted(p.name for p in a.path.iterdir())
+        match, mismatch, errors = filecmp.cmpfiles(a.path, b.path, names, shallow=False)
+        assert match == names and not mismatch and not errors
+    # a damaged parse: the JSON is parsed instead, the same dataset comes out
+    bad = damaged(path, tmp_path, "flipped")
+    again = decode_variants(
+        corpus, tmp_path / "bad", variants[:1], report, digest=digest, parsed=bad
+    )
+    assert not again[0].from_parse and again[0].key == from_json[0].key
+    assert (again[0].path / "block_offsets.npy").read_bytes() == (
+        from_json[0].path / "block_offsets.npy"
+    ).read_bytes()
