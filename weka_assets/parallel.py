@@ -41,7 +41,8 @@ R = TypeVar("R")
 # here, at the bottom layer, so that both can import it without one importing the other
 SHARD_CALLS = 2048
 
-# the modules whose functions run in workers, imported once by the fork server
+# the modules whose functions run in workers, imported once by the fork server; none of them
+# imports pyarrow, pandas, matplotlib or dagster (each worker would carry them: test_parallel)
 _PRELOAD = [
     "weka_assets.traces.scope",
     "weka_assets.traces.parsed",

@@ -41,3 +41,22 @@ def test_map_in_an_ordinary_process_uses_workers(monkeypatch):
     assert status == "ok", result
     assert result == [x * x for x in range(20)]
     assert n == 2
+
+
+def test_the_worker_modules_leave_heavy_libraries_out():
+    """The fork server preloads the modules whose functions run in workers; pyarrow, pandas,
+    matplotlib or dagster among their imports would make the server and every worker forked
+    from it tens of MB larger (pyarrow alone: about 60 MB each)."""
+    import subprocess
+    import sys
+
+    from weka_assets.parallel import _PRELOAD
+
+    code = (
+        "import importlib, sys\n"
+        f"for m in {_PRELOAD!r}: importlib.import_module(m)\n"
+        "heavy = ('pyarrow', 'pandas', 'matplotlib', 'dagster', 'transformers')\n"
+        "print(sorted({k.split('.')[0] for k in sys.modules} & set(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

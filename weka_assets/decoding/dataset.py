@@ -16,6 +16,11 @@ host), so two machines decoding one key write identical folders; where and when 
 written is kept beside it, in `<root>/.provenance/<decode key>.json`. `DatasetWriter` appends trace after trace (memory bounded by
 one trace) into a folder aside and renames it into place, so a half-written dataset is never
 visible and an existing one is never overwritten.
+
+pyarrow is imported where the Parquet tables are written and read, not with the module: the
+decoding and replay workers import this module for its arrays and never touch Parquet, and
+pyarrow would make every worker process (and the fork server they start from) about 60 MB
+larger.
 """
 
 import fcntl
@@ -34,8 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from weka_assets.errors import DecodeError
 
@@ -499,6 +502,9 @@ class DatasetWriter:
         (measured), so it waits until the decoding workers are done."""
         if not self._open:
             return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         self._open = False
         for a in self._arrays.values():
             a.close()
@@ -748,6 +754,9 @@ def read_manifest(path: Path | str) -> dict:
 
 
 def _read(path: Path, manifest: dict) -> DecodedDataset:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
         traces = pq.read_table(path / "traces.parquet").to_pylist()
