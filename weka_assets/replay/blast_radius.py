@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, is_complete
 from weka_assets.errors import DecodeError
-from weka_assets.replay.capacity import figure_png
+from weka_assets.replay.plotting import figure_png, new_figure
 from weka_assets.replay.prefix import segment_positions
 from weka_assets.replay.unbounded import (
     CallFigures,
@@ -548,59 +548,49 @@ ROLES_SHOWN = ("all", "parent", "subagent")
 def blast_radius_png(br: BlastRadius) -> bytes:
     """Two panels: calls whose tokens / cache hits changed per role, and the token-replay hit
     rate per role before and after the change."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     roles = [("all", br)] + [(r, br.per_role[r]) for r in ROLES_SHOWN[1:] if r in br.per_role]
     names = [name for name, _ in roles]
     x = range(len(roles))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.2), dpi=90)
-    try:
-        w = 0.38
-        for k, (field, label) in enumerate(
-            (
-                ("calls_tokens_changed", "tokens changed"),
-                ("calls_cache_changed", "cache hits changed"),
-            )
-        ):
-            values = [getattr(f, field) for _, f in roles]
-            bars = left.bar(
-                [i + (k - 0.5) * w for i in x], values, w, label=label, color=f"C{k + 3}"
-            )
-            left.bar_label(bars, fontsize=7)
-        left.set_xticks(list(x), names)
-        left.set_ylabel("calls")
-        left.set_title(f"changed calls (of {br.calls})", fontsize=9)
-        left.legend(fontsize=7)
-        left.set_ylim(0, max([1] + [r.calls for _, r in roles]) * 1.1)
+    fig, (left, right) = new_figure(7.2, 3.2, ncols=2)
+    w = 0.38
+    for k, (field, label) in enumerate(
+        (
+            ("calls_tokens_changed", "tokens changed"),
+            ("calls_cache_changed", "cache hits changed"),
+        )
+    ):
+        values = [getattr(f, field) for _, f in roles]
+        bars = left.bar([i + (k - 0.5) * w for i in x], values, w, label=label, color=f"C{k + 3}")
+        left.bar_label(bars, fontsize=7)
+    left.set_xticks(list(x), names)
+    left.set_ylabel("calls")
+    left.set_title(f"changed calls (of {br.calls})", fontsize=9)
+    left.legend(fontsize=7)
+    left.set_ylim(0, max([1] + [r.calls for _, r in roles]) * 1.1)
 
-        before = [f.previous_token_replay_hit_rate for _, f in roles]
-        after = [f.token_replay_hit_rate for _, f in roles]
-        if any(v is not None for v in before):
-            right.bar(
-                [i - w / 2 for i in x],
-                [v or 0 for v in before],
-                w,
-                label=f"manifest v{br.previous_manifest_version}",
-                color="C7",
-            )
+    before = [f.previous_token_replay_hit_rate for _, f in roles]
+    after = [f.token_replay_hit_rate for _, f in roles]
+    if any(v is not None for v in before):
         right.bar(
-            [i + w / 2 for i in x],
-            [v or 0 for v in after],
+            [i - w / 2 for i in x],
+            [v or 0 for v in before],
             w,
-            label=f"manifest v{br.current_manifest_version}",
-            color="C0",
+            label=f"manifest v{br.previous_manifest_version}",
+            color="C7",
         )
-        right.set_xticks(list(x), names)
-        right.set_ylim(0, 1.05)
-        right.set_ylabel("token-replay hit rate")
-        right.set_title(
-            "no earlier dataset" if br.previous_key is None else "hit rate before / after",
-            fontsize=9,
-        )
-        right.legend(fontsize=7, loc="lower right")
-        return figure_png(fig)
-    finally:
-        plt.close(fig)
+    right.bar(
+        [i + w / 2 for i in x],
+        [v or 0 for v in after],
+        w,
+        label=f"manifest v{br.current_manifest_version}",
+        color="C0",
+    )
+    right.set_xticks(list(x), names)
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("token-replay hit rate")
+    right.set_title(
+        "no earlier dataset" if br.previous_key is None else "hit rate before / after",
+        fontsize=9,
+    )
+    right.legend(fontsize=7, loc="lower right")
+    return figure_png(fig)

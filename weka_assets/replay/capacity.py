@@ -42,7 +42,6 @@ case of no consecutive reuse at all). Everything else is O(n log n) sorting or O
 by the tests.
 """
 
-import io
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from pydantic import BaseModel
 
 from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset
+from weka_assets.replay.plotting import figure_png, new_figure, plain_log_labels
 from weka_assets.replay.schedule import Arrival, global_order
 from weka_assets.replay.unbounded import token_block_keys
 
@@ -633,66 +633,52 @@ def capacity_curve(
     )
 
 
-def figure_png(fig) -> bytes:
-    """A laid-out matplotlib figure as PNG bytes (the caller closes it)."""
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def plot_png(curve: CapacityCurve) -> bytes:
     """Hit rate against capacity (log x), one line per role and one for all calls; the
     unbounded hit rates as dotted lines. A small PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bounded = [p for p in curve.points if p.capacity_blocks is not None and p.capacity_blocks > 0]
     unbounded = next((p for p in curve.points if p.capacity_blocks is None), None)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
-    try:
-        x = [p.capacity_blocks for p in bounded]
-        series = [("all calls", lambda p: p.hit_rate)] + [
-            (role, lambda p, r=role: p.per_role[r].hit_rate) for role in ROLES
-        ]
-        for k, (label, get) in enumerate(series):
-            color = f"C{k}"
-            y = [get(p) for p in bounded]
-            if all(v is None for v in y):
-                continue
-            ax.plot(
-                x,
-                [np.nan if v is None else v for v in y],
-                marker="o",
-                ms=3,
-                label=label,
-                color=color,
-            )
-            if unbounded is not None and get(unbounded) is not None:
-                ax.axhline(get(unbounded), color=color, ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set_ylim(0, 1.02)
-        unit = "blocks"
-        if curve.block_size:
-            unit = f"blocks of {curve.block_size} tokens"
-        ax.set_xlabel(f"KV-cache capacity ({unit})")
-        ax.set_ylabel("prefix-cache hit rate")
-        geo = ""
-        if curve.geometry and curve.block_size:
-            geo = f", {curve.geometry['name']}"
-            per_block = curve.geometry["bytes_per_token"] * curve.block_size / 2**30
-            top = ax.secondary_xaxis(
-                "top", functions=(lambda b: b * per_block, lambda g: g / per_block)
-            )
-            top.set_xlabel(f"GiB of KV cache ({curve.geometry['name']})", fontsize=8)
-        ax.set_title(
-            f"shared LRU cache, {curve.calls} calls, arrival {curve.arrival['mode']}{geo}",
-            fontsize=9,
+    fig, ax = new_figure(6.4, 4.0)
+    x = [p.capacity_blocks for p in bounded]
+    series = [("all calls", lambda p: p.hit_rate)] + [
+        (role, lambda p, r=role: p.per_role[r].hit_rate) for role in ROLES
+    ]
+    for k, (label, get) in enumerate(series):
+        color = f"C{k}"
+        y = [get(p) for p in bounded]
+        if all(v is None for v in y):
+            continue
+        ax.plot(
+            x,
+            [np.nan if v is None else v for v in y],
+            marker="o",
+            ms=3,
+            label=label,
+            color=color,
         )
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        return figure_png(fig)
-    finally:
-        plt.close(fig)
+        if unbounded is not None and get(unbounded) is not None:
+            ax.axhline(get(unbounded), color=color, ls=":", lw=1)
+    ax.set_xscale("log")
+    plain_log_labels(ax.xaxis)
+    ax.set_ylim(0, 1.02)
+    unit = "blocks"
+    if curve.block_size:
+        unit = f"blocks of {curve.block_size} tokens"
+    ax.set_xlabel(f"KV-cache capacity ({unit})")
+    ax.set_ylabel("prefix-cache hit rate")
+    geo = ""
+    if curve.geometry and curve.block_size:
+        geo = f", {curve.geometry['name']}"
+        per_block = curve.geometry["bytes_per_token"] * curve.block_size / 2**30
+        top = ax.secondary_xaxis(
+            "top", functions=(lambda b: b * per_block, lambda g: g / per_block)
+        )
+        plain_log_labels(top.xaxis, engineering=False)
+        top.set_xlabel(f"GiB of KV cache ({curve.geometry['name']})", fontsize=8)
+    ax.set_title(
+        f"shared LRU cache, {curve.calls} calls, arrival {curve.arrival['mode']}{geo}",
+        fontsize=9,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return figure_png(fig)
