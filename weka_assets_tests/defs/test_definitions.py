@@ -73,3 +73,18 @@ def test_dagster_definitions_validate_passes(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "passed validation" in proc.stderr + proc.stdout
+
+
+def test_the_loaded_code_location_is_left_out_of_garbage_collection():
+    """Loading the code location freezes what it built (gc.freeze): full collections during a
+    run then never walk the code location's objects again."""
+    code = (
+        "import gc\n"
+        "import weka_assets.definitions as d\n"
+        "print(gc.get_freeze_count(), any(o is d.defs for o in gc.get_objects()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    frozen, defs_collectable = out.stdout.split()
+    assert int(frozen) > 50_000 and defs_collectable == "False", out.stdout
