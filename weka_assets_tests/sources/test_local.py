@@ -91,28 +91,38 @@ def test_builtin_with_and_without_cache(tmp_path):
     assert list((tmp_path / "cache").iterdir())  # generated once there
 
 
-@pytest.mark.parametrize("kernel", ["copy_file_range", "refused after a partial copy"])
+@pytest.mark.parametrize(
+    "kernel", ["copy_file_range", "refused after a partial copy", "refused after hashed slices"]
+)
 def test_hash_copy_digests_the_bytes_it_wrote(tmp_path, monkeypatch, kernel):
-    """The copy runs in the kernel; where the kernel refuses (another file system on an old
-    kernel), even after copying part of the file, the copy through user space starts over."""
+    """The copy runs in the kernel, slice by slice, each slice read back and hashed while the
+    next is copied; where the kernel refuses (another file system on an old kernel), even after
+    copying part of the file, the copy through user space starts over."""
     import errno
     import hashlib
 
     from weka_assets.sources import local
 
+    monkeypatch.setattr(local, "COPY_SLICE", 1 << 20)  # four slices of the 3 MB file
     src = tmp_path / "src.jsonl"
     src.write_bytes(os.urandom(3 << 20) + b"\n")
-    if kernel != "copy_file_range":
-        real = os.copy_file_range
+    real = os.copy_file_range
+    calls = []
 
-        def refused(fd_in, fd_out, count, *args):
+    def kernel_copy(fd_in, fd_out, count, *args):
+        calls.append(count)
+        if kernel == "refused after a partial copy" or (
+            kernel == "refused after hashed slices" and len(calls) == 3
+        ):
             real(fd_in, fd_out, 1000)  # part of it, then the kernel gives up
             raise OSError(errno.EXDEV, "cross-device")
+        return real(fd_in, fd_out, count, *args)
 
-        monkeypatch.setattr(os, "copy_file_range", refused)
+    monkeypatch.setattr(os, "copy_file_range", kernel_copy)
     got = local.hash_copy(src, tmp_path / "dst.jsonl")
     assert (tmp_path / "dst.jsonl").read_bytes() == src.read_bytes()
     assert got.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert got.bytes == src.stat().st_size and got.name == "dst.jsonl"
+    assert len(calls) == {"copy_file_range": 5}.get(kernel, len(calls))  # 4 slices, then 0
     with pytest.raises(FileExistsError):  # never over an existing file
         local.hash_copy(src, tmp_path / "dst.jsonl")
