@@ -28,7 +28,7 @@ import logging
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 from weka_assets import env
@@ -98,6 +98,23 @@ def ordered_map(
         finally:
             for f in pending:
                 f.cancel()
+
+
+def on_threads(fn: Callable[[T], object], items: Iterable[T]) -> None:
+    """`fn(item)` for every item, on `workers()` threads, for numpy work on disjoint slices of
+    shared arrays: numpy lets go of the GIL while it indexes, compares and computes, so the
+    slices run on every core without copying the arrays to other processes. Each call must
+    write only its own slice, and keep its temporaries to a few MB: a thread allocates from a
+    malloc arena of its own, which keeps its high-water mark after the thread ends. An
+    exception in one is raised here."""
+    n = workers()
+    if n <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for _ in pool.map(fn, items):
+            pass
 
 
 def in_worker(fn: Callable[..., R], *args) -> R:

@@ -60,3 +60,34 @@ def test_the_worker_modules_leave_heavy_libraries_out():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_on_threads_fills_every_slice_off_the_calling_thread(monkeypatch):
+    """Each item's slice is written once; with workers the calls run on other threads, with
+    WEKA_ASSETS_WORKERS=1 on the calling one; an exception in a call reaches the caller."""
+    import threading
+
+    import numpy as np
+    import pytest
+
+    from weka_assets.parallel import on_threads
+
+    for count, off_main in (("2", True), ("1", False)):
+        monkeypatch.setenv("WEKA_ASSETS_WORKERS", count)
+        out = np.full(1000, -1)
+        threads = set()
+
+        def fill(a: int, out=out, threads=threads) -> None:
+            threads.add(threading.get_ident())
+            out[a : a + 10] = np.arange(a, a + 10)
+
+        on_threads(fill, range(0, 1000, 10))
+        assert (out == np.arange(1000)).all()
+        assert (threading.get_ident() not in threads) == off_main, threads
+
+        def fail_at_500(a: int) -> None:
+            if a == 500:
+                raise ValueError("slice 500")
+
+        with pytest.raises(ValueError, match="slice 500"):
+            on_threads(fail_at_500, range(0, 1000, 10))

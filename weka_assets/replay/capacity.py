@@ -52,6 +52,7 @@ from pydantic import BaseModel
 
 from weka_assets.arrays import distinct
 from weka_assets.decoding.dataset import ROLES, DecodedDataset
+from weka_assets.parallel import on_threads
 from weka_assets.replay.plotting import figure_png, new_figure, plain_log_labels
 from weka_assets.replay.schedule import Arrival, global_order
 from weka_assets.replay.unbounded import token_block_keys
@@ -155,11 +156,15 @@ def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray
     lens = lengths[order]
     new_starts = np.cumsum(lens) - lens
     out = np.empty(int(lens.sum()), dtype=values.dtype)
-    for i, j, a, b in _segment_chunks(lens):
+
+    def gather(chunk: tuple[int, int, int, int]) -> None:
+        i, j, a, b = chunk
         # per value: its old position, as (old start - new start) + new position
         idx = np.repeat(starts[order[i:j]] - new_starts[i:j], lens[i:j])
         idx += np.arange(a, b, dtype=idx.dtype)
         out[a:b] = values[idx]
+
+    on_threads(gather, _segment_chunks(lens))
     return out
 
 
@@ -245,20 +250,28 @@ def _segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np
     """Running maximum within each segment, for values in [0, bound] (in `values`' dtype)."""
     out = np.empty_like(values)
     lengths = np.asarray(lengths, dtype=np.int64)
-    for i, j, a, b in _segment_chunks(lengths):
+
+    def chunk_max(chunk: tuple[int, int, int, int]) -> None:
+        i, j, a, b = chunk
         # each segment lifted above every earlier one, so one running maximum never crosses a
         # segment boundary (64-bit for this chunk only)
         lift = np.repeat(np.arange(j - i, dtype=np.int64) * np.int64(bound + 1), lengths[i:j])
         run = values[a:b] + lift
         np.maximum.accumulate(run, out=run)
         out[a:b] = run - lift
+
+    on_threads(chunk_max, _segment_chunks(lengths))
     return out
 
 
 # ---- the depth pass ---------------------------------------------------------------------------
 
 
-SPREAD_CHUNK = 1 << 20  # accesses per step where a run head's depth is spread along its run
+# accesses per step of the chunked passes, which run on threads (`on_threads`). Small on purpose:
+# a thread's temporaries come from a malloc arena of its own, which keeps what it grew to after
+# the thread ends (malloc_trim leaves it): chunks of 1 << 20 kept 60 MB in the process after a
+# sweep of the benchmark's 8 M accesses, 1 << 16 keeps 7 MB, at the same speed.
+SPREAD_CHUNK = 1 << 16
 
 
 def start_depths(
@@ -354,10 +367,13 @@ def start_depths(
     # spread each run head's depth along its run: d, d - 1, ...
     d_run = np.full(heads.size, -1, dtype=np.int64)
     d_run[query[heads]] = d_head
-    for a in range(0, n, SPREAD_CHUNK):  # in chunks: its temporaries stay small
+
+    def spread(a: int) -> None:  # in chunks: its temporaries stay small; each its own slice
         q = np.flatnonzero(query[a : a + SPREAD_CHUNK]) + a
         rid = np.searchsorted(heads, q, side="right") - 1
         depth[q] = d_run[rid] - (q - heads[rid])
+
+    on_threads(spread, range(0, n, SPREAD_CHUNK))
 
     # a key repeated within its call: the depth of its first occurrence in the call
     # (with the chained keys of prompts only on a 64-bit collision: a key includes its position)
@@ -403,11 +419,15 @@ def previous_touch(keys: np.ndarray) -> np.ndarray:
     same = np.empty(n - 1, dtype=bool)
     # positions in 32 bits while they fit: half the memory of the sweep's longest-lived array
     prev = np.full(n, -1, dtype=np.int32 if n < 2**31 - 1 else np.int64)
-    for a in range(0, n - 1, SPREAD_CHUNK):
+
+    def link(a: int) -> None:  # chunks write disjoint slices of `same` and positions of `prev`
         p = pos[a : a + SPREAD_CHUNK + 1]
         k = keys[p]
         same[a : a + SPREAD_CHUNK] = s = same_high[a : a + SPREAD_CHUNK] & (k[1:] == k[:-1])
         prev[p[1:][s]] = p[:-1][s]
+
+    # random reads and writes over the accesses: on every core (the sweep's longest loop)
+    on_threads(link, range(0, n - 1, SPREAD_CHUNK))
     if (same_high & ~same).any():  # different keys in one group of equal high bits
         clash = distinct(keys[pos[1:][same_high & ~same]] & ~low)
         where = np.flatnonzero(np.isin(keys & ~low, clash))
