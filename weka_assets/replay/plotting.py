@@ -2,9 +2,11 @@
 
 pyplot keeps a global registry of figures and chooses a GUI backend; a plot for a file or for
 the Dagster UI needs only a `Figure` drawn by the Agg canvas (matplotlib's own advice for
-servers). Log-axis labels are plain text (1k, 10k, 1M), not mathtext powers of ten. Measured
-on the benchmark machine: a process's first plot still costs about 0.4 s, most of it importing
-matplotlib; a later one 0.14 s instead of 0.19 s.
+servers). Log-axis labels are plain text (1k, 10k, 1M), not mathtext powers of ten, and counts
+are in engineering units, so every label has a bounded size and a figure keeps fixed margins
+instead of measuring every label to lay itself out (`tight_layout`, a third of a plot's time).
+Measured on the benchmark machine: a process's first plot still costs about 0.3 s, most of it
+importing matplotlib; a later capacity plot 0.09 s (0.19 s with pyplot and tight_layout).
 """
 
 import io
@@ -31,9 +33,22 @@ def plain_log_labels(axis, engineering: bool = True) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def figure_png(fig) -> bytes:
-    """A figure laid out and rendered to PNG bytes."""
-    fig.tight_layout()
+def count_labels(axis) -> None:
+    """Label a linear axis of counts in engineering units (60k, 1.2M): labels of a bounded
+    width, whatever the corpus size, so a figure can keep fixed margins."""
+    from matplotlib import ticker
+
+    axis.set_major_formatter(ticker.EngFormatter(sep=""))
+
+
+def figure_png(fig, margins: dict | None = None) -> bytes:
+    """A figure laid out and rendered to PNG bytes. `margins` (`Figure.subplots_adjust`'s
+    fractions) for a figure whose labels have a bounded size: laying it out by measuring every
+    label (`tight_layout`) is about a third of a plot's time."""
+    if margins:
+        fig.subplots_adjust(**margins)
+    else:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
