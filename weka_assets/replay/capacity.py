@@ -145,7 +145,7 @@ def call_block_keys(ds: DecodedDataset) -> tuple[np.ndarray, np.ndarray]:
     block's tokens, then the content hashes of full blocks of unhashed tail filler, chained per
     call by `chain_keys`. A call has `tokens_in // block_size` full blocks.
     """
-    return token_block_keys(ds, np.arange(ds.n_calls))
+    return token_block_keys(ds)
 
 
 def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -249,21 +249,29 @@ def trace_new_keys(
 
 
 def token_block_keys(
-    ds: DecodedDataset, calls: np.ndarray, content: np.ndarray | None = None
+    ds: DecodedDataset, content: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The token replay's keys of every call in `calls` (see `KeyWalker`), concatenated in
-    `calls` order, and the number of blocks per call."""
+    """The token replay's keys of every call of `ds` (see `KeyWalker`), concatenated in call
+    order, and the number of blocks per call. Per trace, the keys each call adds come from
+    `trace_new_keys` (vectorised); the lead keys a call shares with its predecessor are copied
+    from the predecessor's, which comes before it (8 M keys: 0.14 -> 0.05 s against walking
+    call by call)."""
     if content is None:
         content = row_content_hashes(ds)
-    calls = np.asarray(calls, dtype=np.int64)
     c = ds.calls
-    lengths = (c["tokens_in"][calls] // c["block_size"][calls]).astype(np.int64)
+    lengths = (c["tokens_in"] // c["block_size"]).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
     out = np.empty(int(lengths.sum()), dtype=np.uint64)
-    walker = KeyWalker(ds, content)
-    pos = 0
-    for i, n in zip(calls.tolist(), lengths.tolist(), strict=True):
-        out[pos : pos + n] = walker.keys(i)[0]
-        pos += n
+    prev = c["prev"]
+    for sl in ds.trace_slices():
+        if sl.start == sl.stop:
+            continue
+        calls = np.arange(sl.start, sl.stop)
+        new, added, lead = trace_new_keys(ds, calls, content)
+        out[np.repeat(starts[calls] + lead, added) + segment_positions(added)[1]] = new
+        for i, k in zip(calls[lead > 0].tolist(), lead[lead > 0].tolist(), strict=True):
+            a, p = int(starts[i]), int(starts[int(prev[i])])
+            out[a : a + k] = out[p : p + k]
     return out, lengths
 
 

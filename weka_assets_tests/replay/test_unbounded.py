@@ -186,6 +186,25 @@ def test_vectorised_new_keys_equal_the_call_by_call_walk(corpus):
             at += lengths[j]
 
 
+@pytest.mark.parametrize(
+    "corpus", [*both_profiles(traces=4, seed=9), truncated()], ids=lambda p: p.name
+)
+def test_every_calls_keys_equal_the_call_by_call_walk(corpus):
+    """`token_block_keys` (the capacity sweep's keys: new keys vectorised per trace, lead keys
+    copied from the predecessor) gives every call exactly the keys the walk gives it."""
+    from weka_assets.replay.unbounded import KeyWalker, row_content_hashes, token_block_keys
+
+    ds = decoded(corpus)
+    content = row_content_hashes(ds)
+    walker = KeyWalker(ds, content)
+    # the walk hands a call's buffer on to its successor: each call's keys copied as given
+    walked = [walker.keys(i)[0].copy() for i in range(ds.n_calls)]
+    keys, lengths = token_block_keys(ds)
+    assert lengths.tolist() == [k.size for k in walked]
+    assert np.array_equal(keys, np.concatenate(walked))
+    assert (lengths > 0).sum() > 10 and keys.size > 1000  # a corpus with something to compare
+
+
 def test_keys_shared_across_traces_are_counted_through_the_spill_buckets():
     from weka_assets.replay.unbounded import _KeyBuckets
 
