@@ -52,9 +52,11 @@ def measure(cmd: list[str], env: dict | None = None, pss: bool = True) -> dict:
     root = psutil.Process(proc.pid)
     cpu: dict[int, float] = {}
     peak = peak_pss = 0
+    peak_tree: list = []  # the processes at the RSS peak: (RSS MB, the end of its command line)
     tick = 0
     while proc.poll() is None:
         rss = pss_now = 0
+        tree_now = []
         with_pss = pss and tick % 10 == 0
         tick += 1
         try:
@@ -70,11 +72,14 @@ def measure(cmd: list[str], env: dict | None = None, pss: bool = True) -> dict:
                     else:
                         mem = p.memory_info()
                     rss += mem.rss
+                    tree_now.append((mem.rss, p))
                     t = p.cpu_times()
                     cpu[p.pid] = t.user + t.system  # every process is sampled itself
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        peak, peak_pss = max(peak, rss), max(peak_pss, pss_now)
+        if rss > peak:  # who holds it (command lines read only at a new peak)
+            peak, peak_tree = rss, [(round(m / 2**20), _command(p)) for m, p in tree_now]
+        peak_pss = max(peak_pss, pss_now)
         time.sleep(0.01)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
@@ -85,8 +90,16 @@ def measure(cmd: list[str], env: dict | None = None, pss: bool = True) -> dict:
         "cpu_s": sum(cpu.values()),
         "peak_rss_mb": peak / 2**20,
         "peak_pss_mb": peak_pss / 2**20 if pss else None,
+        "peak_tree": peak_tree,
         "stdout": out,
     }
+
+
+def _command(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[-60:]
+    except psutil.Error:
+        return "(gone)"
 
 
 def machine() -> dict:
@@ -191,6 +204,7 @@ def paired_ratios(path: Path, work: Path, pairs: int) -> list[dict]:
                 "ratio": runs_s / chain["wall_s"],
                 "chain_peak_rss_mb": chain["peak_rss_mb"],
                 "dagster_peak_rss_mb": rss,
+                "dagster_peak_tree": dag["whole process"]["peak_tree"],
                 "dagster_steps_s": dag["steps_s"],
             }
         )
@@ -198,6 +212,9 @@ def paired_ratios(path: Path, work: Path, pairs: int) -> list[dict]:
             f"  pair {i + 1}: CLI chain {chain['wall_s']:.2f} s ({chain['peak_rss_mb']:.0f} MB), "
             f"Dagster {runs_s:.2f} s ({rss:.0f} MB), {runs_s / chain['wall_s']:.2f} x"
         )
+        if rss > 600:  # over the target: who held it
+            for mb, command in dag["whole process"]["peak_tree"]:
+                print(f"    {mb:5d} MB  {command}")
         shutil.rmtree(pair, ignore_errors=True)
     return out
 
