@@ -87,6 +87,6 @@ defs = build_defs()
 
 # The code location lives as long as the process that loaded it (a run's, a step's, the code
 # server's), and each full pass of the cyclic garbage collector would walk all of it again:
-# dagster's objects and ours, about 140,000, 0.10-0.17 s a pass in a run of the graph. Frozen
+# dagster's objects and ours, about 140,000, 0.12-0.18 s a pass in a run of the graph. Frozen
 # (Python's permanent generation), they are left out of every later pass.
 gc.freeze()

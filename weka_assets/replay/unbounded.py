@@ -148,6 +148,9 @@ class KeyWalker:
     tokens), chained: key_k = mix64(S_k + k) with S_k = S_(k-1) * P + content_k. The first K
     keys of a call equal its conversation predecessor's (same rows, all full in both), so only
     keys K.. are computed. A returned array is valid until the next call of its conversation.
+
+    The definition, call by call: the replay and the capacity sweep compute the same keys
+    vectorised per trace (`trace_new_keys`, `token_block_keys`), tested equal to this walk.
     """
 
     def __init__(self, ds: DecodedDataset, content: np.ndarray, row_offset: int = 0):
@@ -254,8 +257,8 @@ def token_block_keys(
     """The token replay's keys of every call of `ds` (see `KeyWalker`), concatenated in call
     order, and the number of blocks per call. Per trace, the keys each call adds come from
     `trace_new_keys` (vectorised); the lead keys a call shares with its predecessor are copied
-    from the predecessor's, which comes before it (8 M keys: 0.14 -> 0.05 s against walking
-    call by call)."""
+    from the predecessor's, which comes before it (the benchmark's 8 M keys: 0.02-0.13 s,
+    against 0.10-0.23 s walking call by call)."""
     if content is None:
         content = row_content_hashes(ds)
     c = ds.calls
