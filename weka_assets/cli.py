@@ -579,6 +579,15 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
         help="the server's KV-cache block size, for the prediction (default 32)",
     )
     p.add_argument(
+        "--kv-blocks",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="the server's KV cache in blocks (vLLM's null block included), to predict with "
+        "vLLM's own eviction (default: num_gpu_blocks from the server's /metrics; 0: an "
+        "unbounded cache)",
+    )
+    p.add_argument(
         "--timeout-s", type=_live_positive_float, default=120.0, metavar="S", help="per request"
     )
     p.add_argument(

@@ -216,6 +216,7 @@ class LiveServer(dg.ConfigurableResource):
     drop: str = _live("drop")
     max_tokens_cap: int = _live("max_tokens_cap")
     block_size: int = _live("block_size")
+    kv_blocks: int | None = _live("kv_blocks")
     timeout_s: float = _live("timeout_s")
     retries: int = _live("retries")
     retry_backoff_s: float = _live("retry_backoff_s")

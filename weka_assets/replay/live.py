@@ -26,12 +26,21 @@ block of `B` prompt tokens by its tokens chained with the previous block's key, 
 full block of a prompt it has prefilled, and on a new request reuses the leading run of cached
 blocks, but never the whole prompt: at least one token is always computed, so a prompt of `n`
 tokens can hit at most `(n - 1) // B` blocks (a repeated 64-token prompt reports 32 cached
-tokens, a repeated 65-token prompt 64). The prediction replays the expanded prompts in the order
-they were actually sent through an unbounded cache keyed the same way (blake2b chain over the
-int32 token ids): `predicted = B * min(leading hits, (n - 1) // B)`. A call's blocks enter the
-predicted cache when it is sent; a call the server rejected with a 4xx (never prefilled) takes
-its new blocks out again. Every call whose measured count differs gets one explanation
-(`EXPLANATIONS`).
+tokens, a repeated 65-token prompt 64). Two predictions replay the expanded prompts in the order
+they were actually sent, keyed the same way (blake2b chain over the int32 token ids):
+- bounded (when the server's KV-cache size is known: `kv_blocks`, else `num_gpu_blocks` from
+  its `/metrics`): vLLM's own block pool of that size (`block_pool.BlockPool`: its eviction
+  order, blocks of running calls pinned, generated tokens' blocks counted), each call started
+  when it is sent and finished, with the completion tokens the server reported, when its answer
+  has arrived. This is `predicted_cached_tokens`;
+- unbounded (`unbounded_cached_tokens`; `predicted_cached_tokens` too when the size is not
+  known): a cache that never evicts; a call's blocks enter it when it is sent, and a call the
+  server rejected with a 4xx (never prefilled) takes its new blocks out again. Where the bounded
+  prediction is lower, the server's cache size explains the shortfall (`calls_evicted`).
+Every call whose measured count differs from `predicted_cached_tokens` gets one explanation
+(`EXPLANATIONS`), naming the call in flight that caused it where there is one (`related_call`).
+The server's own counters (`vllm:prefix_cache_queries`, `vllm:prefix_cache_hits`, read before
+and after the run) are recorded beside the predicted totals.
 
 Failures: an unreachable URL, a wrong model name (404), and a server that goes away mid-run
 (connection errors after the retries) end the run with `LiveReplayError`; the result so far is
@@ -60,8 +69,10 @@ from pydantic import BaseModel
 from weka_assets.atomic import atomic_write
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, open_dataset
 from weka_assets.errors import WekaError
+from weka_assets.replay.block_pool import BlockPool
 from weka_assets.replay.live_options import DropPolicy, LiveOptions
 from weka_assets.replay.schedule import Arrival, call_start_times
+from weka_assets.replay.server_metrics import ServerCache, parse_metrics
 
 Status = Literal["ok", "error", "cancelled", "not_sent", "dropped"]
 
@@ -77,12 +88,16 @@ EXPLANATIONS = {
     "block size differs from the one predicted with",
     "reordered": "calls in flight together that share blocks reached the server in the other "
     "order than sent: one got hits predicted for the other, which got fewer",
+    "concurrent_allocation": "with another call in flight (related_call) the server scheduled, "
+    "allocated or freed blocks in another order than predicted (it interleaves decode steps and "
+    "schedules a waiting call when blocks are freed), so a different block was evicted",
 }
 
 PREDICTION_RULE = (
-    "B * min(leading run of cached blocks, (prompt_tokens - 1) // B), over an unbounded cache "
-    "of B-token blocks (chained keys of the token ids) filled in the order the calls were sent; "
-    "vLLM never reports the whole prompt as cached"
+    "B * min(leading run of cached blocks, (prompt_tokens - 1) // B), over B-token blocks "
+    "(chained keys of the token ids) in the order the calls were sent: in vLLM's own block pool "
+    "of the server's size (kv_blocks) where it is known, calls finishing as they were answered; "
+    "else over an unbounded cache; vLLM never reports the whole prompt as cached"
 )
 
 
@@ -111,6 +126,7 @@ class LiveCall(BaseModel):
     status: Status = "not_sent"
     scheduled_s: float | None = None  # start on the (scaled) timeline
     sent_s: float | None = None  # when it was actually sent, from the run's start
+    finished_s: float | None = None  # when its answer (or failure) arrived, from the run's start
     send_order: int | None = None
     attempts: int = 0
     http_status: int | None = None
@@ -119,9 +135,11 @@ class LiveCall(BaseModel):
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
     predicted_cached_tokens: int | None = None
     predicted_hit_blocks: int | None = None  # leading hits before the (n - 1) // B cap
+    unbounded_cached_tokens: int | None = None  # the prediction with a cache that never evicts
     ttft_s: float | None = None
     latency_s: float | None = None
     explanation: str | None = None  # a key of EXPLANATIONS when cached != predicted
+    related_call: int | None = None  # the call (index) the explanation names, if any
     error: str | None = None
 
 
@@ -146,6 +164,13 @@ class LiveTotals(BaseModel):
     cached_tokens: int  # over ok calls that report it
     predicted_cached_tokens: int  # over the same calls
     calls_without_cached_tokens: int  # ok calls whose usage had no cached_tokens
+    unbounded_predicted_cached_tokens: int = 0  # over the same calls, a cache never evicting
+    calls_evicted: int = 0  # calls the bounded prediction gives fewer hits than the unbounded
+    # the server's own counters over the run (tokens; None: it has none on /metrics)
+    server_prefix_cache_queries: int | None = None
+    server_prefix_cache_hits: int | None = None
+    prompt_tokens_sent: int = 0  # over ok calls: what the server's queries count
+    predicted_blocks_evicted: int | None = None  # keys the bounded prediction's pool dropped
     matched_calls: int
     mismatched_calls: int
     mismatches_by_explanation: dict[str, int]
@@ -166,6 +191,9 @@ class LiveSettings(BaseModel):
     drop: DropPolicy
     max_tokens_cap: int
     block_size: int
+    kv_blocks: int | None = None  # the bounded prediction's pool (null block included)
+    # "option": given; "server": num_gpu_blocks from /metrics; None: unbounded prediction
+    kv_blocks_source: str | None = None
     timeout_s: float
     retries: int
     reset_cache: bool
@@ -182,6 +210,8 @@ class LiveResult(BaseModel):
     stopped: Literal["finished", "error", "cancelled"]
     error: str | None
     cache_reset: bool | None  # POST /reset_prefix_cache succeeded (None: not asked)
+    # "vllm_block_pool": predicted with vLLM's eviction at settings.kv_blocks; else "unbounded"
+    prediction: str = "unbounded"
     # subagent entries: how many the parent waits for, and where their status came from
     subagents: dict[str, int]
     prediction_rule: str = PREDICTION_RULE
@@ -423,19 +453,82 @@ class PrefixPredictor:
                 del self.owner[key]
 
 
-def explain(rec: LiveCall, keys: list[bytes], predictor: PrefixPredictor, finished: dict) -> str:
-    """Why a call's measured cached tokens differ from the prediction (a key of EXPLANATIONS)."""
+class PoolPredictor:
+    """vLLM's block pool (`block_pool.BlockPool`) fed with the calls of a live run: a call
+    starts when it is sent (or, when the pool has no room for it, once earlier calls have freed
+    enough blocks, as vLLM's scheduler makes it wait) and finishes when its answer arrives."""
+
+    def __init__(self, num_gpu_blocks: int, block_size: int):
+        self.pool = BlockPool(num_gpu_blocks, block_size)
+        self.hits: dict[int, int] = {}  # call -> predicted hit blocks (capped)
+        self._waiting: dict[int, tuple[list[bytes], int]] = {}  # in send order
+
+    def send(self, call: int, keys: list[bytes], prompt_tokens: int) -> None:
+        self._waiting[call] = (keys, int(prompt_tokens))
+        self._admit()
+
+    def finish(self, call: int, generated_tokens: int) -> None:
+        if call in self._waiting:  # answered while the pool had no room: no allocation
+            keys, n = self._waiting.pop(call)
+            self.hits[call] = self.pool.leading_hits(keys, n)
+        elif call in self.pool.running:
+            self.pool.finish(call, generated_tokens)
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiting:
+            call, (keys, n) = next(iter(self._waiting.items()))
+            hits = self.pool.start(call, keys, n)
+            if hits is None:
+                if self.pool.running:
+                    return  # waits for blocks to be freed
+                hits = self.pool.leading_hits(keys, n)  # larger than the pool: not cached
+            del self._waiting[call]
+            self.hits[call] = hits
+
+
+def in_flight_with(rec: LiveCall, recs: list[LiveCall]) -> LiveCall | None:
+    """The call that was in flight together with `rec` and sent nearest to it, if any."""
+    if rec.sent_s is None:
+        return None
+    end = rec.finished_s if rec.finished_s is not None else np.inf
+    best = None
+    for o in recs:
+        if o.index == rec.index or o.sent_s is None:
+            continue
+        o_end = o.finished_s if o.finished_s is not None else np.inf
+        if o.sent_s < end and rec.sent_s < o_end:
+            if best is None or abs(o.sent_s - rec.sent_s) < abs(best.sent_s - rec.sent_s):
+                best = o
+    return best
+
+
+def explain(
+    rec: LiveCall,
+    keys: list[bytes],
+    predictor: PrefixPredictor,
+    finished: dict,
+    concurrent: LiveCall | None = None,
+) -> tuple[str, int | None]:
+    """Why a call's measured cached tokens differ from the prediction: (a key of EXPLANATIONS,
+    the call it names). `concurrent`: with a bounded prediction, a call in flight together."""
     b = predictor.block_size
     measured, predicted = int(rec.cached_tokens), int(rec.predicted_cached_tokens)
     if measured % b:
-        return "block_size_mismatch"
+        return "block_size_mismatch", None
     if measured > predicted:
-        return "retried" if rec.attempts > 1 else "warm_server_cache"
+        if rec.attempts > 1:
+            return "retried", None
+        if concurrent is not None and measured <= (rec.unbounded_cached_tokens or 0):
+            return "concurrent_allocation", concurrent.index
+        return "warm_server_cache", None
     for key in keys[measured // b : predicted // b]:
         src = predictor.owner.get(key)
         if src is not None and src != rec.index and finished.get(src, np.inf) > rec.sent_s:
-            return "in_flight_prefix"
-    return "evicted"
+            return "in_flight_prefix", src
+    if concurrent is not None:
+        return "concurrent_allocation", concurrent.index
+    return "evicted", None
 
 
 def reordered(
@@ -452,7 +545,7 @@ def reordered(
             return False
         return j.sent_s < finished.get(i.index, np.inf) and i.sent_s < finished.get(j.index, np.inf)
 
-    out: set[int] = set()
+    out: dict[int, int] = {}  # call -> the call it swapped with
     for r in recs:
         if r.cached_tokens is None or r.cached_tokens <= r.predicted_cached_tokens:
             continue
@@ -463,7 +556,7 @@ def reordered(
             if other.index == r.index or not in_flight_together(r, other):
                 continue
             if extra & set(keys.get(other.index, [])):
-                out.add(r.index)
+                out.setdefault(r.index, other.index)
                 lost = other.cached_tokens is not None and (
                     other.cached_tokens < other.predicted_cached_tokens
                 )
@@ -471,7 +564,7 @@ def reordered(
                     (other.cached_tokens or 0) // b : (other.predicted_cached_tokens or 0) // b
                 ]
                 if lost and any(predictor.owner.get(k) == r.index for k in missed):
-                    out.add(other.index)
+                    out.setdefault(other.index, r.index)
     return out
 
 
@@ -548,7 +641,12 @@ class LiveReplay:
         self.ds, self.options = ds, options
         self.url, self.model = base_url(options.url), options.model
         arrival = options.arrival_for(ds)
-        recorded = set(LiveSettings.model_fields) - {"arrival", "max_context_source"}
+        recorded = set(LiveSettings.model_fields) - {
+            "arrival",
+            "max_context_source",
+            "kv_blocks",
+            "kv_blocks_source",
+        }
         self.settings = LiveSettings(
             **options.model_dump(include=recorded),
             arrival={
@@ -558,6 +656,8 @@ class LiveReplay:
                 "seed": arrival.seed,
             },
             max_context_source="option" if options.max_context is not None else None,
+            kv_blocks=options.kv_blocks or None,
+            kv_blocks_source="option" if options.kv_blocks else None,
         )
         self.retry_backoff_s = options.retry_backoff_s
         self.progress = progress
@@ -569,6 +669,8 @@ class LiveReplay:
             background=subagent_status(ds) if options.subagent_status_from_files else None,
         )
         self.predictor = PrefixPredictor(options.block_size)
+        self.bounded: PoolPredictor | None = None  # set in the preflight, once the size is known
+        self._counters: list[ServerCache] = []  # the server's /metrics before and after
         c = ds.calls
         self.records: list[LiveCall] = [
             LiveCall(
@@ -609,13 +711,20 @@ class LiveReplay:
         recs = self.records
         ok = [r for r in recs if r.status == "ok"]
         with_cached = [r for r in ok if r.cached_tokens is not None]
+        b = self.predictor.block_size
+        if self.bounded is not None:
+            for r in recs:
+                if r.index in self.bounded.hits:
+                    r.predicted_cached_tokens = b * self.bounded.hits[r.index]
         swapped = reordered(with_cached, self._keys, self.predictor, self._finished)
         for r in with_cached:
             if r.cached_tokens != r.predicted_cached_tokens and r.explanation is None:
-                r.explanation = (
-                    "reordered"
-                    if r.index in swapped
-                    else explain(r, self._keys.get(r.index, []), self.predictor, self._finished)
+                if r.index in swapped:
+                    r.explanation, r.related_call = "reordered", swapped[r.index]
+                    continue
+                concurrent = in_flight_with(r, recs) if self.bounded is not None else None
+                r.explanation, r.related_call = explain(
+                    r, self._keys.get(r.index, []), self.predictor, self._finished, concurrent
                 )
         mismatched = [r for r in with_cached if r.cached_tokens != r.predicted_cached_tokens]
         by_reason: dict[str, int] = {}
@@ -637,6 +746,19 @@ class LiveReplay:
             cached_tokens=sum(r.cached_tokens for r in with_cached),
             predicted_cached_tokens=sum(r.predicted_cached_tokens for r in with_cached),
             calls_without_cached_tokens=len(ok) - len(with_cached),
+            unbounded_predicted_cached_tokens=sum(
+                r.unbounded_cached_tokens or 0 for r in with_cached
+            ),
+            calls_evicted=sum(
+                (r.predicted_cached_tokens or 0) < (r.unbounded_cached_tokens or 0)
+                for r in with_cached
+            ),
+            server_prefix_cache_queries=self._counter_delta("prefix_cache_queries"),
+            server_prefix_cache_hits=self._counter_delta("prefix_cache_hits"),
+            prompt_tokens_sent=sum(r.tokens_in for r in ok),
+            predicted_blocks_evicted=(
+                self.bounded.pool.evicted if self.bounded is not None else None
+            ),
             matched_calls=len(with_cached) - len(mismatched),
             mismatched_calls=len(mismatched),
             mismatches_by_explanation=by_reason,
@@ -655,10 +777,25 @@ class LiveReplay:
             stopped=self.stopped,
             error=self.error,
             cache_reset=self.cache_reset,
+            prediction="vllm_block_pool" if self.bounded is not None else "unbounded",
             subagents=self._subagent_summary(),
             totals=totals,
             calls=recs,
         )
+
+    def _counter_delta(self, name: str) -> int | None:
+        if len(self._counters) < 2:
+            return None
+        before, after = (getattr(c, name) for c in self._counters)
+        return None if before is None or after is None else int(round(after - before))
+
+    async def _server_cache(self, client: httpx.AsyncClient) -> ServerCache | None:
+        """What the server's /metrics says of its cache, or None (no such page)."""
+        try:
+            r = await client.get(f"{self.url}/metrics", timeout=10.0)
+            return parse_metrics(r.text) if r.status_code == 200 else None
+        except (httpx.TransportError, ValueError):
+            return None
 
     def _subagent_summary(self) -> dict[str, int]:
         entries = self.plan.subagents
@@ -690,6 +827,10 @@ class LiveReplay:
                     tg.create_task(self._dispatch(tg, client))
             except* _Fatal as group:
                 raise _Fatal(group.exceptions[0].message) from None
+            if self._counters:
+                after = await self._server_cache(client)
+                if after is not None:
+                    self._counters.append(after)
         except asyncio.CancelledError:
             self._stopping = True
             self.stopped, self.error = "cancelled", "cancelled (interrupted)"
@@ -727,6 +868,16 @@ class LiveReplay:
                 self.cache_reset = r.status_code == 200 and bool(r.json().get("success", True))
             except (httpx.TransportError, ValueError, AttributeError):
                 self.cache_reset = False
+        cache = await self._server_cache(client)
+        if cache is not None:
+            self._counters.append(cache)
+            if self.options.kv_blocks is None and cache.num_gpu_blocks:
+                self.settings.kv_blocks, self.settings.kv_blocks_source = (
+                    cache.num_gpu_blocks,
+                    "server",
+                )
+        if self.settings.kv_blocks:
+            self.bounded = PoolPredictor(self.settings.kv_blocks, self.settings.block_size)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time() - self._t0
@@ -755,14 +906,21 @@ class LiveReplay:
                 rec.predicted_cached_tokens, rec.predicted_hit_blocks, keys = self.predictor.send(
                     i, tokens
                 )
+                rec.unbounded_cached_tokens = rec.predicted_cached_tokens
                 self._keys[i] = keys
+                if self.bounded is not None:
+                    self.bounded.send(i, keys, int(tokens.size))
                 await self._send(i, rec, tokens, client)
+                if self.bounded is not None:  # what the server freed once it answered
+                    self.bounded.finish(i, rec.completion_tokens or 1)
         except asyncio.CancelledError:
             if rec.status == "not_sent" and rec.sent_s is not None:
                 rec.status, rec.error = "cancelled", "cancelled while in flight"
             raise
         finally:
             self._finished[i] = self._now()
+            if rec.sent_s is not None:
+                rec.finished_s = round(self._finished[i], 6)
             self._done[i].set()
             if self.progress is not None and rec.status not in ("not_sent", "cancelled"):
                 self.progress(rec)

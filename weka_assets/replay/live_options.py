@@ -53,6 +53,13 @@ class LiveOptions(BaseModel):
     block_size: int = Field(
         default=32, ge=1, description="The server's KV-cache block size (for the prediction)"
     )
+    kv_blocks: int | None = Field(
+        default=None,
+        ge=0,
+        description="The server's KV cache in blocks, vLLM's null block included, for the "
+        "prediction with vLLM's own eviction (default: num_gpu_blocks from the server's "
+        "/metrics; 0: predict with an unbounded cache)",
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="Seconds per request")
     retries: int = Field(default=2, ge=0, description="Retries of a 5xx or a lost connection")
     retry_backoff_s: float = Field(

@@ -217,13 +217,13 @@ def test_explanations():
     _, _, keys = p.send(5, a)  # predicted: 4 blocks from call 1
     finished_early, finished_late = {1: 0.5}, {1: 1.5}
     rec = _rec(cached_tokens=40, predicted_cached_tokens=128)
-    assert explain(rec, keys, p, finished_early) == "block_size_mismatch"
+    assert explain(rec, keys, p, finished_early)[0] == "block_size_mismatch"
     rec = _rec(cached_tokens=160, predicted_cached_tokens=128)
-    assert explain(rec, keys, p, finished_early) == "warm_server_cache"
-    assert explain(rec.model_copy(update={"attempts": 2}), keys, p, {}) == "retried"
+    assert explain(rec, keys, p, finished_early)[0] == "warm_server_cache"
+    assert explain(rec.model_copy(update={"attempts": 2}), keys, p, {})[0] == "retried"
     rec = _rec(cached_tokens=64, predicted_cached_tokens=128)
-    assert explain(rec, keys, p, finished_late) == "in_flight_prefix"
-    assert explain(rec, keys, p, finished_early) == "evicted"
+    assert explain(rec, keys, p, finished_late)[0] == "in_flight_prefix"
+    assert explain(rec, keys, p, finished_early)[0] == "evicted"
     assert set(EXPLANATIONS) >= {"in_flight_prefix", "evicted", "warm_server_cache"}
 
 
@@ -240,13 +240,13 @@ def test_calls_in_flight_together_that_swap_order_are_reordered_not_a_warm_cache
     ra = _rec(index=1, sent_s=1.0, cached_tokens=128, predicted_cached_tokens=0)
     rb = _rec(index=2, sent_s=1.001, cached_tokens=0, predicted_cached_tokens=128)
     together = {1: 2.0, 2: 2.0}
-    assert reordered([ra, rb], keys, p, together) == {1, 2}
+    assert reordered([ra, rb], keys, p, together) == {1: 2, 2: 1}
     assert "reordered" in EXPLANATIONS
     # not in flight together (b sent after a had finished): no swap, the old explanations
     apart = {1: 1.0005, 2: 2.0}
-    assert reordered([ra, rb], keys, p, apart) == set()
-    assert explain(ra, keys_a, p, apart) == "warm_server_cache"
-    assert explain(rb, keys_b, p, apart) == "evicted"
+    assert reordered([ra, rb], keys, p, apart) == {}
+    assert explain(ra, keys_a, p, apart)[0] == "warm_server_cache"
+    assert explain(rb, keys_b, p, apart)[0] == "evicted"
 
 
 # --------------------------------------------------------------------------- scheduler (mock)

@@ -1,0 +1,127 @@
+"""vLLM's block pool model (`replay.block_pool`): each of vLLM 0.32's rules on a hand-made case
+that fails when the rule is broken, and the `vllm` policy over a timeline against the plain
+leading-run replay where the cache never fills. The live tests check the same model against a
+real server (test_live_bounded)."""
+
+import numpy as np
+import pytest
+
+from weka_assets.replay.block_pool import BlockPool, ServiceModel, vllm_call_hits
+from weka_assets.replay.live import PoolPredictor
+
+B = 4
+
+
+def keys(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{j}" for j in range(n)]
+
+
+def test_null_block_and_capacity():
+    pool = BlockPool(5, B)
+    assert pool.usable_blocks == 4 and list(pool.free) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="null block"):
+        BlockPool(1, B)
+
+
+def test_the_last_token_is_always_computed():
+    pool = BlockPool(20, B)
+    assert pool.start("a", keys("a", 2), 8) == 0
+    pool.finish("a", 1)
+    # a repeated 8-token prompt hits (8 - 1) // 4 = 1 block, a 9-token one 2
+    assert pool.leading_hits(keys("a", 2), 8) == 1
+    assert pool.leading_hits(keys("a", 2), 9) == 2
+
+
+def test_finished_request_is_evicted_tail_first():
+    pool = BlockPool(4, B)  # 3 data blocks
+    pool.start("a", keys("a", 3), 13)  # 3 full blocks + a partial one: needs 4 > 3
+    assert pool.running == {}
+    assert pool.start("a", keys("a", 3), 12) == 0
+    pool.finish("a", 1)  # 12 + 1 - 1 tokens: no generated block
+    assert list(pool.free) == [3, 2, 1]  # reverse order: the tail block is reused first
+    assert pool.start("b", keys("b", 1), 4) == 0  # takes block 3, evicting a2
+    assert pool.leading_hits(keys("a", 3), 13) == 2
+    assert pool.evicted == 1
+
+
+def test_partial_blocks_are_reused_first_and_hold_no_key():
+    pool = BlockPool(6, B)
+    pool.start("a", keys("a", 2), 10)  # 2 full + 1 partial
+    pool.finish("a", 1)
+    assert list(pool.free)[:1] == [3]  # the partial block, put at the front
+    assert pool.start("b", keys("b", 1), 4) == 0  # takes the partial block: nothing evicted
+    assert pool.evicted == 0 and pool.leading_hits(keys("a", 2), 12) == 2
+
+
+def test_running_requests_pin_their_blocks():
+    pool = BlockPool(5, B)  # 4 data blocks
+    assert pool.start("a", keys("a", 2), 8) == 0
+    assert pool.start("b", keys("b", 3), 12) is None  # 3 more blocks: only 2 free, a waits
+    assert pool.start("c", keys("c", 2), 8) == 0
+    assert pool.start("d", keys("a", 2), 9) is None  # shares a's blocks, needs 1 more: none free
+    pool.finish("c", 1)
+    assert pool.start("d", keys("a", 2), 9) == 2  # a's blocks still pinned and shared
+    assert pool.ref[pool.running["a"][0][0]] == 2
+
+
+def test_generated_blocks_take_room():
+    pool = BlockPool(5, B)
+    pool.start("a", keys("a", 1), 4)
+    pool.finish("a", 9)  # 4 + 9 - 1 = 12 tokens: 3 blocks, 2 of them generated tokens
+    keyed = sorted(str(k) for k in pool.holders)
+    assert len(keyed) == 3 and "a0" in keyed
+    pool.start("b", keys("b", 1), 4)  # the LRU end: the generated tail goes first
+    assert pool.leading_hits(keys("a", 1), 5) == 1
+
+
+def test_duplicate_blocks_of_one_key():
+    pool = BlockPool(10, B)
+    pool.start("a", keys("a", 2), 8)
+    pool.finish("a", 1)
+    # the whole prompt cached: 1 block hit, the last one recomputed into a second block
+    assert pool.start("b", keys("a", 2), 8) == 1
+    assert len(pool.holders["a1"]) == 2
+
+
+def test_pool_predictor_waits_like_the_scheduler():
+    pred = PoolPredictor(5, B)
+    pred.send(1, keys("a", 3), 12)
+    pred.send(2, keys("a", 3), 20)  # 2 more blocks, 1 free: it waits for call 1
+    assert pred.hits == {1: 0}
+    pred.finish(1, 1)
+    assert pred.hits == {1: 0, 2: 3}
+
+
+def test_vllm_policy_equals_the_leading_run_when_nothing_is_evicted():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 6, 40)
+    stems = rng.integers(0, 4, 40)  # calls of one stem share a growing prefix
+    keys_, tokens = [], []
+    for n, s in zip(lengths, stems, strict=True):
+        keys_.extend(int(s) * 100 + j for j in range(n))
+        tokens.append(int(n) * B + int(rng.integers(1 if n == 0 else 0, B)))
+    flat = np.asarray(keys_, dtype=np.uint64)
+    start = np.arange(40, dtype=np.float64) * 10.0  # calls never overlap
+    out = np.ones(40, dtype=np.int64)
+    hits = vllm_call_hits(flat, lengths, start, np.asarray(tokens), out, B, None)
+    seen: set = set()
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for i in range(40):
+        k = keys_[offsets[i] : offsets[i + 1]]
+        run = 0
+        while run < len(k) and k[run] in seen:
+            run += 1
+        assert hits[i] == min(run, (tokens[i] - 1) // B), i
+        seen.update(k)
+    # a pool of 3 blocks evicts: fewer hits, and never more than the unbounded figure
+    small = vllm_call_hits(flat, lengths, start, np.asarray(tokens), out, B, 3)
+    assert (small <= hits).all() and small.sum() < hits.sum()
+
+
+def test_overlapping_calls_pin_blocks_in_the_policy():
+    # two calls of 2 blocks at once in a pool of 3 data blocks: the second waits for the first
+    flat = np.asarray([1, 2, 1, 2], dtype=np.uint64)
+    lengths = np.asarray([2, 2])
+    slow = ServiceModel(prefill_tokens_per_s=1.0, decode_tokens_per_s=1.0)
+    hits = vllm_call_hits(flat, lengths, np.zeros(2), np.asarray([9, 9]), np.ones(2), B, 3, slow)
+    assert hits.tolist() == [0, 2]  # it waited, then hit both blocks of the first
