@@ -34,7 +34,7 @@ def test_the_command_line_sets_each_option():
         "--concurrency", "2", "--time-scale", "0.5", "--arrival", "staggered",
         "--interval-s", "5", "--rate-per-s", "0.5", "--arrival-seed", "3",
         "--max-context", "100", "--drop", "traces", "--max-tokens-cap", "8",
-        "--block-size", "16", "--timeout-s", "9", "--no-reset-cache",
+        "--block-size", "16", "--kv-blocks", "300", "--timeout-s", "9", "--no-reset-cache",
     )  # fmt: skip
     assert options.model_dump(exclude=NOT_ON_THE_COMMAND_LINE) == {
         "url": "http://u:8000",
@@ -49,6 +49,7 @@ def test_the_command_line_sets_each_option():
         "drop": "traces",
         "max_tokens_cap": 8,
         "block_size": 16,
+        "kv_blocks": 300,
         "timeout_s": 9.0,
         "reset_cache": False,
     }
@@ -78,5 +79,6 @@ def test_a_bad_resource_value_fails_when_the_options_are_built():
 def test_a_result_records_the_same_settings_keys():
     assert list(LiveSettings.model_fields) == [
         "concurrency", "time_scale", "arrival", "max_context", "max_context_source", "drop",
-        "max_tokens_cap", "block_size", "timeout_s", "retries", "reset_cache",
+        "max_tokens_cap", "block_size", "kv_blocks", "kv_blocks_source", "timeout_s", "retries",
+        "reset_cache",
     ]  # fmt: skip
