@@ -408,7 +408,60 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
         "--kv-model",
         metavar="NAME",
         default=None,
-        help="KV geometry preset for byte capacities (e.g. llama-3.1-8b)",
+        help="the model's KV geometry, for sizes in bytes and --tiers: a preset (e.g. "
+        "llama-3.1-8b), a folder or config.json of the model (GQA, MLA, sliding window), or a "
+        "Hugging Face repo id with --kv-model-revision",
+    )
+    p.add_argument(
+        "--kv-model-revision",
+        metavar="REV",
+        default=None,
+        help="the pinned revision (commit) of a Hugging Face repo id given to --kv-model",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="LIST",
+        default="lru",
+        help="eviction policies of the capacity sweep, comma-separated: lru (default), vllm "
+        "(vLLM's own block pool), opt (Belady's bound), ttl (expiry after --ttl-s)",
+    )
+    p.add_argument(
+        "--ttl-s", type=float, default=300.0, metavar="S", help="ttl: seconds after a last use"
+    )
+    p.add_argument(
+        "--prefill-tps",
+        type=float,
+        default=None,
+        metavar="N",
+        help="vllm: prefill throughput of one call, uncached tokens/s (default 10000)",
+    )
+    p.add_argument(
+        "--decode-tps",
+        type=float,
+        default=None,
+        metavar="N",
+        help="vllm: decoding speed of one call, output tokens/s (default 50)",
+    )
+    p.add_argument(
+        "--tiers",
+        metavar="SPEC",
+        default=None,
+        help="tiers of a tiered KV cache, fastest first, e.g. gpu=80GiB,host=1TiB (needs "
+        "--kv-model): per tier hits, bytes served and read bandwidth",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a fleet of N replicas, each with a cache of the swept size (default 1)",
+    )
+    p.add_argument(
+        "--routing",
+        choices=("round_robin", "session", "prefix"),
+        default="session",
+        help="how the fleet routes calls: session (a trace and its subagents on one replica, "
+        "default), round_robin, prefix (where the longest prefix was sent)",
     )
     p.add_argument(
         "--arrival",
@@ -444,49 +497,116 @@ def cmd_replay(args: argparse.Namespace) -> int:
         result, _ = replay(dataset, progress)
     out = result.model_dump(mode="json")
     if args.capacity:
-        curve = _capacity(dataset, args)
+        report = _capacity(dataset, args)
+        curve = report.curves[0]
         out["capacity_curve"] = curve.model_dump(mode="json")
-        print(f"{'capacity (blocks)':>18} {'hit rate':>9} {'parent':>8} {'subagent':>9}")
-        for pt in curve.points:
-            cap = "unbounded" if pt.capacity_blocks is None else str(pt.capacity_blocks)
-            roles = [pt.per_role[r].hit_rate for r in ("parent", "subagent")]
-            print(f"{cap:>18} {_rate(pt.hit_rate):>9} {_rate(roles[0]):>8} {_rate(roles[1]):>9}")
+        if len(report.curves) > 1 or curve.policy != "lru":
+            out["capacity_policies"] = [c.model_dump(mode="json") for c in report.curves]
+        for key in ("tiers", "fleet"):
+            if getattr(report, key) is not None:
+                out[f"capacity_{key}"] = getattr(report, key)
+        _print_capacity(report)
     _write_json(out, args.json)
     _print_rates(result)
     return 0
 
 
 def _capacity(dataset: Path, args: argparse.Namespace):
+    from pydantic import ValidationError
+
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.replay import capacity as cap
-    from weka_assets.replay.schedule import arrival_for
+    from weka_assets.replay.block_pool import ServiceModel
+    from weka_assets.replay.sizing import SizingOptions, parse_policies, sized_report
 
-    ds = open_dataset(dataset)
     if args.capacity_max_blocks < 0:
         raise UsageError("--capacity-max-blocks: 0 or more")
-    ds = ds.head(cap.capacity_traces(ds, args.capacity_max_blocks))
-    geometry = None
-    if args.kv_model:
-        if args.kv_model not in cap.KV_PRESETS:
+    if args.replicas < 1:
+        raise UsageError(f"--replicas: 1 or more, got {args.replicas}")
+    try:
+        service = ServiceModel(
+            **{
+                k: v
+                for k, v in (
+                    ("prefill_tokens_per_s", args.prefill_tps),
+                    ("decode_tokens_per_s", args.decode_tps),
+                )
+                if v is not None
+            }
+        )
+        options = SizingOptions(
+            policies=parse_policies(args.policy),
+            ttl_s=args.ttl_s,
+            service=service,
+            tiers=args.tiers,
+            replicas=args.replicas,
+            routing=args.routing,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"--{err['loc'][-1]}: {err['msg']}".replace("_", "-")) from None
+    except ValueError as exc:
+        raise UsageError(f"--policy: {exc}") from None
+    if args.kv_model and args.kv_model not in cap.KV_PRESETS and not Path(args.kv_model).exists():
+        if not args.kv_model_revision:
             raise UsageError(
-                f"unknown --kv-model {args.kv_model!r} (known: {', '.join(cap.KV_PRESETS)})"
+                f"unknown --kv-model {args.kv_model!r}: a preset ({', '.join(cap.KV_PRESETS)}), "
+                "a model folder or config.json, or a Hugging Face repo id with "
+                "--kv-model-revision"
             )
-        geometry = cap.KV_PRESETS[args.kv_model]
-    sizes = None
-    if args.capacity != "auto":
-        bs = ds.block_sizes[0] if len(ds.block_sizes) == 1 else 64
-        try:
-            sizes = [
-                cap.parse_capacity(x.strip(), bs, geometry)
-                for x in args.capacity.split(",")
-                if x.strip()
-            ]
-        except ValueError as exc:
-            raise UsageError(f"--capacity: {exc}") from None
-    curve = cap.capacity_curve(ds, sizes, arrival_for(ds, args.arrival), args.time_scale, geometry)
+    try:
+        report, _ = sized_report(
+            open_dataset(dataset),
+            max_blocks=args.capacity_max_blocks,
+            capacities=args.capacity,
+            arrival_mode=args.arrival,
+            time_scale=args.time_scale,
+            kv_model=args.kv_model,
+            kv_model_revision=args.kv_model_revision,
+            options=options,
+        )
+    except ValueError as exc:  # it names the option's value: capacity '...', tier '...'
+        raise UsageError(str(exc)) from None
     if args.plot:
-        args.plot.write_bytes(cap.plot_png(curve))
-    return curve
+        from weka_assets.replay.sizing import plot_png
+
+        args.plot.write_bytes(plot_png(report))
+    return report
+
+
+def _print_capacity(report) -> None:
+    curves = report.curves
+    policies = "".join(f" {c.policy:>9}" for c in curves)
+    print(f"{'capacity (blocks)':>18}{policies} {'parent':>8} {'subagent':>9}")
+    for k, pt in enumerate(curves[0].points):
+        cap = "unbounded" if pt.capacity_blocks is None else str(pt.capacity_blocks)
+        rates = "".join(f" {_rate(c.points[k].hit_rate):>9}" for c in curves)
+        roles = [pt.per_role[r].hit_rate for r in ("parent", "subagent")]
+        print(f"{cap:>18}{rates} {_rate(roles[0]):>8} {_rate(roles[1]):>9}")
+    if len(curves) > 1:
+        print(
+            f"(hit rate: hit blocks / full blocks of all calls; parent, subagent: {curves[0].policy})"
+        )
+    if report.tiers is not None:
+        t = report.tiers
+        print(f"tiers ({t['geometry'].get('name')}, {t['bytes_per_block']} bytes per block):")
+        print(
+            f"{'tier':<10} {'GiB':>10} {'hit rate':>9} {'GiB served':>11} {'p99 GB/s':>9} {'max GB/s':>9}"
+        )
+        for row in [*t["tiers"], t["total"], t["miss"]]:
+            size = "" if row["capacity_bytes"] is None else f"{row['capacity_bytes'] / 2**30:.1f}"
+            bw = [row[k] for k in ("bytes_per_s_p99", "bytes_per_s_max")]
+            bw = ["n/a" if v is None else f"{v / 1e9:.3f}" for v in bw]
+            print(
+                f"{row['name']:<10} {size:>10} {_rate(row['rate']):>9} "
+                f"{row['bytes'] / 2**30:>11.3f} {bw[0]:>9} {bw[1]:>9}"
+            )
+    if report.fleet is not None:
+        f = report.fleet
+        print(f"fleet: {f['replicas']} replicas, {f['routing']} routing (capacity per replica)")
+        for pt in f["points"]:
+            cap = "unbounded" if pt["capacity_blocks"] is None else str(pt["capacity_blocks"])
+            print(f"{cap:>18} {_rate(pt['hit_rate']):>9}")
 
 
 def _print_rates(result) -> None:

@@ -538,8 +538,17 @@ class CapacityPoint(BaseModel):
     per_role: dict[str, RolePoint]
 
 
+LRU_DEFINITION = (
+    "lru: one shared LRU cache of full blocks; calls instantaneous at their start; a call's "
+    "hits are the leading run of its full blocks cached when it starts, then its blocks are "
+    "touched head to tail; hit rate = hit blocks / full blocks of all calls (aggregate)"
+)
+
+
 class CapacityCurve(BaseModel):
     dataset: str | None = None  # the decode key
+    policy: str = "lru"  # the eviction policy (sizing.POLICIES)
+    definition: str = LRU_DEFINITION  # what a hit is under this policy, what the rate divides
     arrival: dict
     time_scale: float
     geometry: dict | None = None
