@@ -86,6 +86,10 @@ class CapacityRef(BaseModel):
     plot_key: str  # replay/<decode key>/capacity.png
     traces: int  # the leading traces the sweep covers
     dataset_traces: int
+    # the policy sweep, tiers and fleet (sizing.CapacityReport), when configured
+    report_key: str | None = None  # replay/<decode key>/capacity_report.json
+    policy_plot_key: str | None = None  # replay/<decode key>/capacity_policies.png
+    report_traces: int | None = None  # the leading traces it covers (policy_max_blocks)
 
     def frame(self, store: "Store | None" = None) -> "pd.DataFrame":
         """The curve as a DataFrame, one row per capacity (increasing; the unbounded point last,

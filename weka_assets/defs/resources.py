@@ -173,7 +173,8 @@ class ReplayOptions(dg.ConfigurableResource):
 
     kv_model: str = Field(
         default="llama-3.1-8b",
-        description="KV geometry preset (weka_assets.replay.capacity.KV_PRESETS)",
+        description="the model's KV geometry: a preset (weka_assets.replay.capacity.KV_PRESETS), "
+        "a model folder or config.json, or a Hugging Face repo id with kv_model_revision",
     )
     arrival: str = Field(
         default="",
@@ -189,6 +190,53 @@ class ReplayOptions(dg.ConfigurableResource):
             "(its memory is about 100 bytes each); 0: every trace"
         ),
     )
+    policies: list[str] = Field(
+        default_factory=lambda: ["lru", "opt", "vllm"],
+        description="eviction policies drawn together (lru, vllm, opt, ttl): "
+        "weka_assets.replay.sizing; only lru: no policy sweep",
+    )
+    policy_max_blocks: int = Field(
+        default=500_000,
+        description="the policy sweep, tiers and fleet replay the leading traces up to this "
+        "many block accesses (opt and vllm simulate each capacity: about 1 s per 100,000 "
+        "accesses for 13 capacities); 0: every trace",
+    )
+    kv_model_revision: str = Field(
+        default="", description="the pinned commit when kv_model is a Hugging Face repo id"
+    )
+    ttl_s: float = Field(default=300.0, description="ttl: seconds after a block's last use")
+    prefill_tokens_per_s: float = Field(
+        default=10_000.0, description="vllm: prefill throughput of one call, uncached tokens/s"
+    )
+    decode_tokens_per_s: float = Field(
+        default=50.0, description="vllm: decoding speed of one call, output tokens/s"
+    )
+    tiers: str = Field(
+        default="", description='tiers to size, fastest first, e.g. "gpu=80GiB,host=1TiB"'
+    )
+    replicas: int = Field(default=1, description="a fleet of replicas, each with its own cache")
+    routing: str = Field(default="session", description="round_robin | session | prefix")
+
+    def sizing(self, entry: CorpusEntry):
+        """(SizingOptions, kv_model, kv_model_revision) for a corpus: its registry entry's
+        `sizing` where stated, these fields otherwise."""
+        from weka_assets.replay.block_pool import ServiceModel
+        from weka_assets.replay.sizing import SizingOptions
+
+        given = entry.sizing.model_dump(exclude_none=True) if entry.sizing else {}
+        options = SizingOptions(
+            policies=self.policies,
+            ttl_s=self.ttl_s,
+            service=ServiceModel(
+                prefill_tokens_per_s=self.prefill_tokens_per_s,
+                decode_tokens_per_s=self.decode_tokens_per_s,
+            ),
+            tiers=given.get("tiers", self.tiers) or None,
+            replicas=given.get("replicas", self.replicas),
+            routing=given.get("routing", self.routing),
+        )
+        model = given.get("kv_model", self.kv_model) or None
+        return options, model, given.get("kv_model_revision", self.kv_model_revision) or None
 
 
 def _live(name: str):

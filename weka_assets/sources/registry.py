@@ -40,6 +40,19 @@ NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 REGISTRY_FILENAME = "corpora.yaml"
 
 
+class CorpusSizing(BaseModel):
+    """The hardware a team sizes this corpus's KV cache for (the capacity asset's tiers and
+    fleet); a field left out falls back to the `ReplayOptions` resource."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kv_model: str | None = None  # a KV_PRESETS name, a model folder or config.json, a hub id
+    kv_model_revision: str | None = None  # the pinned commit of a hub id
+    tiers: str | None = None  # e.g. "gpu=80GiB,host=1TiB,storage=50TiB", fastest first
+    replicas: PositiveInt | None = None
+    routing: Literal["round_robin", "session", "prefix"] | None = None
+
+
 class CorpusEntry(BaseModel):
     """One corpus of the registry."""
 
@@ -54,6 +67,7 @@ class CorpusEntry(BaseModel):
     scope_policy: Literal["fail", "exclude"] = "fail"
     # None: detected from the corpus's first record (traces.reader.detect_format)
     format: Literal["weka", "mooncake"] | None = None
+    sizing: CorpusSizing | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from weka_assets.atomic import atomic_write
 from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.helpers import content_version, decoding_asset, markdown_image, pct, table
 from weka_assets.defs.outputs import CapacityRef, DatasetRef, ReplayRef
-from weka_assets.defs.resources import ReplayOptions, WekaStore
+from weka_assets.defs.resources import CorpusCatalog, ReplayOptions, WekaStore
 from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
@@ -28,6 +28,9 @@ from weka_assets.replay.capacity import (
     plot_png,
 )
 from weka_assets.replay.schedule import arrival_for
+from weka_assets.replay.sizing import CapacityReport, sized_report
+from weka_assets.replay.sizing import plot_png as sizing_plot_png
+from weka_assets.replay.tiers import resolve_geometry
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, headline
 
 
@@ -79,7 +82,10 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
     and how many traces it covers."""
     geometry = KV_PRESETS.get(options.kv_model)
     if options.kv_model and geometry is None:
-        raise dg.Failure(f"unknown kv_model {options.kv_model!r} (known: {', '.join(KV_PRESETS)})")
+        try:
+            geometry = resolve_geometry(options.kv_model, options.kv_model_revision or None)
+        except ValueError as exc:
+            raise dg.Failure(f"kv_model: {exc} (presets: {', '.join(KV_PRESETS)})") from None
     n = capacity_traces(ds, options.capacity_max_blocks)
     part = ds.head(n)
     curve = capacity_curve(
@@ -94,6 +100,105 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
     # (0.3 s, about 30 MB) once for this plot and the blast radius's, where a worker of its
     # own imported it again for this one (0.5 s in all)
     return curve, plot_png(curve), n
+
+
+def policy_report(ds, options: ReplayOptions, entry) -> tuple[CapacityReport, int] | None:
+    """Every configured policy at the same capacities, and the tiers and fleet of the corpus's
+    sizing (registry entry, else `options`), over the leading traces up to
+    `policy_max_blocks`; None when only lru is asked and no tiers or fleet."""
+    sizing, model, revision = options.sizing(entry)
+    if sizing.policies == ["lru"] and not sizing.tiers and sizing.replicas == 1:
+        return None
+    try:
+        return sized_report(
+            ds,
+            max_blocks=options.policy_max_blocks,
+            arrival_mode=options.arrival,
+            time_scale=options.time_scale,
+            kv_model=model,
+            kv_model_revision=revision,
+            points=options.points,
+            options=sizing,
+        )
+    except ValueError as exc:
+        raise dg.Failure(f"capacity sizing of corpus {entry.name!r}: {exc}") from None
+
+
+def policy_rows(report: CapacityReport) -> list[dict]:
+    """A row per capacity, a hit-rate column per policy (hit blocks / full blocks, aggregate)."""
+    rows = []
+    for k, base in enumerate(report.curves[0].points):
+        row = {
+            "capacity_blocks": base.capacity_blocks
+            if base.capacity_blocks is not None
+            else "unbounded"
+        }
+        row["capacity_gib"] = round(base.capacity_bytes / 2**30, 3) if base.capacity_bytes else None
+        for c in report.curves:
+            row[f"{c.policy}_hit_rate"] = c.points[k].hit_rate
+        rows.append(row)
+    return rows
+
+
+def tier_rows(tiers: dict) -> list[dict]:
+    """A row per tier, then all tiers and the misses: hit rate, GiB served, read bandwidth."""
+    return [
+        {
+            "tier": r["name"],
+            "capacity_gib": round(r["capacity_bytes"] / 2**30, 3) if r["capacity_bytes"] else None,
+            "hit_rate": r["rate"],
+            "gib_served": round(r["bytes"] / 2**30, 3),
+            "prefill_tokens_saved": r["tokens"],
+            "read_gb_per_s_p50": None
+            if r["bytes_per_s_p50"] is None
+            else r["bytes_per_s_p50"] / 1e9,
+            "read_gb_per_s_p99": None
+            if r["bytes_per_s_p99"] is None
+            else r["bytes_per_s_p99"] / 1e9,
+            "read_gb_per_s_max": None
+            if r["bytes_per_s_max"] is None
+            else r["bytes_per_s_max"] / 1e9,
+        }
+        for r in [*tiers["tiers"], tiers["total"], tiers["miss"]]
+    ]
+
+
+def policy_metadata(store: WekaStore, ref: CapacityRef) -> dict:
+    """What the UI shows of the policy sweep, tiers and fleet (none when not asked)."""
+    if not ref.report_key:
+        return {}
+    report = CapacityReport.model_validate_json(store.read_bytes(ref.report_key))
+    covered = f"{ref.report_traces} of {ref.dataset_traces} traces (policy_max_blocks)"
+    out = {
+        "capacity_policies": table(policy_rows(report)),
+        "capacity_policies_traces": dg.MetadataValue.text(covered),
+        "capacity_policy_plot": dg.MetadataValue.md(
+            markdown_image(store.read_bytes(ref.policy_plot_key), "hit rate per eviction policy")
+        ),
+        "capacity_definitions": dg.MetadataValue.md(
+            "\n".join(f"- {c.definition}" for c in report.curves)
+        ),
+    }
+    if report.tiers is not None:
+        out["capacity_tiers"] = table(tier_rows(report.tiers))
+        out["capacity_tiers_definition"] = dg.MetadataValue.text(report.tiers["definition"])
+    if report.fleet is not None:
+        f = report.fleet
+        out["capacity_fleet"] = table(
+            [
+                {
+                    "capacity_blocks_per_replica": p["capacity_blocks"]
+                    if p["capacity_blocks"] is not None
+                    else "unbounded",
+                    "fleet_hit_rate": p["hit_rate"],
+                }
+                for p in f["points"]
+            ]
+        )
+        out["capacity_fleet_routing"] = dg.MetadataValue.text(
+            f"{f['replicas']} replicas, {f['routing']} routing: {f['definition']}"
+        )
+    return out
 
 
 def curve_rows(curve: CapacityCurve) -> list[dict]:
@@ -228,13 +333,17 @@ def build_legacy_scope_replay(manifest_version: int) -> dg.AssetsDefinition:
 def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
     @dg.asset(name="capacity_curve", **decoding_asset(manifest_version, "replay", {"python"}))
     def capacity_curve_asset(
-        decoded_dataset: DatasetRef, store: WekaStore, replay_options: ReplayOptions
+        decoded_dataset: DatasetRef,
+        store: WekaStore,
+        replay_options: ReplayOptions,
+        catalog: CorpusCatalog,
     ) -> dg.Output[CapacityRef]:
         """Hit rate against KV-cache capacity: the corpus's sessions interleaved on one server
         timeline through a shared LRU prefix cache of each size (the figure capacity planning
         needs), bounded by `capacity_max_blocks` block accesses."""
         ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
         curve, png, covered = capacity_figures(ds, replay_options)
+        sized = policy_report(ds, replay_options, catalog.entry(decoded_dataset.corpus))
         result_dir = f"replay/{decoded_dataset.decode_key}"
         out_dir = store.dir(result_dir)
         write_json(curve, out_dir / "capacity_curve.json")
@@ -242,6 +351,12 @@ def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
             fh.write(png)
         store.push(f"{result_dir}/capacity_curve.json")
         store.push(f"{result_dir}/capacity.png")
+        if sized is not None:
+            write_json(sized[0], out_dir / "capacity_report.json")
+            with atomic_write(out_dir / "capacity_policies.png") as fh:
+                fh.write(sizing_plot_png(sized[0]))
+            store.push(f"{result_dir}/capacity_report.json")
+            store.push(f"{result_dir}/capacity_policies.png")
         ref = CapacityRef(
             corpus=decoded_dataset.corpus,
             tokenizer=decoded_dataset.tokenizer,
@@ -250,12 +365,16 @@ def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
             plot_key=f"{result_dir}/capacity.png",
             traces=covered,
             dataset_traces=len(ds.traces),
+            report_key=f"{result_dir}/capacity_report.json" if sized else None,
+            policy_plot_key=f"{result_dir}/capacity_policies.png" if sized else None,
+            report_traces=sized[1] if sized else None,
         )
         return dg.Output(
             ref,
             data_version=content_version(curve.model_dump(mode="json")),
             metadata={
                 **capacity_metadata(store, ref, replay_options.capacity_max_blocks),
+                **policy_metadata(store, ref),
                 "dagster/row_count": len(curve.points),
                 "decode_key": decoded_dataset.decode_key,
                 "manifest_version": decoded_dataset.manifest_version,
