@@ -85,3 +85,48 @@ def test_the_per_call_table_and_the_capacity_curve_load_as_dataframes(chain):
     ]
     assert curve["capacity_blocks"].isna().tolist()[-1]  # the unbounded point last
     assert curve["hit_rate"].is_monotonic_increasing
+
+
+def test_the_policy_sweep_is_the_cores_and_shows_in_the_ui(chain):
+    from weka_assets.defs.assets.replay import policy_report
+    from weka_assets.sources import CorpusEntry
+
+    defs, instance, store = chain
+    cap = load(chain, "capacity_curve")
+    ds = open_dataset(store.pull(f"datasets/{cap.decode_key}"))
+    want, traces = policy_report(ds, ReplayOptions(), CorpusEntry(name="sample", source="x:y"))
+    assert [c.policy for c in want.curves] == ["lru", "opt", "vllm"]
+    assert orjson.loads(store.read_bytes(cap.report_key)) == orjson.loads(want.model_dump_json())
+    assert cap.report_traces == traces < len(ds.traces)  # bounded by policy_max_blocks
+    assert store.read_bytes(cap.policy_plot_key)[:8] == b"\x89PNG\r\n\x1a\n"
+    event = instance.get_latest_materialization_event(dg.AssetKey("capacity_curve"))
+    meta = event.asset_materialization.metadata
+    assert {"capacity_policies", "capacity_policy_plot", "capacity_definitions"} <= set(meta)
+    rows = meta["capacity_policies"].value.records
+    assert len(rows) == len(want.curves[0].points)
+    assert all(r.data["opt_hit_rate"] >= r.data["lru_hit_rate"] for r in rows)
+
+
+def test_a_corpus_states_its_hardware_once_in_the_registry():
+    from weka_assets.sources import CorpusEntry
+
+    options = ReplayOptions(tiers="gpu=1GiB", replicas=2)
+    plain = CorpusEntry(name="a", source="x:y")
+    sized = CorpusEntry(
+        name="b",
+        source="x:y",
+        sizing={"kv_model": "qwen2.5-7b", "tiers": "gpu=80GiB,host=1TiB", "routing": "prefix"},
+    )
+    opts, model, _ = options.sizing(plain)
+    assert (opts.tiers, opts.replicas, opts.routing, model) == (
+        "gpu=1GiB",
+        2,
+        "session",
+        "llama-3.1-8b",
+    )
+    opts, model, _ = options.sizing(sized)
+    assert (opts.tiers, opts.replicas, opts.routing, model) == (
+        "gpu=80GiB,host=1TiB", 2, "prefix", "qwen2.5-7b",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="routing"):
+        CorpusEntry(name="c", source="x:y", sizing={"routing": "random"})
