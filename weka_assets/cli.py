@@ -493,12 +493,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     dataset = Path(args.dataset).expanduser()
     if not dataset.exists():
         raise UsageError(f"{args.dataset}: no such dataset folder")
+    if not args.capacity and (args.policy != "lru" or args.tiers or args.replicas != 1):
+        raise UsageError("--policy, --tiers and --replicas need --capacity (e.g. --capacity auto)")
     with cli_progress() as progress:
         result, _ = replay(dataset, progress)
     out = result.model_dump(mode="json")
     if args.capacity:
         report = _capacity(dataset, args)
-        curve = report.curves[0]
+        curve = report.curve("lru") or report.curves[0]
         out["capacity_curve"] = curve.model_dump(mode="json")
         if len(report.curves) > 1 or curve.policy != "lru":
             out["capacity_policies"] = [c.model_dump(mode="json") for c in report.curves]
@@ -544,7 +546,9 @@ def _capacity(dataset: Path, args: argparse.Namespace):
         )
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise UsageError(f"--{err['loc'][-1]}: {err['msg']}".replace("_", "-")) from None
+        option = {"prefill_tokens_per_s": "prefill-tps", "decode_tokens_per_s": "decode-tps"}
+        name = str(err["loc"][-1])
+        raise UsageError(f"--{option.get(name, name.replace('_', '-'))}: {err['msg']}") from None
     except ValueError as exc:
         raise UsageError(f"--policy: {exc}") from None
     if args.kv_model and args.kv_model not in cap.KV_PRESETS and not Path(args.kv_model).exists():

@@ -183,6 +183,8 @@ def vllm_call_hits(
         capacity = int((-(-(tokens_in + tokens_out - 1) // b)).sum()) + 1
     if capacity < 0:
         raise ValueError(f"capacity must be >= 0 blocks, got {capacity}")
+    if capacity == 0:  # no call fits: nothing is ever cached
+        return np.zeros(n_calls, dtype=np.int64)
     pool = BlockPool(int(capacity) + 1, b)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     hits = np.zeros(n_calls, dtype=np.int64)
