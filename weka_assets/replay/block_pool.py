@@ -157,7 +157,7 @@ class ServiceModel(BaseModel):
         )
 
 
-def vllm_call_hits(
+def vllm_reference_hits(
     keys: np.ndarray,
     lengths: np.ndarray,
     start_s: np.ndarray,
@@ -167,13 +167,8 @@ def vllm_call_hits(
     capacity: int | None,
     service: ServiceModel = ServiceModel(),
 ) -> np.ndarray:
-    """Hit blocks of every call (timeline order) on one vLLM server whose pool holds `capacity`
-    data blocks (`capacity + 1` GPU blocks with the null block; None: never full).
-
-    Calls arrive at `start_s`, wait in arrival order for a slot and free blocks, run for
-    `service.duration_s` and free their blocks at the end. A call that needs more blocks than
-    the whole pool could never run on such a server: it counts no hits and caches nothing.
-    """
+    """`vllm_call_hits` by the readable model: `BlockPool` driven call by call (the reference
+    the compiled kernel is tested against)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     tokens_in = np.asarray(tokens_in, dtype=np.int64)
     tokens_out = np.maximum(np.asarray(tokens_out, dtype=np.int64), 1)
@@ -222,3 +217,82 @@ def vllm_call_hits(
             nxt += 1
         admit(now)
     return hits
+
+
+def vllm_call_hits(
+    keys: np.ndarray,
+    lengths: np.ndarray,
+    start_s: np.ndarray,
+    tokens_in: np.ndarray,
+    tokens_out: np.ndarray,
+    block_size: int,
+    capacity: int | None,
+    service: ServiceModel = ServiceModel(),
+) -> np.ndarray:
+    """Hit blocks of every call (timeline order) on one vLLM server whose pool holds `capacity`
+    data blocks (`capacity + 1` GPU blocks with the null block; None: never full).
+
+    Calls arrive at `start_s`, wait in arrival order for a slot and free blocks, run for
+    `service.duration_s` and free their blocks at the end. A call that needs more blocks than
+    the whole pool could never run on such a server: it counts no hits and caches nothing.
+    The compiled `kernels.vllm_pool_hits`, equal to `vllm_reference_hits` call by call.
+    """
+    return vllm_curve_hits(
+        keys, lengths, start_s, tokens_in, tokens_out, block_size, [capacity], service
+    )[capacity]
+
+
+def vllm_curve_hits(
+    keys: np.ndarray,
+    lengths: np.ndarray,
+    start_s: np.ndarray,
+    tokens_in: np.ndarray,
+    tokens_out: np.ndarray,
+    block_size: int,
+    capacities: Sequence[int | None],
+    service: ServiceModel = ServiceModel(),
+    prev: np.ndarray | None = None,
+) -> dict[int | None, np.ndarray]:
+    """`vllm_call_hits` at every capacity, the capacities on every core. `prev`:
+    `capacity.previous_touch(keys)` when the caller has it."""
+    from weka_assets.parallel import on_threads
+    from weka_assets.replay.capacity import previous_touch
+    from weka_assets.replay.kernels import dense_ids, vllm_pool_hits
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    tokens_in = np.asarray(tokens_in, dtype=np.int64)
+    tokens_out = np.maximum(np.asarray(tokens_out, dtype=np.int64), 1)
+    b = int(block_size)
+    caps = {}
+    for c in capacities:
+        if c is not None and c < 0:
+            raise ValueError(f"capacity must be >= 0 blocks, got {c}")
+        caps[c] = int((-(-(tokens_in + tokens_out - 1) // b)).sum()) + 1 if c is None else int(c)
+    ids, n_keys = dense_ids(previous_touch(np.asarray(keys)) if prev is None else prev)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    start = np.ascontiguousarray(start_s, dtype=np.float64)
+    out: dict[int | None, np.ndarray] = {}
+
+    def run(blocks: int) -> tuple[np.ndarray, int]:
+        return vllm_pool_hits(
+            ids, n_keys, offsets, start, tokens_in, tokens_out, b, blocks,
+            float(service.prefill_tokens_per_s), float(service.decode_tokens_per_s),
+            int(service.max_num_seqs),
+        )  # fmt: skip
+
+    # the largest pool first: no block with an id above its `top` was ever taken, so every
+    # block in use was among blocks 1..top, and a pool of c >= top data blocks admits the same
+    # calls and takes the same blocks in the same order: the same hits, without a run of its own
+    largest, top = run(max(caps.values(), default=1) or 1)
+
+    def one(c):
+        if caps[c] == 0:  # no call fits: nothing is ever cached
+            out[c] = np.zeros(lengths.size, dtype=np.int64)
+        elif caps[c] >= top:
+            out[c] = largest.copy()
+        else:
+            out[c] = run(caps[c])[0]
+
+    # the largest first: the longest runs start early, the threads end together
+    on_threads(one, sorted(caps, key=lambda c: -caps[c]))
+    return {c: out[c] for c in caps}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from weka_assets.decoding.dataset import ROLES, DecodedDataset
 from weka_assets.replay.accesses import Timeline, timeline
-from weka_assets.replay.block_pool import ServiceModel, vllm_call_hits
+from weka_assets.replay.block_pool import ServiceModel, vllm_curve_hits
 from weka_assets.replay.capacity import (
     CapacityCurve,
     CapacityPoint,
@@ -153,13 +153,10 @@ def capacity_report(
             if sizes.size > 1:
                 raise ValueError(f"the vllm policy needs one block size; this corpus mixes {sizes}")
             bs = int(sizes[0]) if sizes.size else 1
-            hits = {
-                c: vllm_call_hits(
-                    tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, c,
-                    options.service,
-                )
-                for c in [*caps, None]
-            }  # fmt: skip
+            hits = vllm_curve_hits(
+                tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, [*caps, None],
+                options.service,
+            )  # fmt: skip
             curves[policy] = _curve_from_hits(lru, tl, policy, hits, options.ttl_s)
     report = CapacityReport(curves=[curves[p] for p in policies])
     if options.tiers:

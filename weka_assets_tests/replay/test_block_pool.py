@@ -125,3 +125,80 @@ def test_overlapping_calls_pin_blocks_in_the_policy():
     slow = ServiceModel(prefill_tokens_per_s=1.0, decode_tokens_per_s=1.0)
     hits = vllm_call_hits(flat, lengths, np.zeros(2), np.asarray([9, 9]), np.ones(2), B, 3, slow)
     assert hits.tolist() == [0, 2]  # it waited, then hit both blocks of the first
+
+
+# ---- the compiled pool against the readable one ----------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from weka_assets.replay.block_pool import vllm_curve_hits, vllm_reference_hits  # noqa: E402
+
+
+@st.composite
+def prefix_calls(draw):
+    """Calls whose keys grow prefixes of a few stems (chained keys), random prompt tails, output
+    lengths and arrival gaps (ties included)."""
+    n = draw(st.integers(1, 25))
+    stems = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    lengths = draw(st.lists(st.integers(0, 7), min_size=n, max_size=n))
+    tails = draw(st.lists(st.integers(0, B - 1), min_size=n, max_size=n))
+    outs = draw(st.lists(st.integers(0, 3 * B), min_size=n, max_size=n))
+    gaps = draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 5.0]), min_size=n, max_size=n))
+    keys = [s * 1000 + j for s, m in zip(stems, lengths, strict=True) for j in range(m)]
+    tokens = [m * B + max(t, 1 if m == 0 else 0) for m, t in zip(lengths, tails, strict=True)]
+    return (
+        np.asarray(keys, dtype=np.uint64),
+        np.asarray(lengths),
+        np.cumsum(gaps),
+        np.asarray(tokens),
+        np.asarray(outs),
+    )
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    prefix_calls(),
+    st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    st.sampled_from(
+        [
+            ServiceModel(),
+            ServiceModel(prefill_tokens_per_s=20, decode_tokens_per_s=2, max_num_seqs=2),
+        ]
+    ),
+)
+def test_the_compiled_pool_equals_the_readable_one(calls, capacities, service):
+    keys, lengths, start, tokens_in, tokens_out = calls
+    got = vllm_curve_hits(
+        keys, lengths, start, tokens_in, tokens_out, B, [*capacities, None], service
+    )
+    bounded = vllm_curve_hits(keys, lengths, start, tokens_in, tokens_out, B, capacities, service)
+    for c in [*capacities, None]:
+        want = vllm_reference_hits(keys, lengths, start, tokens_in, tokens_out, B, c, service)
+        assert got[c].tolist() == want.tolist(), c
+        if c is not None:  # the largest pool asked need not be one that never fills
+            assert bounded[c].tolist() == want.tolist(), c
+
+
+def test_the_compiled_pool_on_a_decoded_corpus(tmp_path):
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.pipeline import decode_corpus
+    from weka_assets.replay.accesses import timeline
+    from weka_assets.synthetic import iter_corpus, write_corpus
+
+    corpus = write_corpus(iter_corpus("kv-cache-tester", 5, 4, "small"), tmp_path / "c.jsonl")
+    tl = timeline(open_dataset(decode_corpus(corpus, tmp_path / "ds", measure_drift=False).path))
+    bs = int(tl.block_size[0])
+    caps = [0, 3, 40, 200, 1000, None]
+    slow = ServiceModel(prefill_tokens_per_s=2000, decode_tokens_per_s=5, max_num_seqs=4)
+    for service in (ServiceModel(), slow):
+        got = vllm_curve_hits(
+            tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, caps, service
+        )
+        assert list(got) == caps
+        for c in caps:
+            want = vllm_reference_hits(
+                tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, c, service
+            )
+            assert (got[c] == want).all(), (c, service)
+        assert 0 < got[200].sum() < got[None].sum()  # the pool of 200 blocks evicted

@@ -133,8 +133,8 @@ def test_opt_on_chained_keys(seed, calls, max_new, fresh):
     ids=["together", "staggered", "poisson-chunks-of-5"],
 )
 def test_opt_equals_the_direct_simulation_on_a_decoded_dataset(arrival, chunk, monkeypatch):
-    # chunks of 5 accesses: the heap is compacted and the numpy passes chunked all the time
-    monkeypatch.setattr("weka_assets.replay.policies.SPREAD_CHUNK", chunk)
+    # chunks of 5 accesses: the numpy passes chunked all the time (the heap is compacted
+    # whenever it fills with entries of past accesses: at every small capacity)
     monkeypatch.setattr("weka_assets.replay.capacity.SPREAD_CHUNK", chunk)
     ds, tl = _timeline("kv-cache-tester", traces=4, seed=11, arrival=arrival)
     prof = reuse_profile(ds, arrival)
