@@ -217,13 +217,13 @@ class ReplayOptions(dg.ConfigurableResource):
     replicas: int = Field(default=1, description="a fleet of replicas, each with its own cache")
     routing: str = Field(default="session", description="round_robin | session | prefix")
 
-    def sizing(self, entry: CorpusEntry):
+    def sizing(self, entry: CorpusEntry | None):
         """(SizingOptions, kv_model, kv_model_revision) for a corpus: its registry entry's
         `sizing` where stated, these fields otherwise."""
         from weka_assets.replay.block_pool import ServiceModel
         from weka_assets.replay.sizing import SizingOptions
 
-        given = entry.sizing.model_dump(exclude_none=True) if entry.sizing else {}
+        given = entry.sizing.model_dump(exclude_none=True) if entry and entry.sizing else {}
         options = SizingOptions(
             policies=self.policies,
             ttl_s=self.ttl_s,

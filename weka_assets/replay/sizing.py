@@ -160,11 +160,17 @@ def capacity_report(
             curves[policy] = _curve_from_hits(lru, tl, policy, hits, options.ttl_s)
     report = CapacityReport(curves=[curves[p] for p in policies])
     if options.tiers:
-        from weka_assets.replay.tiers import timeline_tier_report
+        from weka_assets.replay.tiers import tier_report
 
         if geometry is None:
             raise ValueError("tiers in bytes need a model geometry (--kv-model)")
-        report.tiers = timeline_tier_report(tl, geometry, options.tiers).model_dump(mode="json")
+        sizes = np.unique(tl.block_size)
+        if sizes.size > 1:
+            raise ValueError(f"tiers need one block size; this corpus mixes {sizes.tolist()}")
+        bs = int(sizes[0]) if sizes.size else 1
+        # the LRU pass's depths: its order is the timeline's (both `global_order`)
+        tiers = tier_report(prof, tl.start_s, geometry, options.tiers, bs)
+        report.tiers = tiers.model_dump(mode="json")
     if options.replicas > 1:
         from weka_assets.replay.replicas import fleet_curve
 

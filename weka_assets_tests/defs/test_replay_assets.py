@@ -94,7 +94,8 @@ def test_the_policy_sweep_is_the_cores_and_shows_in_the_ui(chain):
     defs, instance, store = chain
     cap = load(chain, "capacity_curve")
     ds = open_dataset(store.pull(f"datasets/{cap.decode_key}"))
-    want, traces = policy_report(ds, ReplayOptions(), CorpusEntry(name="sample", source="x:y"))
+    entry = CorpusEntry(name="sample", source="x:y")
+    want, traces = policy_report(ds, ReplayOptions(), entry, "sample")
     assert [c.policy for c in want.curves] == ["lru", "opt", "vllm"]
     assert orjson.loads(store.read_bytes(cap.report_key)) == orjson.loads(want.model_dump_json())
     assert cap.report_traces == traces < len(ds.traces)  # bounded by policy_max_blocks
@@ -117,13 +118,11 @@ def test_a_corpus_states_its_hardware_once_in_the_registry():
         source="x:y",
         sizing={"kv_model": "qwen2.5-7b", "tiers": "gpu=80GiB,host=1TiB", "routing": "prefix"},
     )
-    opts, model, _ = options.sizing(plain)
-    assert (opts.tiers, opts.replicas, opts.routing, model) == (
-        "gpu=1GiB",
-        2,
-        "session",
-        "llama-3.1-8b",
-    )
+    for entry in (plain, None):  # None: not in the registry (any more)
+        opts, model, _ = options.sizing(entry)
+        assert (opts.tiers, opts.replicas, opts.routing, model) == (
+            "gpu=1GiB", 2, "session", "llama-3.1-8b",
+        )  # fmt: skip
     opts, model, _ = options.sizing(sized)
     assert (opts.tiers, opts.replicas, opts.routing, model) == (
         "gpu=80GiB,host=1TiB", 2, "prefix", "qwen2.5-7b",

@@ -96,8 +96,9 @@ def test_one_call_at_a_time_every_call_is_predicted(small_cache_server, dataset,
     assert t["server_prefix_cache_hits"] == t["predicted_cached_tokens"] == t["cached_tokens"]
     assert t["server_prefix_cache_queries"] == t["prompt_tokens_sent"] > 0
 
-    # the same run predicted with an unbounded cache (--kv-blocks 0): it misses exactly the
-    # evictions, each labelled as such
+    # the same corpus predicted with an unbounded cache (--kv-blocks 0): every shortfall is an
+    # "evicted" it cannot account for (the server samples its outputs, so the completion
+    # lengths, hence the generated blocks and the evictions, differ from run to run)
     unbounded = run_live_replay(
         dataset,
         LiveOptions(
@@ -106,10 +107,11 @@ def test_one_call_at_a_time_every_call_is_predicted(small_cache_server, dataset,
         ),
         out_path=tmp_path / "unbounded.json",
     )  # fmt: skip
+    u = unbounded.totals
     assert unbounded.prediction == "unbounded" and unbounded.complete
-    assert unbounded.totals.cached_tokens == t["cached_tokens"]
-    assert unbounded.totals.mismatched_calls == t["calls_evicted"]
-    assert set(unbounded.totals.mismatches_by_explanation) == {"evicted"}
+    assert u.mismatched_calls > 0 and set(u.mismatches_by_explanation) == {"evicted"}
+    assert u.cached_tokens < u.predicted_cached_tokens
+    assert u.server_prefix_cache_hits == u.cached_tokens
 
 
 def test_calls_in_flight_together_every_mismatch_names_a_concurrent_call(

@@ -18,6 +18,7 @@ from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.helpers import content_version, decoding_asset, markdown_image, pct, table
 from weka_assets.defs.outputs import CapacityRef, DatasetRef, ReplayRef
 from weka_assets.defs.resources import CorpusCatalog, ReplayOptions, WekaStore
+from weka_assets.errors import WekaError
 from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
@@ -102,7 +103,20 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
     return curve, plot_png(curve), n
 
 
-def policy_report(ds, options: ReplayOptions, entry) -> tuple[CapacityReport, int] | None:
+def registry_entry(context, catalog: CorpusCatalog, corpus: str):
+    """The corpus's registry entry, for its `sizing`; None (the resource's sizing, with a
+    warning) when the registry no longer lists it or cannot be read: the dataset is there, and
+    the sizing alone must not fail the curve."""
+    try:
+        return catalog.entry(corpus)
+    except (dg.Failure, WekaError) as exc:
+        context.log.warning(f"sizing of {corpus!r} from replay_options: {exc}")
+        return None
+
+
+def policy_report(
+    ds, options: ReplayOptions, entry, corpus: str
+) -> tuple[CapacityReport, int] | None:
     """Every configured policy at the same capacities, and the tiers and fleet of the corpus's
     sizing (registry entry, else `options`), over the leading traces up to
     `policy_max_blocks`; None when only lru is asked and no tiers or fleet."""
@@ -121,7 +135,7 @@ def policy_report(ds, options: ReplayOptions, entry) -> tuple[CapacityReport, in
             options=sizing,
         )
     except ValueError as exc:
-        raise dg.Failure(f"capacity sizing of corpus {entry.name!r}: {exc}") from None
+        raise dg.Failure(f"capacity sizing of corpus {corpus!r}: {exc}") from None
 
 
 def policy_rows(report: CapacityReport) -> list[dict]:
@@ -333,6 +347,7 @@ def build_legacy_scope_replay(manifest_version: int) -> dg.AssetsDefinition:
 def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
     @dg.asset(name="capacity_curve", **decoding_asset(manifest_version, "replay", {"python"}))
     def capacity_curve_asset(
+        context: dg.AssetExecutionContext,
         decoded_dataset: DatasetRef,
         store: WekaStore,
         replay_options: ReplayOptions,
@@ -343,7 +358,8 @@ def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
         needs), bounded by `capacity_max_blocks` block accesses."""
         ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
         curve, png, covered = capacity_figures(ds, replay_options)
-        sized = policy_report(ds, replay_options, catalog.entry(decoded_dataset.corpus))
+        entry = registry_entry(context, catalog, decoded_dataset.corpus)
+        sized = policy_report(ds, replay_options, entry, decoded_dataset.corpus)
         result_dir = f"replay/{decoded_dataset.decode_key}"
         out_dir = store.dir(result_dir)
         write_json(curve, out_dir / "capacity_curve.json")
