@@ -263,12 +263,20 @@ def vllm_curve_hits(
     tokens_in = np.asarray(tokens_in, dtype=np.int64)
     tokens_out = np.maximum(np.asarray(tokens_out, dtype=np.int64), 1)
     b = int(block_size)
+    ids, n_keys = dense_ids(previous_touch(np.asarray(keys)) if prev is None else prev)
+    # a pool that never fills: without eviction every block holds a prompt key (a recomputed
+    # last block holds one twice: at most once per call), a generated key, or the partial last
+    # block of a running call
+    total = tokens_in + tokens_out - 1
+    generated = int(np.maximum(total // b - tokens_in // b, 0).sum())
+    unbounded = int(n_keys) + generated + 2 * int(lengths.size) + 1
+    if unbounded >= 2**31 - 2:
+        raise ValueError(f"{unbounded:,} blocks: beyond the compiled pool's 32-bit block ids")
     caps = {}
     for c in capacities:
         if c is not None and c < 0:
             raise ValueError(f"capacity must be >= 0 blocks, got {c}")
-        caps[c] = int((-(-(tokens_in + tokens_out - 1) // b)).sum()) + 1 if c is None else int(c)
-    ids, n_keys = dense_ids(previous_touch(np.asarray(keys)) if prev is None else prev)
+        caps[c] = unbounded if c is None else min(int(c), unbounded)  # larger: the same
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     start = np.ascontiguousarray(start_s, dtype=np.float64)
     out: dict[int | None, np.ndarray] = {}

@@ -224,14 +224,29 @@ class ReuseProfile:
 
 
 def reuse_profile(
-    ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float = 1.0
+    ds: DecodedDataset,
+    arrival: Arrival = Arrival(),
+    time_scale: float = 1.0,
+    *,
+    timeline=None,
+    prev: np.ndarray | None = None,
 ) -> ReuseProfile:
-    """Keys of every call on the shared timeline and their LRU depths at each call's start."""
-    keys, lengths = call_block_keys(ds)
-    order = global_order(ds, arrival, time_scale)
-    flat = [_reorder_segments(keys, lengths, order)]
-    del keys
-    depth, distinct = start_depths(flat, lengths[order])  # takes the keys (frees them early)
+    """Keys of every call on the shared timeline and their LRU depths at each call's start.
+
+    `timeline`: the dataset's `accesses.Timeline` of the same arrival and time scale, whose keys
+    are used instead of computing them again, with `prev` (`previous_touch` of its keys) when
+    the caller has it too (the policy sweep shares both)."""
+    if timeline is not None:
+        order = timeline.order
+        lengths = np.empty(order.size, dtype=np.int64)
+        lengths[order] = timeline.lengths
+        depth, distinct = start_depths(timeline.keys, timeline.lengths, prev=prev)
+    else:
+        keys, lengths = call_block_keys(ds)
+        order = global_order(ds, arrival, time_scale)
+        flat = [_reorder_segments(keys, lengths, order)]
+        del keys
+        depth, distinct = start_depths(flat, lengths[order])  # takes the keys (frees them early)
     role = np.repeat(np.asarray(ds.calls["role"], dtype=np.int8)[order], lengths[order])
     never = int(depth.size) + 1
     depth[depth < 0] = never
@@ -275,7 +290,7 @@ SPREAD_CHUNK = 1 << 16
 
 
 def start_depths(
-    keys: np.ndarray | list[np.ndarray], lengths: np.ndarray
+    keys: np.ndarray | list[np.ndarray], lengths: np.ndarray, prev: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
     """(LRU depth of every access's key at the start of its call, number of distinct keys).
 
@@ -285,7 +300,7 @@ def start_depths(
     `keys` are the accesses in time order, cut into calls by `lengths`. The depth is the number
     of distinct keys touched since the key's last touch before the call; -1 when the key was not
     touched before the call (a key repeated within a call gets the depth of its first occurrence
-    in that call).
+    in that call). `prev`: `previous_touch(keys)`, when the caller has it already.
     """
     if isinstance(keys, list):  # [keys]: the caller hands them over, freed once used
         keys = np.asarray(keys.pop())
@@ -294,7 +309,8 @@ def start_depths(
     n = keys.size
     if n == 0:
         return np.full(0, -1, dtype=np.int64), 0
-    prev = previous_touch(keys)  # first: its sort is the peak, before the arrays below exist
+    if prev is None:
+        prev = previous_touch(keys)  # first: its sort is the peak, before the arrays below
     del keys
     # positions fit in 32 bits far beyond any sweep's budget: half the memory per access
     pos_type = np.int32 if n < 2**31 - 1 else np.int64

@@ -30,7 +30,24 @@ def dense_ids(prev: np.ndarray) -> tuple:
     return ids, n
 
 
+@njit(**_JIT)
+def leading_runs(flags, lengths):
+    """Per call (`lengths`: its positions), how many leading positions have their flag set."""
+    out = np.zeros(lengths.size, dtype=np.int64)
+    a = 0
+    for i in range(lengths.size):
+        h = 0
+        while h < lengths[i] and flags[a + h]:
+            h += 1
+        out[i] = h
+        a += lengths[i]
+    return out
+
+
 # ---- vLLM's block pool ------------------------------------------------------------------------
+
+# one row of int32 per block, so that one cache line holds everything a step touches of it
+NXT, PRV, REF, KEY, HNEXT, HPREV = 0, 1, 2, 3, 4, 5
 
 
 @njit(**_JIT)
@@ -40,45 +57,56 @@ def _before(ta, ca, tb, cb):
 
 
 @njit(**_JIT)
-def _unlink(nxt, prv, b):
-    nxt[prv[b]] = nxt[b]
-    prv[nxt[b]] = prv[b]
+def _unlink(blk, b):
+    blk[blk[b, PRV], NXT] = blk[b, NXT]
+    blk[blk[b, NXT], PRV] = blk[b, PRV]
 
 
 @njit(**_JIT)
-def _link_after(nxt, prv, where, b):
-    nxt[b] = nxt[where]
-    prv[b] = where
-    prv[nxt[where]] = b
-    nxt[where] = b
+def _link_after(blk, where, b):
+    blk[b, NXT] = blk[where, NXT]
+    blk[b, PRV] = where
+    blk[blk[where, NXT], PRV] = b
+    blk[where, NXT] = b
 
 
 @njit(**_JIT)
-def _drop_key(block_key, key_head, key_tail, h_next, h_prev, b):
+def _drop_key(blk, holders, b):
     """Block `b` no longer holds its key (reused for new data)."""
-    k = block_key[b]
-    if h_prev[b] >= 0:
-        h_next[h_prev[b]] = h_next[b]
+    k = blk[b, KEY]
+    if blk[b, HPREV] >= 0:
+        blk[blk[b, HPREV], HNEXT] = blk[b, HNEXT]
     else:
-        key_head[k] = h_next[b]
-    if h_next[b] >= 0:
-        h_prev[h_next[b]] = h_prev[b]
+        holders[k, 0] = blk[b, HNEXT]
+    if blk[b, HNEXT] >= 0:
+        blk[blk[b, HNEXT], HPREV] = blk[b, HPREV]
     else:
-        key_tail[k] = h_prev[b]
-    block_key[b] = -1
+        holders[k, 1] = blk[b, HPREV]
+    blk[b, KEY] = -1
 
 
 @njit(**_JIT)
-def _hold_key(block_key, key_head, key_tail, h_next, h_prev, b, k):
+def _hold_key(blk, holders, b, k):
     """Block `b` now holds key `k`, after the blocks that already hold it."""
-    block_key[b] = k
-    h_next[b] = -1
-    h_prev[b] = key_tail[k]
-    if key_tail[k] >= 0:
-        h_next[key_tail[k]] = b
+    blk[b, KEY] = k
+    blk[b, HNEXT] = -1
+    blk[b, HPREV] = holders[k, 1]
+    if holders[k, 1] >= 0:
+        blk[holders[k, 1], HNEXT] = b
     else:
-        key_head[k] = b
-    key_tail[k] = b
+        holders[k, 0] = b
+    holders[k, 1] = b
+
+
+@njit(**_JIT)
+def _take(blk, holders, head):
+    """The block at the front of the free queue, its key (if any) evicted, referenced once."""
+    b = blk[head, NXT]
+    _unlink(blk, b)
+    if blk[b, KEY] >= 0:
+        _drop_key(blk, holders, b)
+    blk[b, REF] = 1
+    return b
 
 
 @njit(**_JIT)
@@ -94,33 +122,26 @@ def vllm_pool_hits(
     hits = np.zeros(n_calls, dtype=np.int64)
     n = capacity + 1  # the null block is block 0
     head, tail = n, n + 1
-    nxt = np.empty(n + 2, dtype=np.int64)
-    prv = np.empty(n + 2, dtype=np.int64)
-    nxt[head] = tail
-    prv[tail] = head
+    blk = np.full((n + 2, 6), -1, dtype=np.int32)
+    blk[head, NXT] = tail
+    blk[tail, PRV] = head
     for b in range(1, n):
-        _link_after(nxt, prv, prv[tail], b)
+        _link_after(blk, blk[tail, PRV], b)
+        blk[b, REF] = 0
     n_free = n - 1
-    ref = np.zeros(n, dtype=np.int64)
-    block_key = np.full(n, -1, dtype=np.int64)
-    h_next = np.full(n, -1, dtype=np.int64)
-    h_prev = np.full(n, -1, dtype=np.int64)
     # generated blocks get keys of their own, after the prompt keys
     gen_total = 0
     for i in range(n_calls):
         total = tokens_in[i] + max(tokens_out[i], 1) - 1
         gen_total += max((total // block_size) - (tokens_in[i] // block_size), 0)
-    key_head = np.full(n_keys + gen_total, -1, dtype=np.int64)
-    key_tail = np.full(n_keys + gen_total, -1, dtype=np.int64)
+    holders = np.full((n_keys + gen_total, 2), -1, dtype=np.int32)  # first and last holder
     next_gen = n_keys
     # each call's blocks while it runs
-    most = np.empty(n_calls, dtype=np.int64)
-    for i in range(n_calls):
-        most[i] = (tokens_in[i] + max(tokens_out[i], 1) - 1 + block_size - 1) // block_size
     blk_off = np.zeros(n_calls + 1, dtype=np.int64)
     for i in range(n_calls):
-        blk_off[i + 1] = blk_off[i] + most[i]
-    call_blocks = np.empty(blk_off[n_calls], dtype=np.int64)
+        most = (tokens_in[i] + max(tokens_out[i], 1) - 1 + block_size - 1) // block_size
+        blk_off[i + 1] = blk_off[i] + most
+    call_blocks = np.empty(blk_off[n_calls], dtype=np.int32)
     call_len = np.zeros(n_calls, dtype=np.int64)
     # finish events: a binary min-heap of (time, call)
     ev_t = np.empty(n_calls, dtype=np.float64)
@@ -132,8 +153,8 @@ def vllm_pool_hits(
     running = 0
     arrived = 0
     top = 0  # the highest block id taken from the free queue
-    free_first = np.empty(n, dtype=np.int64)
-    free_last = np.empty(n, dtype=np.int64)
+    free_first = np.empty(n, dtype=np.int32)
+    free_last = np.empty(n, dtype=np.int32)
     while arrived < n_calls or n_ev > 0:
         if n_ev > 0 and (arrived >= n_calls or ev_t[0] <= start_s[arrived]):
             now = ev_t[0]
@@ -162,36 +183,30 @@ def vllm_pool_hits(
             if more > n_free:
                 more = n_free
             for _ in range(max(more, 0)):
-                b = nxt[head]
+                b = _take(blk, holders, head)
                 top = max(top, b)
-                _unlink(nxt, prv, b)
                 n_free -= 1
-                if block_key[b] >= 0:
-                    _drop_key(block_key, key_head, key_tail, h_next, h_prev, b)
-                ref[b] = 1
                 call_blocks[base + nb] = b
                 nb += 1
             for j in range(tokens_in[i] // block_size, min(total // block_size, nb)):
-                _hold_key(
-                    block_key, key_head, key_tail, h_next, h_prev, call_blocks[base + j], next_gen
-                )
+                _hold_key(blk, holders, call_blocks[base + j], next_gen)
                 next_gen += 1
             nf = 0
             nl = 0
             for j in range(nb - 1, -1, -1):
                 b = call_blocks[base + j]
-                ref[b] -= 1
-                if ref[b] == 0:
-                    if block_key[b] >= 0:
+                blk[b, REF] -= 1
+                if blk[b, REF] == 0:
+                    if blk[b, KEY] >= 0:
                         free_last[nl] = b
                         nl += 1
                     else:
                         free_first[nf] = b
                         nf += 1
             for j in range(nf - 1, -1, -1):
-                _link_after(nxt, prv, head, free_first[j])
+                _link_after(blk, head, free_first[j])
             for j in range(nl):
-                _link_after(nxt, prv, prv[tail], free_last[j])
+                _link_after(blk, blk[tail, PRV], free_last[j])
             n_free += nf + nl
             running -= 1
         else:
@@ -207,12 +222,14 @@ def vllm_pool_hits(
             n_in = tokens_in[i]
             cap = min(length, max(n_in - 1, 0) // block_size)
             h = 0
-            while h < cap and key_head[ids[a0 + h]] >= 0:
-                h += 1
             evictable = 0
-            for j in range(h):
-                if ref[key_head[ids[a0 + j]]] == 0:
+            while h < cap:
+                b = holders[ids[a0 + h], 0]
+                if b < 0:
+                    break
+                if blk[b, REF] == 0:
                     evictable += 1
+                h += 1
             need = (n_in + block_size - 1) // block_size - h
             if need + evictable > n_free:
                 if running > 0:
@@ -222,32 +239,20 @@ def vllm_pool_hits(
             w_head += 1
             base = blk_off[i]
             for j in range(h):  # touch the hit blocks
-                b = key_head[ids[a0 + j]]
-                if ref[b] == 0:
-                    _unlink(nxt, prv, b)
+                b = holders[ids[a0 + j], 0]
+                if blk[b, REF] == 0:
+                    _unlink(blk, b)
                     n_free -= 1
-                ref[b] += 1
+                blk[b, REF] += 1
                 call_blocks[base + j] = b
             for j in range(need):
-                b = nxt[head]
+                b = _take(blk, holders, head)
                 top = max(top, b)
-                _unlink(nxt, prv, b)
                 n_free -= 1
-                if block_key[b] >= 0:
-                    _drop_key(block_key, key_head, key_tail, h_next, h_prev, b)
-                ref[b] = 1
                 call_blocks[base + h + j] = b
             call_len[i] = h + need
             for j in range(h, min(n_in // block_size, length)):
-                _hold_key(
-                    block_key,
-                    key_head,
-                    key_tail,
-                    h_next,
-                    h_prev,
-                    call_blocks[base + j],
-                    ids[a0 + j],
-                )
+                _hold_key(blk, holders, call_blocks[base + j], ids[a0 + j])
             hits[i] = h
             running += 1
             # the duration first, then added: the same rounding as the readable model

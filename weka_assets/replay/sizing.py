@@ -29,6 +29,7 @@ from weka_assets.replay.capacity import (
     RolePoint,
     _sweep,
     capacity_curve,
+    previous_touch,
     reuse_profile,
 )
 from weka_assets.replay.schedule import Arrival
@@ -132,7 +133,12 @@ def capacity_report(
     blocks, when none are given), plus the tier report and the fleet curve when asked."""
     options = options or SizingOptions()
     policies = parse_policies(options.policies)
-    prof = reuse_profile(ds, arrival, time_scale)
+    need_timeline = set(policies) - {"lru"} or options.tiers or options.replicas > 1
+    tl = prev = None
+    if need_timeline:  # the keys and their previous touches once, for every policy
+        tl = timeline(ds, arrival, time_scale)
+        prev = previous_touch(tl.keys)
+    prof = reuse_profile(ds, arrival, time_scale, timeline=tl, prev=prev)
     caps = (
         _sweep(prof.distinct_blocks, points)
         if capacities is None
@@ -140,13 +146,11 @@ def capacity_report(
     )
     lru = capacity_curve(ds, caps, arrival, time_scale, geometry, profile=prof)
     curves: dict[str, CapacityCurve] = {"lru": lru}
-    need_timeline = set(policies) - {"lru"} or options.tiers or options.replicas > 1
-    tl = timeline(ds, arrival, time_scale) if need_timeline else None
     for policy in policies:
         if policy in ("opt", "ttl"):
             from weka_assets.replay.policies import policy_call_hits
 
-            hits = policy_call_hits(tl, policy, caps, ttl_s=options.ttl_s, profile=prof)
+            hits = policy_call_hits(tl, policy, caps, ttl_s=options.ttl_s, profile=prof, prev=prev)
             curves[policy] = _curve_from_hits(lru, tl, policy, hits, options.ttl_s)
         elif policy == "vllm":
             sizes = np.unique(tl.block_size)
@@ -155,7 +159,7 @@ def capacity_report(
             bs = int(sizes[0]) if sizes.size else 1
             hits = vllm_curve_hits(
                 tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, [*caps, None],
-                options.service,
+                options.service, prev,
             )  # fmt: skip
             curves[policy] = _curve_from_hits(lru, tl, policy, hits, options.ttl_s)
     report = CapacityReport(curves=[curves[p] for p in policies])
