@@ -773,6 +773,21 @@ def cmd_replay_live(args: argparse.Namespace) -> int:
             print(
                 f"{name:<10} p50 {p.p50:.4f}  p90 {p.p90:.4f}  p99 {p.p99:.4f}  ({p.count} calls)"
             )
+    if result.prediction == "vllm_block_pool":
+        print(
+            f"predicted with vLLM's block pool of {result.settings.kv_blocks} blocks "
+            f"({result.settings.kv_blocks_source}); an unbounded cache: "
+            f"{t.unbounded_predicted_cached_tokens} tokens, {t.calls_evicted} calls lose hits "
+            f"to eviction; the server's counters: {t.server_prefix_cache_hits} hits of "
+            f"{t.server_prefix_cache_queries} queried tokens"
+        )
+    if result.capacity_curve:
+        curve = result.capacity_curve
+        print("this run at other pool sizes (vLLM's eviction, the measured timings):")
+        print(f"{'kv blocks':>12} {'cached tokens':>14} {'hit rate':>9}")
+        for p in curve["points"]:
+            size = "unbounded" if p["kv_blocks"] is None else str(p["kv_blocks"])
+            print(f"{size:>12} {p['cached_tokens']:>14} {_rate(p['hit_rate']):>9}")
     for reason, n in sorted(t.mismatches_by_explanation.items()):
         _err(f"{n} call(s) differ from the prediction: {reason}: {result.explanations[reason]}")
     if result.cache_reset is False:

@@ -212,6 +212,8 @@ class LiveResult(BaseModel):
     cache_reset: bool | None  # POST /reset_prefix_cache succeeded (None: not asked)
     # "vllm_block_pool": predicted with vLLM's eviction at settings.kv_blocks; else "unbounded"
     prediction: str = "unbounded"
+    # live_capacity.LiveCapacityCurve: the run at other pool sizes (with a bounded prediction)
+    capacity_curve: dict | None = None
     # subagent entries: how many the parent waits for, and where their status came from
     subagents: dict[str, int]
     prediction_rule: str = PREDICTION_RULE
@@ -1067,5 +1069,9 @@ def run_live_replay(
         exc.partial_result = out_path  # what the caller may report (an earlier Ctrl-C: none)
         raise
     result = replay.result()
+    if result.prediction == "vllm_block_pool":
+        from weka_assets.replay.live_capacity import live_capacity_curve
+
+        result.capacity_curve = live_capacity_curve(ds, result).model_dump(mode="json")
     write_result(result, out_path)
     return result

@@ -166,15 +166,17 @@ def prefix_calls(draw):
             ServiceModel(prefill_tokens_per_s=20, decode_tokens_per_s=2, max_num_seqs=2),
         ]
     ),
+    st.one_of(st.none(), st.lists(st.sampled_from([0.0, 0.5, 1.0, 3.0, 10.0]), min_size=1)),
 )
-def test_the_compiled_pool_equals_the_readable_one(calls, capacities, service):
+def test_the_compiled_pool_equals_the_readable_one(calls, capacities, service, measured):
     keys, lengths, start, tokens_in, tokens_out = calls
-    got = vllm_curve_hits(
-        keys, lengths, start, tokens_in, tokens_out, B, [*capacities, None], service
-    )
-    bounded = vllm_curve_hits(keys, lengths, start, tokens_in, tokens_out, B, capacities, service)
+    # measured: each call's duration given (a live run's), as a multiple of its arrival gap
+    dur = None if measured is None else np.resize(np.asarray(measured), lengths.size)
+    args = (keys, lengths, start, tokens_in, tokens_out, B)
+    got = vllm_curve_hits(*args, [*capacities, None], service, durations=dur)
+    bounded = vllm_curve_hits(*args, capacities, service, durations=dur)
     for c in [*capacities, None]:
-        want = vllm_reference_hits(keys, lengths, start, tokens_in, tokens_out, B, c, service)
+        want = vllm_reference_hits(*args, c, service, durations=dur)
         assert got[c].tolist() == want.tolist(), c
         if c is not None:  # the largest pool asked need not be one that never fills
             assert bounded[c].tolist() == want.tolist(), c

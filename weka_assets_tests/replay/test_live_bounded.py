@@ -95,6 +95,21 @@ def test_one_call_at_a_time_every_call_is_predicted(small_cache_server, dataset,
     # the server's own counters over the run equal the predicted totals
     assert t["server_prefix_cache_hits"] == t["predicted_cached_tokens"] == t["cached_tokens"]
     assert t["server_prefix_cache_queries"] == t["prompt_tokens_sent"] > 0
+    assert "this run at other pool sizes" in run.stdout
+
+    # the compiled pool over the run's measured timings: at the server's size, every call's
+    # cached tokens as measured; smaller pools hit less, larger ones more, up to unbounded
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.replay.live import LiveResult
+    from weka_assets.replay.live_capacity import live_call_hits
+
+    result = LiveResult.model_validate(data)
+    order, hits = live_call_hits(open_dataset(dataset), result, [KV_BLOCKS])
+    by_index = {c["index"]: c for c in calls}
+    assert [32 * int(h) for h in hits[KV_BLOCKS]] == [by_index[i]["cached_tokens"] for i in order]
+    points = {p["kv_blocks"]: p["cached_tokens"] for p in data["capacity_curve"]["points"]}
+    assert points[KV_BLOCKS] == t["cached_tokens"]
+    assert points[KV_BLOCKS // 4] < points[KV_BLOCKS] < points[4 * KV_BLOCKS] <= points[None]
 
     # the same corpus predicted with an unbounded cache (--kv-blocks 0): every shortfall is an
     # "evicted" it cannot account for (the server samples its outputs, so the completion
