@@ -166,7 +166,7 @@ def vllm_reference_hits(
     block_size: int,
     capacity: int | None,
     service: ServiceModel = ServiceModel(),
-    durations: np.ndarray | None = None,
+    ends: np.ndarray | None = None,
 ) -> np.ndarray:
     """`vllm_call_hits` by the readable model: `BlockPool` driven call by call (the reference
     the compiled kernel is tested against)."""
@@ -204,11 +204,11 @@ def vllm_reference_hits(
             waiting.popleft()
             hits[i] = h
             running += 1
-            if durations is not None:
-                dur = float(durations[i])
-            else:
+            if ends is not None:  # measured: it ends when it ended
+                heapq.heappush(events, (max(now, float(ends[i])), i))
+            else:  # modelled from its admission
                 dur = service.duration_s(int(tokens_in[i]) - h * b, int(tokens_out[i]))
-            heapq.heappush(events, (now + dur, i))
+                heapq.heappush(events, (now + dur, i))
 
     while nxt < n_calls or events:
         if events and (nxt >= n_calls or events[0][0] <= arrivals[nxt]):
@@ -232,20 +232,20 @@ def vllm_call_hits(
     block_size: int,
     capacity: int | None,
     service: ServiceModel = ServiceModel(),
-    durations: np.ndarray | None = None,
+    ends: np.ndarray | None = None,
 ) -> np.ndarray:
     """Hit blocks of every call (timeline order) on one vLLM server whose pool holds `capacity`
     data blocks (`capacity + 1` GPU blocks with the null block; None: never full).
 
     Calls arrive at `start_s`, wait in arrival order for a slot and free blocks, run for
-    `service.duration_s` (or `durations`, seconds per call, e.g. a live run's measured ones)
-    and free their blocks at the end. A call that needs more blocks than
+    `service.duration_s` from their admission (or end at `ends[i]`, as a live run measured
+    them, or when admitted if that is later) and free their blocks at the end. A call that needs more blocks than
     the whole pool could never run on such a server: it counts no hits and caches nothing.
     The compiled `kernels.vllm_pool_hits`, equal to `vllm_reference_hits` call by call.
     """
     return vllm_curve_hits(
         keys, lengths, start_s, tokens_in, tokens_out, block_size, [capacity], service,
-        durations=durations,
+        ends=ends,
     )[capacity]  # fmt: skip
 
 
@@ -259,7 +259,7 @@ def vllm_curve_hits(
     capacities: Sequence[int | None],
     service: ServiceModel = ServiceModel(),
     prev: np.ndarray | None = None,
-    durations: np.ndarray | None = None,
+    ends: np.ndarray | None = None,
 ) -> dict[int | None, np.ndarray]:
     """`vllm_call_hits` at every capacity, the capacities on every core. `prev`:
     `capacity.previous_touch(keys)` when the caller has it."""
@@ -287,9 +287,9 @@ def vllm_curve_hits(
         caps[c] = unbounded if c is None else min(int(c), unbounded)  # larger: the same
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     start = np.ascontiguousarray(start_s, dtype=np.float64)
-    given = np.ascontiguousarray(np.zeros(0) if durations is None else durations, dtype=np.float64)
+    given = np.ascontiguousarray(np.zeros(0) if ends is None else ends, dtype=np.float64)
     if given.size not in (0, lengths.size):
-        raise ValueError(f"{given.size} durations for {lengths.size} calls")
+        raise ValueError(f"{given.size} end times for {lengths.size} calls")
     out: dict[int | None, np.ndarray] = {}
 
     def run(blocks: int) -> tuple[np.ndarray, int]:

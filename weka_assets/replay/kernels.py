@@ -112,13 +112,14 @@ def _take(blk, holders, head):
 @njit(**_JIT)
 def vllm_pool_hits(
     ids, n_keys, offsets, start_s, tokens_in, tokens_out, block_size, capacity,
-    prefill_tps, decode_tps, max_num_seqs, durations,
+    prefill_tps, decode_tps, max_num_seqs, ends,
 ):  # fmt: skip
     """`block_pool.vllm_reference_hits` with arrays: the free queue a doubly linked list over
     block ids (sentinels head = N, tail = N + 1), each key's holders a linked list in the order
     they got it (a lookup takes the first, as vLLM's dict does). Returns (hits per call, the
     highest block id ever used): a pool of at least that many data blocks behaves alike.
-    `durations`: each call's seconds, or empty for the service model's."""
+    `ends`: each call's measured end (or when admitted, if that is later), or empty for the
+    service model's duration from its admission."""
     n_calls = offsets.size - 1
     hits = np.zeros(n_calls, dtype=np.int64)
     n = capacity + 1  # the null block is block 0
@@ -257,11 +258,11 @@ def vllm_pool_hits(
             hits[i] = h
             running += 1
             # the duration first, then added: the same rounding as the readable model
-            if durations.size:
-                dur = durations[i]
+            if ends.size:  # measured: it ends when it ended (or at once, if admitted late)
+                done = max(now, ends[i])
             else:
                 dur = (n_in - h * block_size) / prefill_tps + tokens_out[i] / decode_tps
-            done = now + dur
+                done = now + dur
             j = n_ev  # push (done, i)
             n_ev += 1
             while j > 0:

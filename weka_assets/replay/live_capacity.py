@@ -82,7 +82,7 @@ def live_call_hits(
         tokens_out,
         b,
         [None if size is None else size - 1 for size in kv_blocks],
-        durations=np.maximum(ended - sent, 0.0),
+        ends=np.maximum(ended, sent),
     )
     return [c.index for c in calls], {
         size: hits[None if size is None else size - 1] for size in kv_blocks

@@ -170,13 +170,13 @@ def prefix_calls(draw):
 )
 def test_the_compiled_pool_equals_the_readable_one(calls, capacities, service, measured):
     keys, lengths, start, tokens_in, tokens_out = calls
-    # measured: each call's duration given (a live run's), as a multiple of its arrival gap
-    dur = None if measured is None else np.resize(np.asarray(measured), lengths.size)
+    # measured: each call's end given (a live run's): its arrival plus a drawn duration
+    dur = None if measured is None else start + np.resize(np.asarray(measured), lengths.size)
     args = (keys, lengths, start, tokens_in, tokens_out, B)
-    got = vllm_curve_hits(*args, [*capacities, None], service, durations=dur)
-    bounded = vllm_curve_hits(*args, capacities, service, durations=dur)
+    got = vllm_curve_hits(*args, [*capacities, None], service, ends=dur)
+    bounded = vllm_curve_hits(*args, capacities, service, ends=dur)
     for c in [*capacities, None]:
-        want = vllm_reference_hits(*args, c, service, durations=dur)
+        want = vllm_reference_hits(*args, c, service, ends=dur)
         assert got[c].tolist() == want.tolist(), c
         if c is not None:  # the largest pool asked need not be one that never fills
             assert bounded[c].tolist() == want.tolist(), c
