@@ -1,4 +1,5 @@
-"""Test servers speaking the real protocols, and their pytest fixtures `hub` and `s3`.
+"""Test servers speaking the real protocols, and their pytest fixtures `hub` and `s3`; the
+real vLLM CPU server (`vllm_cpu_server`).
 
 - `HubServer`: a local Hugging Face Hub (stdlib http.server, 127.0.0.1, free port) answering
   the routes `huggingface_hub` 2.x calls for one dataset file: the revision route
@@ -15,15 +16,19 @@
 Registered in conftest.py with `pytest_plugins = ["weka_assets_tests.servers"]`.
 """
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import socket
 import struct
+import subprocess
 import threading
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -334,3 +339,28 @@ def s3(_moto_server, monkeypatch):
     _moto_server.reset()
     yield _moto_server
     _moto_server.reset()
+
+
+VLLM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vllm-cpu-server"
+
+
+@contextlib.contextmanager
+def vllm_cpu_server(run_dir: Path, *start_args: str):
+    """A real vLLM server started by `scripts/vllm-cpu-server start` on a free port (with these
+    options) in its own run folder; yields its URL, stops it by PID. Skips the test where vLLM
+    cannot be installed (exit 3), fails it where it does not start."""
+    from weka_assets.cluster import free_port
+
+    env = dict(os.environ, WEKA_VLLM_RUN=str(run_dir))
+    try:
+        start = subprocess.run(
+            [str(VLLM_SCRIPT), "start", "--port", str(free_port()), *start_args],
+            env=env, capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        if start.returncode == 3:
+            pytest.skip(f"vLLM cannot be installed here: {start.stderr.strip().splitlines()[-1]}")
+        if start.returncode != 0:
+            pytest.fail(f"vllm-cpu-server start failed ({start.returncode}):\n{start.stderr}")
+        yield start.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(VLLM_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)

@@ -309,6 +309,20 @@ def _push(heap, hn, v):
 
 
 @njit(**_JIT)
+def _compact(heap, hn, now):
+    """Drop the entries of accesses already past (the live ones are later than now), re-heap;
+    the new count."""
+    k = 0
+    for j in range(hn):
+        if heap[j] > now:
+            heap[k] = heap[j]
+            k += 1
+    for j in range(k // 2 - 1, -1, -1):
+        _sift_down(heap, k, j)
+    return k
+
+
+@njit(**_JIT)
 def opt_hit_flags(nxt, prev, active, capacity):
     """`policies._opt_hit_flags`: per access, whether Belady's OPT of `capacity` keys hits it.
     A cached key is the position of its next access (`mark`); the heap is a max-heap of those
@@ -325,15 +339,8 @@ def opt_hit_flags(nxt, prev, active, capacity):
         if mark[t]:  # a hit: the key's next use moves on to v
             if v >= 0:
                 mark[v] = True
-                if hn == heap.size:  # compact: keep the live entries (later than now)
-                    k = 0
-                    for j in range(hn):
-                        if heap[j] > t:
-                            heap[k] = heap[j]
-                            k += 1
-                    hn = k
-                    for j in range(hn // 2 - 1, -1, -1):
-                        _sift_down(heap, hn, j)
+                if hn == heap.size:
+                    hn = _compact(heap, hn, t)
                 _push(heap, hn, v)
                 hn += 1
             else:  # never used again: out of the cache
@@ -343,14 +350,7 @@ def opt_hit_flags(nxt, prev, active, capacity):
             if size < capacity:
                 size += 1
                 if hn == heap.size:
-                    k = 0
-                    for j in range(hn):
-                        if heap[j] > t:
-                            heap[k] = heap[j]
-                            k += 1
-                    hn = k
-                    for j in range(hn // 2 - 1, -1, -1):
-                        _sift_down(heap, hn, j)
+                    hn = _compact(heap, hn, t)
                 _push(heap, hn, v)
                 hn += 1
             elif heap[0] > v:  # full: evict the farthest next use

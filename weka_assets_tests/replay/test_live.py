@@ -43,10 +43,6 @@ from weka_assets.replay.live import (
 )
 from weka_assets.replay.live_options import LiveOptions
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "vllm-cpu-server"
-
-
 # --------------------------------------------------------------------------- datasets
 
 
@@ -750,21 +746,10 @@ def test_cli_errors_are_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     """A real vLLM server (tiny random model, block size 32, prefix caching) for this module."""
-    run_dir = tmp_path_factory.mktemp("vllm-run")
-    env = dict(os.environ, WEKA_VLLM_RUN=str(run_dir))
-    port = free_port()
-    try:
-        start = subprocess.run(
-            [str(SCRIPT), "start", "--port", str(port), "--max-model-len", "4096"],
-            env=env, capture_output=True, text=True, timeout=1800,
-        )  # fmt: skip
-        if start.returncode == 3:
-            pytest.skip(f"vLLM cannot be installed here: {start.stderr.strip().splitlines()[-1]}")
-        if start.returncode != 0:
-            pytest.fail(f"vllm-cpu-server start failed ({start.returncode}):\n{start.stderr}")
-        yield start.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+    from weka_assets_tests.servers import vllm_cpu_server
+
+    with vllm_cpu_server(tmp_path_factory.mktemp("vllm-run"), "--max-model-len", "4096") as url:
+        yield url
 
 
 @pytest.mark.live

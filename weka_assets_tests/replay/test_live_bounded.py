@@ -7,16 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from weka_assets.cluster import free_port
 from weka_assets.replay.live import run_live_replay
 from weka_assets.replay.live_options import LiveOptions
+from weka_assets_tests.servers import VLLM_SCRIPT as SCRIPT
+from weka_assets_tests.servers import vllm_cpu_server
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "vllm-cpu-server"
 KV_BLOCKS = 160  # 5,120 tokens: a few calls of the corpus fill it
 CONTEXT = 2048
 
@@ -26,21 +24,9 @@ pytestmark = [pytest.mark.live, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def small_cache_server(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("vllm-run-bounded")
-    env = dict(os.environ, WEKA_VLLM_RUN=str(run_dir))
-    port = free_port()
-    try:
-        start = subprocess.run(
-            [str(SCRIPT), "start", "--port", str(port), "--max-model-len", str(CONTEXT),
-             "--kv-blocks", str(KV_BLOCKS)],
-            env=env, capture_output=True, text=True, timeout=1800,
-        )  # fmt: skip
-        if start.returncode == 3:
-            pytest.skip(f"vLLM cannot be installed here: {start.stderr.strip().splitlines()[-1]}")
-        if start.returncode != 0:
-            pytest.fail(f"vllm-cpu-server start failed ({start.returncode}):\n{start.stderr}")
-        yield start.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+    args = ("--max-model-len", str(CONTEXT), "--kv-blocks", str(KV_BLOCKS))
+    with vllm_cpu_server(run_dir, *args) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
