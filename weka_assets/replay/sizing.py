@@ -86,21 +86,29 @@ class CapacityReport(BaseModel):
         return next((c for c in self.curves if c.policy == policy), None)
 
 
-def _curve_from_hits(
-    lru: CapacityCurve, tl: Timeline, policy: str, hits: dict[int | None, np.ndarray], ttl_s: float
+def _role_hits(tl: Timeline, hits: dict[int | None, np.ndarray]) -> dict:
+    """{capacity: hits per role (index into ROLES)} from per-call hits (timeline order)."""
+    return {
+        cap: np.bincount(tl.role, weights=h, minlength=len(ROLES)).astype(np.int64)
+        for cap, h in hits.items()
+    }
+
+
+def _curve(
+    lru: CapacityCurve, tl: Timeline, policy: str, role_hits: dict, ttl_s: float
 ) -> CapacityCurve:
-    """A curve of `policy` from per-call hits (timeline order) at each of `lru`'s capacities."""
+    """A curve of `policy` at each of `lru`'s capacities, from its hits per role there."""
     lengths = tl.lengths
     total = int(lengths.sum())
+    role_blocks = np.bincount(tl.role, weights=lengths, minlength=len(ROLES)).astype(np.int64)
     points = []
     for base in lru.points:
-        h = hits[base.capacity_blocks]
+        h = role_hits[base.capacity_blocks]
         per_role = {}
         for k, role in enumerate(ROLES):
-            mask = tl.role == k
-            rh, rb = int(h[mask].sum()), int(lengths[mask].sum())
+            rh, rb = int(h[k]), int(role_blocks[k])
             per_role[role] = RolePoint(hits=rh, blocks=rb, hit_rate=rh / rb if rb else None)
-        n = int(h.sum())
+        n = int(sum(int(x) for x in h))
         points.append(
             CapacityPoint(
                 capacity_blocks=base.capacity_blocks,
@@ -147,11 +155,21 @@ def capacity_report(
     lru = capacity_curve(ds, caps, arrival, time_scale, geometry, profile=prof)
     curves: dict[str, CapacityCurve] = {"lru": lru}
     for policy in policies:
-        if policy in ("opt", "ttl"):
-            from weka_assets.replay.policies import policy_call_hits
+        if policy == "opt":
+            from weka_assets.replay.policies import opt_curve_hits
 
-            hits = policy_call_hits(tl, policy, caps, ttl_s=options.ttl_s, profile=prof, prev=prev)
-            curves[policy] = _curve_from_hits(lru, tl, policy, hits, options.ttl_s)
+            hits = opt_curve_hits(tl.keys, tl.lengths, [*caps, None], prev)
+            curves[policy] = _curve(lru, tl, policy, _role_hits(tl, hits), options.ttl_s)
+        elif policy == "ttl":  # totals per role straight from the profile: one sort per role
+            from weka_assets.replay.policies import ttl_profile
+
+            ttl = ttl_profile(tl.keys, tl.lengths, tl.start_s, prof, prev)
+            by_role = [
+                ttl.total_hits(options.ttl_s, [*caps, None], tl.role == k)
+                for k in range(len(ROLES))
+            ]
+            role_hits = {c: np.array([r[c] for r in by_role]) for c in [*caps, None]}
+            curves[policy] = _curve(lru, tl, policy, role_hits, options.ttl_s)
         elif policy == "vllm":
             sizes = np.unique(tl.block_size)
             if sizes.size > 1:
@@ -161,7 +179,7 @@ def capacity_report(
                 tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, [*caps, None],
                 options.service, prev,
             )  # fmt: skip
-            curves[policy] = _curve_from_hits(lru, tl, policy, hits, options.ttl_s)
+            curves[policy] = _curve(lru, tl, policy, _role_hits(tl, hits), options.ttl_s)
     report = CapacityReport(curves=[curves[p] for p in policies])
     if options.tiers:
         from weka_assets.replay.tiers import tier_report
