@@ -31,6 +31,16 @@ def dense_ids(prev: np.ndarray) -> tuple:
 
 
 @njit(**_JIT)
+def next_touches(prev):
+    """Per position, the next position holding the same key, or -1 (from `previous_touch`)."""
+    nxt = np.full(prev.size, -1, dtype=prev.dtype)
+    for t in range(prev.size):
+        if prev[t] >= 0:
+            nxt[prev[t]] = t
+    return nxt
+
+
+@njit(**_JIT)
 def leading_runs(flags, lengths):
     """Per call (`lengths`: its positions), how many leading positions have their flag set."""
     out = np.zeros(lengths.size, dtype=np.int64)
@@ -223,14 +233,16 @@ def vllm_pool_hits(
             length = offsets[i + 1] - a0
             n_in = tokens_in[i]
             cap = min(length, max(n_in - 1, 0) // block_size)
+            base = blk_off[i]
             h = 0
             evictable = 0
-            while h < cap:
+            while h < cap:  # the hit blocks, kept in the call's row for the touch below
                 b = holders[ids[a0 + h], 0]
                 if b < 0:
                     break
                 if blk[b, REF] == 0:
                     evictable += 1
+                call_blocks[base + h] = b
                 h += 1
             need = (n_in + block_size - 1) // block_size - h
             if need + evictable > n_free:
@@ -239,14 +251,12 @@ def vllm_pool_hits(
                 w_head += 1  # larger than the whole pool: never runs, caches nothing
                 continue
             w_head += 1
-            base = blk_off[i]
             for j in range(h):  # touch the hit blocks
-                b = holders[ids[a0 + j], 0]
+                b = call_blocks[base + j]
                 if blk[b, REF] == 0:
                     _unlink(blk, b)
                     n_free -= 1
                 blk[b, REF] += 1
-                call_blocks[base + j] = b
             for j in range(need):
                 b = _take(blk, holders, head)
                 top = max(top, b)

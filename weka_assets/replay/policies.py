@@ -94,12 +94,11 @@ def _leading_run(hit: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def next_touch(keys: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
     """Per position, the next position holding the same key, or -1 (from `previous_touch`)."""
+    from weka_assets.replay.kernels import next_touches
+
     if prev is None:
         prev = previous_touch(keys)
-    nxt = np.full(prev.size, -1, dtype=prev.dtype)
-    later = np.flatnonzero(prev >= 0)
-    nxt[prev[later]] = later
-    return nxt
+    return next_touches(np.ascontiguousarray(prev))
 
 
 # ---- OPT --------------------------------------------------------------------------------------
