@@ -91,6 +91,9 @@ EXPLANATIONS = {
     "concurrent_allocation": "with another call in flight (related_call) the server scheduled, "
     "allocated or freed blocks in another order than predicted (it interleaves decode steps and "
     "schedules a waiting call when blocks are freed), so a different block was evicted",
+    "diverged_earlier": "no call was in flight with this one, but the server's cache had "
+    "already left the prediction's pool at an earlier call (related_call) that concurrency "
+    "explained: what was evicted since differs",
 }
 
 PREDICTION_RULE = (
@@ -719,7 +722,8 @@ class LiveReplay:
                 if r.index in self.bounded.hits:
                     r.predicted_cached_tokens = b * self.bounded.hits[r.index]
         swapped = reordered(with_cached, self._keys, self.predictor, self._finished)
-        for r in with_cached:
+        diverged: LiveCall | None = None  # the first call concurrency put off the prediction
+        for r in sorted(with_cached, key=lambda r: r.send_order):
             if r.cached_tokens != r.predicted_cached_tokens and r.explanation is None:
                 if r.index in swapped:
                     r.explanation, r.related_call = "reordered", swapped[r.index]
@@ -728,6 +732,20 @@ class LiveReplay:
                 r.explanation, r.related_call = explain(
                     r, self._keys.get(r.index, []), self.predictor, self._finished, concurrent
                 )
+                if r.explanation == "evicted" and diverged is not None:
+                    # alone on the server, but its cache no longer holds what the prediction's
+                    # pool holds since a concurrent call changed what was evicted
+                    r.explanation, r.related_call = "diverged_earlier", diverged.index
+            if (
+                self.bounded is not None
+                and diverged is None
+                and r.explanation
+                in (
+                    "concurrent_allocation",
+                    "reordered",
+                )
+            ):
+                diverged = r
         mismatched = [r for r in with_cached if r.cached_tokens != r.predicted_cached_tokens]
         by_reason: dict[str, int] = {}
         for r in mismatched:
