@@ -114,25 +114,37 @@ _UNITS = {
 _CAPACITY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
-def parse_capacity(text: str, block_size: int, geometry: KVGeometry | None = None) -> int:
-    """A cache capacity in blocks, from "5000" / "5000blocks" (blocks) or a size in bytes
-    ("512MB", "16GiB", "2TB": decimal KB/MB/GB/TB, binary KiB/MiB/GiB/TiB, case-insensitive),
-    which needs the model's KV geometry and the block size; a size rounds down to whole blocks."""
+def parse_size(text: str, what: str) -> tuple[str, float] | None:
+    """("blocks", n) from "5000" / "5000blocks", ("bytes", n) from a size ("512MB", "16GiB":
+    decimal KB/MB/GB/TB, binary KiB/MiB/GiB/TiB, B; case-insensitive); None when `text` is
+    neither. A ValueError names `what` for a fractional block count or an unknown unit."""
     m = _CAPACITY.match(str(text))
     if not m:
-        raise ValueError(f"capacity {text!r}: expected a number of blocks or a size like 16GiB")
+        return None
     number, unit = m.group(1), m.group(2).lower()
     if unit in ("", "block", "blocks"):
         if not re.fullmatch(r"\d+", number):
-            raise ValueError(f"capacity {text!r}: a number of blocks must be a whole number")
-        return int(number)
+            raise ValueError(f"{what}: a number of blocks must be a whole number")
+        return "blocks", int(number)
     if unit not in _UNITS:
-        raise ValueError(f"capacity {text!r}: unknown unit {m.group(2)!r}")
+        raise ValueError(f"{what}: unknown unit {m.group(2)!r}")
+    return "bytes", float(number) * _UNITS[unit]
+
+
+def parse_capacity(text: str, block_size: int, geometry: KVGeometry | None = None) -> int:
+    """A cache capacity in blocks, from a number of blocks or a size in bytes (`parse_size`),
+    which needs the model's KV geometry and the block size; a size rounds down to whole blocks."""
+    size = parse_size(text, f"capacity {text!r}")
+    if size is None:
+        raise ValueError(f"capacity {text!r}: expected a number of blocks or a size like 16GiB")
+    kind, value = size
+    if kind == "blocks":
+        return int(value)
     if geometry is None:
         raise ValueError(f"capacity {text!r} is a size in bytes: it needs a KV geometry")
     if block_size <= 0:
         raise ValueError(f"block_size must be > 0, got {block_size}")
-    return geometry.blocks_for_bytes(float(number) * _UNITS[unit], block_size)
+    return geometry.blocks_for_bytes(value, block_size)
 
 
 # ---- keys and the access sequence -------------------------------------------------------------

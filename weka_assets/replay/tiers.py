@@ -47,12 +47,11 @@ from pydantic import BaseModel, Field
 
 from weka_assets.replay.accesses import Timeline
 from weka_assets.replay.capacity import (
-    _CAPACITY,
-    _UNITS,
     KV_PRESETS,
     KVGeometry,
     ReuseProfile,
     _segmented_cummax,
+    parse_size,
     start_depths,
 )
 
@@ -402,22 +401,18 @@ def parse_tiers(
             raise ValueError(f"tier {item.strip()!r}: empty name")
         if any(name == n for n, _ in out):
             raise ValueError(f"tier {name!r}: duplicate name")
-        m = _CAPACITY.match(size)
-        if not m:
+        parsed = parse_size(size, f"tier {name!r}")
+        if parsed is None:
             raise ValueError(f"tier {name!r}: size {size!r} is not a positive size like 80GiB")
-        number, unit = m.group(1), m.group(2).lower()
-        if unit in ("", "block", "blocks"):
-            if not re.fullmatch(r"\d+", number):
-                raise ValueError(f"tier {name!r}: a number of blocks must be a whole number")
-            if int(number) == 0:
+        kind, value = parsed
+        if kind == "blocks":
+            if value == 0:
                 raise ValueError(f"tier {name!r}: size must be > 0, got {size!r}")
             if geometry is None or not block_size or block_size <= 0:
                 raise ValueError(f"tier {name!r}: a size in blocks needs a geometry and block size")
-            n_bytes = int(number) * geometry.bytes_per_block(block_size)
-        elif unit in _UNITS:
-            n_bytes = math.floor(float(number) * _UNITS[unit])
+            n_bytes = int(value) * geometry.bytes_per_block(block_size)
         else:
-            raise ValueError(f"tier {name!r}: unknown unit {m.group(2)!r}")
+            n_bytes = math.floor(value)
         if n_bytes <= 0:
             raise ValueError(f"tier {name!r}: size must be > 0, got {size!r}")
         out.append((name, int(n_bytes)))
