@@ -1090,6 +1090,8 @@ def run_live_replay(
     if result.prediction == "vllm_block_pool":
         from weka_assets.replay.live_capacity import live_capacity_curve
 
-        result.capacity_curve = live_capacity_curve(ds, result).model_dump(mode="json")
+        # the keys the run computed for every call it sent: no prompt expanded twice
+        curve = live_capacity_curve(ds, result, sent_keys=replay._keys)
+        result.capacity_curve = curve.model_dump(mode="json")
     write_result(result, out_path)
     return result

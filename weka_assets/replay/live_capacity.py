@@ -47,9 +47,14 @@ def default_sizes(server_kv_blocks: int | None) -> list[int | None]:
 
 
 def live_call_hits(
-    ds: DecodedDataset, result: LiveResult, kv_blocks: list[int | None]
+    ds: DecodedDataset,
+    result: LiveResult,
+    kv_blocks: list[int | None],
+    sent_keys: dict[int, list[bytes]] | None = None,
 ) -> tuple[list[int], dict[int | None, np.ndarray]]:
-    """(the answered calls' dataset indices in send order, {kv_blocks: hit blocks per call})."""
+    """(the answered calls' dataset indices in send order, {kv_blocks: hit blocks per call}).
+    `sent_keys`: the block keys the run computed for each call it sent (`LiveReplay`), else
+    computed again from the expanded prompts."""
     b = result.settings.block_size
     calls = sorted(
         (
@@ -64,7 +69,10 @@ def live_call_hits(
     keys: list[int] = []
     lengths = np.zeros(len(calls), dtype=np.int64)
     for k, c in enumerate(calls):
-        call_keys = keyer.keys(ds.expand_call(c.index))
+        if sent_keys is not None and c.index in sent_keys:
+            call_keys = sent_keys[c.index]
+        else:
+            call_keys = keyer.keys(ds.expand_call(c.index))
         keys.extend(ids.setdefault(key, len(ids)) for key in call_keys)
         lengths[k] = len(call_keys)
     sent = np.array([c.sent_s for c in calls], dtype=np.float64)
@@ -90,12 +98,15 @@ def live_call_hits(
 
 
 def live_capacity_curve(
-    ds: DecodedDataset, result: LiveResult, kv_blocks: list[int | None] | None = None
+    ds: DecodedDataset,
+    result: LiveResult,
+    kv_blocks: list[int | None] | None = None,
+    sent_keys: dict[int, list[bytes]] | None = None,
 ) -> LiveCapacityCurve:
     """The run's cached tokens at each pool size (`default_sizes` of the server's by default)."""
     server = result.settings.kv_blocks
     sizes = default_sizes(server) if kv_blocks is None else list(kv_blocks)
-    order, hits = live_call_hits(ds, result, sizes)
+    order, hits = live_call_hits(ds, result, sizes, sent_keys)
     by_index = {c.index: c for c in result.calls}
     prompt = sum(int(by_index[i].prompt_tokens or by_index[i].tokens_in) for i in order)
     b = result.settings.block_size
