@@ -56,8 +56,10 @@ def leading_runs(flags, lengths):
 
 # ---- vLLM's block pool ------------------------------------------------------------------------
 
-# one row of int32 per block, so that one cache line holds everything a step touches of it
-NXT, PRV, REF, KEY, HNEXT, HPREV = 0, 1, 2, 3, 4, 5
+# one row of int32 per block (padded to 32 bytes): everything a step touches of a block in one
+# cache line. POS: where the block sits in the free FIFO (`fq`), -1 when it is not there.
+REF, KEY, HNEXT, HPREV, POS = 0, 1, 2, 3, 4
+_ROW = 8
 
 
 @njit(**_JIT)
@@ -67,56 +69,55 @@ def _before(ta, ca, tb, cb):
 
 
 @njit(**_JIT)
-def _unlink(blk, b):
-    blk[blk[b, PRV], NXT] = blk[b, NXT]
-    blk[blk[b, NXT], PRV] = blk[b, PRV]
-
-
-@njit(**_JIT)
-def _link_after(blk, where, b):
-    blk[b, NXT] = blk[where, NXT]
-    blk[b, PRV] = where
-    blk[blk[where, NXT], PRV] = b
-    blk[where, NXT] = b
-
-
-@njit(**_JIT)
 def _drop_key(blk, holders, b):
     """Block `b` no longer holds its key (reused for new data)."""
     k = blk[b, KEY]
-    if blk[b, HPREV] >= 0:
-        blk[blk[b, HPREV], HNEXT] = blk[b, HNEXT]
+    hp = blk[b, HPREV]
+    hn = blk[b, HNEXT]
+    if hp >= 0:
+        blk[hp, HNEXT] = hn
     else:
-        holders[k, 0] = blk[b, HNEXT]
-    if blk[b, HNEXT] >= 0:
-        blk[blk[b, HNEXT], HPREV] = blk[b, HPREV]
+        holders[k, 0] = hn
+    if hn >= 0:
+        blk[hn, HPREV] = hp
     else:
-        holders[k, 1] = blk[b, HPREV]
+        holders[k, 1] = hp
     blk[b, KEY] = -1
 
 
 @njit(**_JIT)
 def _hold_key(blk, holders, b, k):
     """Block `b` now holds key `k`, after the blocks that already hold it."""
+    last = holders[k, 1]
     blk[b, KEY] = k
     blk[b, HNEXT] = -1
-    blk[b, HPREV] = holders[k, 1]
-    if holders[k, 1] >= 0:
-        blk[holders[k, 1], HNEXT] = b
+    blk[b, HPREV] = last
+    if last >= 0:
+        blk[last, HNEXT] = b
     else:
         holders[k, 0] = b
     holders[k, 1] = b
 
 
 @njit(**_JIT)
-def _take(blk, holders, head):
-    """The block at the front of the free queue, its key (if any) evicted, referenced once."""
-    b = blk[head, NXT]
-    _unlink(blk, b)
-    if blk[b, KEY] >= 0:
-        _drop_key(blk, holders, b)
+def _take(blk, holders, fq, fq_head, stack, n_stack, top):
+    """The block at the front of the free queue (a keyless one first), its key (if any)
+    evicted, referenced once; returns it with the queue's new front and the highest block id
+    taken so far."""
+    if n_stack > 0:
+        n_stack -= 1
+        b = stack[n_stack]
+    else:
+        while blk[fq[fq_head], POS] != fq_head:  # slots of blocks since taken out
+            fq_head += 1
+        b = fq[fq_head]
+        fq_head += 1
+        blk[b, POS] = -1
+        top = max(top, b)
+        if blk[b, KEY] >= 0:
+            _drop_key(blk, holders, b)
     blk[b, REF] = 1
-    return b
+    return b, fq_head, n_stack, top
 
 
 @njit(**_JIT)
@@ -124,22 +125,33 @@ def vllm_pool_hits(
     ids, n_keys, offsets, start_s, tokens_in, tokens_out, block_size, capacity,
     prefill_tps, decode_tps, max_num_seqs, ends,
 ):  # fmt: skip
-    """`block_pool.vllm_reference_hits` with arrays: the free queue a doubly linked list over
-    block ids (sentinels head = N, tail = N + 1), each key's holders a linked list in the order
-    they got it (a lookup takes the first, as vLLM's dict does). Returns (hits per call, the
-    highest block id ever used): a pool of at least that many data blocks behaves alike.
-    `ends`: each call's measured end (or when admitted, if that is later), or empty for the
-    service model's duration from its admission."""
+    """`block_pool.vllm_reference_hits` with arrays. Returns (hits per call, the highest block
+    id ever used): a pool of at least that many data blocks behaves alike. `ends`: each call's
+    measured end (or when admitted, if that is later), or empty for the service model's
+    duration from its admission.
+
+    vLLM's free queue is one list: blocks freed without a key are put at its front, blocks with
+    a key at its back, a hit takes a block out of the middle, an allocation takes the front.
+    Here it is two arrays in that order: a stack of the keyless blocks (the front), then a FIFO
+    of the others whose removal from the middle is lazy: a block's POS says which FIFO slot
+    holds it, so a slot whose block has moved on is skipped when it comes to the front. The
+    FIFO is compacted when it reaches its end (it holds at most `capacity` live slots). Each
+    key's holders form a list in the order they got it (a lookup takes the first, as vLLM's
+    dict does): `holders[k]` = (first, last), HNEXT/HPREV in the blocks' rows."""
     n_calls = offsets.size - 1
     hits = np.zeros(n_calls, dtype=np.int64)
     n = capacity + 1  # the null block is block 0
-    head, tail = n, n + 1
-    blk = np.full((n + 2, 6), -1, dtype=np.int32)
-    blk[head, NXT] = tail
-    blk[tail, PRV] = head
+    blk = np.full((n, _ROW), -1, dtype=np.int32)
+    fq = np.empty(2 * n + 64, dtype=np.int32)
+    fq_head = 0
+    fq_tail = 0
     for b in range(1, n):
-        _link_after(blk, blk[tail, PRV], b)
         blk[b, REF] = 0
+        fq[fq_tail] = b
+        blk[b, POS] = fq_tail
+        fq_tail += 1
+    stack = np.empty(n, dtype=np.int32)
+    n_stack = 0
     n_free = n - 1
     # generated blocks get keys of their own, after the prompt keys
     gen_total = 0
@@ -165,8 +177,6 @@ def vllm_pool_hits(
     running = 0
     arrived = 0
     top = 0  # the highest block id taken from the free queue
-    free_first = np.empty(n, dtype=np.int32)
-    free_last = np.empty(n, dtype=np.int32)
     while arrived < n_calls or n_ev > 0:
         if n_ev > 0 and (arrived >= n_calls or ev_t[0] <= start_s[arrived]):
             now = ev_t[0]
@@ -195,31 +205,43 @@ def vllm_pool_hits(
             if more > n_free:
                 more = n_free
             for _ in range(max(more, 0)):
-                b = _take(blk, holders, head)
-                top = max(top, b)
+                b, fq_head, n_stack, top = _take(blk, holders, fq, fq_head, stack, n_stack, top)
                 n_free -= 1
                 call_blocks[base + nb] = b
                 nb += 1
             for j in range(tokens_in[i] // block_size, min(total // block_size, nb)):
                 _hold_key(blk, holders, call_blocks[base + j], next_gen)
                 next_gen += 1
-            nf = 0
-            nl = 0
+            if fq_tail + nb > fq.size:  # compact the FIFO: its live slots to the start
+                k = 0
+                for j in range(fq_head, fq_tail):
+                    b = fq[j]
+                    if blk[b, POS] == j:
+                        fq[k] = b
+                        blk[b, POS] = k
+                        k += 1
+                fq_head = 0
+                fq_tail = k
+            # freed tail first: keyed blocks to the FIFO's back in that order; keyless ones
+            # to the front, so that the block freed last is taken first
+            keyless = 0
             for j in range(nb - 1, -1, -1):
                 b = call_blocks[base + j]
-                blk[b, REF] -= 1
-                if blk[b, REF] == 0:
+                r = blk[b, REF] - 1
+                blk[b, REF] = r
+                if r == 0:
+                    n_free += 1
                     if blk[b, KEY] >= 0:
-                        free_last[nl] = b
-                        nl += 1
+                        fq[fq_tail] = b
+                        blk[b, POS] = fq_tail
+                        fq_tail += 1
                     else:
-                        free_first[nf] = b
-                        nf += 1
-            for j in range(nf - 1, -1, -1):
-                _link_after(blk, head, free_first[j])
-            for j in range(nl):
-                _link_after(blk, blk[tail, PRV], free_last[j])
-            n_free += nf + nl
+                        keyless += 1
+            for j in range(nb if keyless else 0):  # pushed head first: the tail's on top
+                b = call_blocks[base + j]
+                if blk[b, REF] == 0 and blk[b, KEY] < 0:
+                    stack[n_stack] = b
+                    n_stack += 1
             running -= 1
         else:
             now = start_s[arrived]
@@ -251,15 +273,14 @@ def vllm_pool_hits(
                 w_head += 1  # larger than the whole pool: never runs, caches nothing
                 continue
             w_head += 1
-            for j in range(h):  # touch the hit blocks
+            for j in range(h):  # touch the hit blocks: out of the free queue, pinned
                 b = call_blocks[base + j]
                 if blk[b, REF] == 0:
-                    _unlink(blk, b)
+                    blk[b, POS] = -1
                     n_free -= 1
                 blk[b, REF] += 1
             for j in range(need):
-                b = _take(blk, holders, head)
-                top = max(top, b)
+                b, fq_head, n_stack, top = _take(blk, holders, fq, fq_head, stack, n_stack, top)
                 n_free -= 1
                 call_blocks[base + h + j] = b
             call_len[i] = h + need
