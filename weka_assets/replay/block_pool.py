@@ -27,6 +27,7 @@ of allocations; with requests overlapping, vLLM interleaves decode allocations s
 """
 
 import heapq
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 
@@ -263,7 +264,7 @@ def vllm_curve_hits(
 ) -> dict[int | None, np.ndarray]:
     """`vllm_call_hits` at every capacity, the capacities on every core. `prev`:
     `capacity.previous_touch(keys)` when the caller has it."""
-    from weka_assets.parallel import on_threads
+    from weka_assets.parallel import on_threads, workers
     from weka_assets.replay.capacity import previous_touch
     from weka_assets.replay.kernels import dense_ids, vllm_pool_hits
 
@@ -301,17 +302,32 @@ def vllm_curve_hits(
 
     # the largest pool first: no block with an id above its `top` was ever taken, so every
     # block in use was among blocks 1..top, and a pool of c >= top data blocks admits the same
-    # calls and takes the same blocks in the same order: the same hits, without a run of its own
-    largest, top = run(max(caps.values(), default=1) or 1)
+    # calls and takes the same blocks in the same order: the same hits, without a run of its
+    # own. Meanwhile the other threads run the smallest pools, the least likely to reach `top`;
+    # the first thread then takes the largest left, skipping those at or above `top`.
+    sizes = sorted({v for v in caps.values() if v > 0})
+    largest = sizes.pop() if sizes else 0
+    left = deque(sizes)
+    lock = threading.Lock()
+    runs: dict[int, np.ndarray] = {}
+    found = {"top": None}
 
-    def one(c):
-        if caps[c] == 0:  # no call fits: nothing is ever cached
+    def worker(w: int) -> None:
+        if w == 0 and largest:
+            runs[largest], found["top"] = run(largest)
+        while True:
+            with lock:
+                if not left:
+                    return
+                size = left.pop() if w == 0 else left.popleft()
+                if found["top"] is not None and size >= found["top"]:
+                    continue
+            runs[size] = run(size)[0]
+
+    on_threads(worker, range(max(workers(), 1)))
+    for c, size in caps.items():
+        if size == 0:  # no call fits: nothing is ever cached
             out[c] = np.zeros(lengths.size, dtype=np.int64)
-        elif caps[c] >= top:
-            out[c] = largest.copy()
         else:
-            out[c] = run(caps[c])[0]
-
-    # the largest first: the longest runs start early, the threads end together
-    on_threads(one, sorted(caps, key=lambda c: -caps[c]))
+            out[c] = runs[size].copy() if size in runs else runs[largest].copy()
     return {c: out[c] for c in caps}

@@ -354,18 +354,34 @@ def _compact(heap, hn, now):
 
 
 @njit(**_JIT)
-def opt_hit_flags(nxt, prev, active, capacity):
+def max_live(nxt, prev):
+    """`policies._max_live`: the most keys live at once, a key live from an access with a next
+    one to that next access."""
+    live = 0
+    most = 0
+    for t in range(nxt.size):
+        if prev[t] >= 0:
+            live -= 1
+        if nxt[t] >= 0:
+            live += 1
+            most = max(most, live)
+    return most
+
+
+@njit(**_JIT)
+def opt_hit_flags(nxt, capacity):
     """`policies._opt_hit_flags`: per access, whether Belady's OPT of `capacity` keys hits it.
     A cached key is the position of its next access (`mark`); the heap is a max-heap of those
     positions with stale entries (of accesses already past) left behind until it fills, then
-    dropped: a live entry is always later than now, so a stale one is never the farthest."""
+    dropped: a live entry is always later than now, so a stale one is never the farthest. An
+    access neither hit nor used again changes nothing. `nxt` as int32 where positions fit:
+    half the bytes to read at every capacity."""
     n = nxt.size
     mark = np.zeros(n, dtype=np.bool_)
-    heap = np.empty(2 * capacity + 16, dtype=np.int64)
+    heap = np.empty(2 * capacity + 16, dtype=nxt.dtype)
     hn = 0
     size = 0
-    for a in range(active.size):
-        t = active[a]
+    for t in range(n):
         v = nxt[t]
         if mark[t]:  # a hit: the key's next use moves on to v
             if v >= 0:

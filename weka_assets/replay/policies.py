@@ -107,24 +107,23 @@ def next_touch(keys: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
 def _max_live(nxt: np.ndarray, prev: np.ndarray) -> int:
     """The most keys ever cached at once by a cache that keeps every key until its last use:
     from this capacity on, OPT never evicts a key that is used again. A key is live from an
-    access with a next one (+1 there) to that next access (-1 there)."""
-    if not nxt.size:
-        return 0
-    step = (nxt >= 0).view(np.int8).astype(np.int32)
-    step -= prev >= 0
-    return int(np.cumsum(step).max())
+    access with a next one to that next access (`kernels.max_live`)."""
+    from weka_assets.replay.kernels import max_live
+
+    return int(max_live(nxt, prev)) if nxt.size else 0
+
+
+def _narrow(nxt: np.ndarray) -> np.ndarray:
+    """Next positions as int32 where they fit (the OPT pass reads them at every capacity)."""
+    return nxt.astype(np.int32) if nxt.size < 2**31 - 1 else nxt
 
 
 def _opt_hit_flags(
-    nxt: np.ndarray,
-    prev: np.ndarray,
-    capacity: int,
-    live: int | None = None,
-    active: np.ndarray | None = None,
+    nxt: np.ndarray, prev: np.ndarray, capacity: int, live: int | None = None
 ) -> np.ndarray:
     """Per access, whether Belady's OPT of `capacity` keys hits it (bool): the compiled
-    `kernels.opt_hit_flags`. `live` (`_max_live`) and `active` (the accesses of keys touched
-    more than once) are the same at every capacity: a curve computes them once.
+    `kernels.opt_hit_flags`. `live` (`_max_live`) is the same at every capacity: a curve
+    computes it once, and `nxt` narrowed (`_narrow`) once.
 
     A cached key is stored as the position of its next access: `mark[v]` says "the key next
     accessed at v is cached", so an access at t hits iff `mark[t]`, and at the end `mark` is the
@@ -132,8 +131,7 @@ def _opt_hit_flags(
     next uses of the cached keys; a hit leaves its old entry behind, stale but harmless: every
     live entry is later than now, so a stale one is never the farthest, and stale entries are
     dropped when the heap fills. A key never used again is never inserted: OPT would evict it
-    before any other, so it cannot change what the others do. Keys touched once only change
-    nothing and are skipped.
+    before any other, so it cannot change what the others do.
     """
     from weka_assets.replay.kernels import opt_hit_flags
 
@@ -142,9 +140,7 @@ def _opt_hit_flags(
         return np.zeros(n, dtype=bool)
     if capacity >= (_max_live(nxt, prev) if live is None else live):
         return prev >= 0  # nothing used again is ever evicted: the unbounded hits
-    if active is None:
-        active = np.flatnonzero((nxt >= 0) | (prev >= 0))
-    return opt_hit_flags(nxt, prev, active, int(capacity))
+    return opt_hit_flags(nxt, int(capacity))
 
 
 def opt_call_hits(keys: np.ndarray, lengths: np.ndarray, capacity: int | None) -> np.ndarray:
@@ -178,11 +174,11 @@ def opt_curve_hits(
         prev = previous_touch(np.asarray(keys))
     nxt = next_touch(keys, prev)
     live = _max_live(nxt, prev)
-    active = np.flatnonzero((nxt >= 0) | (prev >= 0))
+    nxt = _narrow(nxt)
     out: dict[int | None, np.ndarray] = {}
 
     def one(c: int | None) -> None:
-        hit = prev >= 0 if c is None else _opt_hit_flags(nxt, prev, int(c), live, active)
+        hit = prev >= 0 if c is None else _opt_hit_flags(nxt, prev, int(c), live)
         out[c] = _leading_run(hit, lengths)
 
     order = list(dict.fromkeys(capacities))
