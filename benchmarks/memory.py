@@ -44,7 +44,9 @@ WRAPPER = (
 
 
 def big_trace(target_bytes: int, trace_id: str) -> bytes:
-    """One trace whose calls extend each other (ids 0..n-1), about `target_bytes` of JSON."""
+    """One trace whose calls extend each other (ids 0..n-1), about `target_bytes` of JSON.
+    One-token blocks: a call of n ids claims n prompt tokens, so calls of millions of ids stay
+    within the default WEKA_ASSETS_MAX_PROMPT_TOKENS (4 Mi) and the trace passes the gate."""
     import numpy as np
 
     calls = 60
@@ -52,11 +54,11 @@ def big_trace(target_bytes: int, trace_id: str) -> bytes:
     ids = np.arange(step * calls).astype(str)
     joined = ",".join(ids.tolist()).encode()
     ends = np.cumsum(np.char.str_len(ids) + 1) - 1
-    head = {"id": trace_id, "models": ["m"], "block_size": 64, "hash_id_scope": "local"}
+    head = {"id": trace_id, "models": ["m"], "block_size": 1, "hash_id_scope": "local"}
     parts = [orjson.dumps(head)[:-1], b',"requests":[']
     for k in range(1, calls + 1):
         n = step * k
-        call = {"t": 10.0 * k, "type": "n", "model": "m", "in": n * 64, "out": 100}
+        call = {"t": 10.0 * k, "type": "n", "model": "m", "in": n, "out": 100}
         parts += [b"," if k > 1 else b"", orjson.dumps(call)[:-1], b',"hash_ids":[']
         parts += [joined[: ends[n - 1]], b"]}"]
     parts.append(b"]}\n")

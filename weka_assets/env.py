@@ -126,6 +126,13 @@ _TABLE = [
             "error)", shown="`536870912` (512 MiB)"),
     Setting("WEKA_ASSETS_MAX_IDS_PER_CALL", "4000000", positive_int,
             "the most hash ids one call may hold (more is a `too_many_ids` error)"),
+    Setting("WEKA_ASSETS_MAX_PROMPT_TOKENS", str(4 << 20), positive_int,
+            "the most prompt tokens one call may declare (`in`, Mooncake's `input_length`, or "
+            "implied by its `hash_ids` x block size; more is a `prompt_too_long` error), and the "
+            "largest block size (`block_size_too_large`)", shown="`4194304` (4 Mi)"),
+    Setting("WEKA_ASSETS_MAX_OUTPUT_TOKENS", str(1 << 20), positive_int,
+            "the most output tokens one call may declare (`out`, Mooncake's `output_length`; "
+            "more is an `output_too_long` error)", shown="`1048576` (1 Mi)"),
     Setting("WEKA_ASSETS_AUTOMATION", "running", one_of("running", "stopped"),
             "`stopped`: `weka_automation_sensor` starts stopped (only what you launch runs)"),
     Setting("WEKA_ASSETS_REFRESH_CRON", "0 3 * * *", text,

@@ -237,8 +237,11 @@ class DecodedDataset:
 
     # ---- expansion ---------------------------------------------------------------------------
     def _layout(self, bs: int) -> tuple[np.ndarray, np.ndarray]:
-        """For each position p of a block: which sub-block it is in, and where within it."""
+        """For each position p of a block: which sub-block it is in, and where within it.
+        Kept for the last few block sizes only: each costs 16 bytes per token of a block."""
         if bs not in self._layouts:
+            if len(self._layouts) >= LAYOUTS_KEPT:
+                self._layouts.pop(next(iter(self._layouts)))
             s = min(self._sub_blocks, bs)
             lengths = np.full(s, bs // s) + (np.arange(s) < bs % s)
             sub = np.repeat(np.arange(s), lengths)
@@ -279,22 +282,32 @@ class DecodedDataset:
                 0, :partial
             ]
         if tail:
-            start = full * bs + partial
-            idx = (int(c["tail_offset"][i]) + np.arange(tail, dtype=np.int64)) % self.filler.size
-            out[start:n] = self.filler[idx]
+            # filler[(tail_offset + k) % size] for k < tail, copied a run of the filler at a
+            # time: no index array, so a long tail costs its own 4 bytes a token and no more
+            size = self.filler.size
+            pos, o = full * bs + partial, int(c["tail_offset"][i]) % size
+            while pos < n:
+                k = min(size - o, n - pos)
+                out[pos : pos + k] = self.filler[o : o + k]
+                pos, o = pos + k, 0
 
     def expand_all(self, start: int = 0, stop: int | None = None):
         """Yield (call index, token ids) for calls [start, stop), one call at a time.
 
         Streamed: each array is a view into a buffer of its conversation, where only the
         blocks that differ from the previous call's are rewritten; it is valid until the next
-        call of that conversation (copy it to keep it)."""
+        call of that conversation (copy it to keep it). A conversation's buffer is dropped
+        after its last call, so what is held is the conversations still going, not every
+        conversation of the trace."""
         stop = self.n_calls if stop is None else stop
         c = self.calls
         prev, shared, n_full = c["prev"], c["shared"], c["n_full"]
         walker = RowWalker(self)
         bufs: dict[int, np.ndarray] = {}
         trace = c["trace"]
+        later = np.asarray(prev[start:stop], dtype=np.int64)  # a conversation's next call
+        has_next = np.zeros(max(stop - start, 0), dtype=bool)
+        has_next[later[later >= start] - start] = True
         for i in range(start, stop):
             if i > start and trace[i] != trace[i - 1]:
                 bufs.clear()  # conversations never cross traces: drop finished buffers
@@ -312,7 +325,10 @@ class DecodedDataset:
             else:
                 buf = np.empty(max(2 * n, 1024), dtype=np.int32)
             self._fill(i, rows, buf, k0)
-            bufs[i] = buf
+            if has_next[i - start]:
+                bufs[i] = buf
+            else:  # its conversation's last call: nothing will extend its buffers
+                walker.forget(i)
             yield i, buf[:n]
 
     def role_mask(self, role: str) -> np.ndarray:
@@ -335,6 +351,7 @@ class DecodedDataset:
 
 
 CHUNK_ROWS = 1 << 20
+LAYOUTS_KEPT = 4  # block sizes whose layout a dataset keeps (`DecodedDataset._layout`)
 
 
 def _chunks(arr: np.ndarray, rows: int | None = None):

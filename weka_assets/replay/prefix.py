@@ -5,7 +5,7 @@ of its keys that an earlier call already put in the cache; with an unbounded cac
 "first seen in an earlier call", computed for all calls at once with one sort.
 """
 
-from functools import cache
+from functools import lru_cache
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def chain_keys(content: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 TOKEN_R = 0xD1B54A32D192ED03
 
 
-@cache
+@lru_cache(maxsize=4)  # a few block sizes: each costs 8 bytes per token of a block
 def _token_weights(bs: int) -> np.ndarray:
     return power_series(TOKEN_R, bs)
 

@@ -116,7 +116,7 @@ def fingerprint(fmt: CorpusFormat) -> str:
     h = hashlib.sha256(FORMAT.encode())
     for module in (reader, fastparse, schema, mooncake):
         h.update(Path(module.__file__).read_bytes())
-    limits = (reader.max_trace_bytes(), reader.max_ids_per_call(), fmt.format, fmt.block_size)
+    limits = (reader.max_trace_bytes(), *reader.SizeLimits.read(), fmt.format, fmt.block_size)
     h.update(repr(limits).encode())
     return h.hexdigest()
 

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -33,6 +34,8 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 # Limits that protect the machine; settings, read when a corpus is read.
 MAX_TRACE_BYTES_ENV = "WEKA_ASSETS_MAX_TRACE_BYTES"  # one trace's JSON (default 512 MiB)
 MAX_IDS_PER_CALL_ENV = "WEKA_ASSETS_MAX_IDS_PER_CALL"  # hash ids of one call (default 4M)
+MAX_PROMPT_TOKENS_ENV = "WEKA_ASSETS_MAX_PROMPT_TOKENS"  # prompt tokens of one call (4 Mi)
+MAX_OUTPUT_TOKENS_ENV = "WEKA_ASSETS_MAX_OUTPUT_TOKENS"  # output tokens of one call (1 Mi)
 
 
 def max_trace_bytes() -> int:
@@ -41,6 +44,40 @@ def max_trace_bytes() -> int:
 
 def max_ids_per_call() -> int:
     return env.get(MAX_IDS_PER_CALL_ENV)
+
+
+def max_prompt_tokens() -> int:
+    return env.get(MAX_PROMPT_TOKENS_ENV)
+
+
+def max_output_tokens() -> int:
+    return env.get(MAX_OUTPUT_TOKENS_ENV)
+
+
+class SizeLimits(NamedTuple):
+    """The sizes one call may declare (settings, read once per corpus read). A trace holds
+    numbers that nothing backs: `in: 100000000000` is 13 bytes of JSON and 373 GiB of tokens.
+    Every array the decoder, the replays, the exports and the live replay size from a call
+    (its tokens, its token blocks, its generated blocks, a block's tokens) is bounded by one
+    of these, because `check_sizes` rejects the trace at the gate before anything reads them.
+    Rejecting is all they do: they are in no decode key, so datasets keep their keys."""
+
+    ids_per_call: int
+    prompt_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def read(cls) -> "SizeLimits":
+        return cls(max_ids_per_call(), max_prompt_tokens(), max_output_tokens())
+
+
+# what a format calls a call's prompt and output lengths and its block size (error messages)
+WEKA_FIELDS = ("in", "out", "block_size")
+MOONCAKE_FIELDS = (
+    "input_length",
+    "output_length",
+    "the corpus's block size (registry or --block-size)",
+)
 
 
 FORMATS = ("weka", "mooncake")
@@ -179,6 +216,9 @@ class RawRecord:
     offset: int = 0  # where the bytes are in `file`, when `data` is not loaded yet
     length: int = 0
     fmt: CorpusFormat | None = None  # the corpus's format (None: Weka)
+    # `SizeLimits` read when the corpus was, as a plain tuple (it travels to a worker with
+    # every record); None: read when the record is parsed
+    limits: tuple[int, int, int] | None = None
 
     def load(self) -> bytes:
         """The record's bytes (read from `file` on first use when the record is lazy)."""
@@ -204,8 +244,9 @@ def parse_record(raw: RawRecord) -> Record:
             error=TraceError("truncated_file", f"cannot read: {exc}", Location(file, line)),
         )
     fmt = raw.fmt
+    limits = SizeLimits.read() if raw.limits is None else SizeLimits(*raw.limits)
     if fmt is not None and fmt.format == "mooncake":
-        return _parse_mooncake_record(raw, data, fmt)
+        return _parse_mooncake_record(raw, data, fmt, limits)
     fast = fast_decode(data)
     obj, shared = fast if fast is not None else (None, None)
     if obj is None:
@@ -230,13 +271,15 @@ def parse_record(raw: RawRecord) -> Record:
     scope = declared_scope(obj)
     try:
         trace, dropped = parse_trace(obj, file, line, shared)
-        _check_ids_per_call(trace, max_ids_per_call())
+        check_sizes(trace, limits, WEKA_FIELDS)
     except TraceError as exc:
         return Record(file, line, error=exc, declared_scope=scope)
     return Record(file, line, trace=trace, declared_scope=scope, null_keys_dropped=dropped)
 
 
-def _parse_mooncake_record(raw: RawRecord, data: bytes, fmt: CorpusFormat) -> Record:
+def _parse_mooncake_record(
+    raw: RawRecord, data: bytes, fmt: CorpusFormat, limits: SizeLimits
+) -> Record:
     file, line = raw.file, raw.line
     try:
         obj = orjson.loads(data)
@@ -244,22 +287,59 @@ def _parse_mooncake_record(raw: RawRecord, data: bytes, fmt: CorpusFormat) -> Re
         return Record(file, line, error=TraceError("invalid_json", str(exc), Location(file, line)))
     try:
         trace, dropped = parse_mooncake(obj, file, line, fmt.mooncake_block_size, fmt.origin)
-        _check_ids_per_call(trace, max_ids_per_call())
+        check_sizes(trace, limits, MOONCAKE_FIELDS)
     except TraceError as exc:
         return Record(file, line, error=exc, declared_scope=MOONCAKE_SCOPE)
     return Record(file, line, trace=trace, declared_scope=MOONCAKE_SCOPE, null_keys_dropped=dropped)
 
 
-def _check_ids_per_call(trace: Trace, limit: int) -> None:
+def check_sizes(
+    trace: Trace, limits: SizeLimits, fields: tuple[str, str, str] = WEKA_FIELDS
+) -> None:
+    """Every size a parsed trace declares within `limits`, or the `TraceError` of the first
+    that is not, naming its call: the block size (`block_size_too_large`), then per call its
+    hash ids (`too_many_ids`), its prompt as declared and as its ids imply it
+    (`prompt_too_long`) and its output (`output_too_long`). `fields`: the format's names of
+    a call's prompt and output lengths and of its block size. Python integers: nothing here
+    can overflow."""
+    bs = trace.block_size
+    n_in, n_out, n_bs = fields
+    if bs > limits.prompt_tokens:
+        raise TraceError(
+            "block_size_too_large",
+            f"{n_bs}={bs}: a block longer than the longest prompt allowed, "
+            f"{MAX_PROMPT_TOKENS_ENV}={limits.prompt_tokens}",
+            trace.location,
+        )
     for c in trace.calls:
-        if c.ids.size > limit:
-            raise TraceError(
-                "too_many_ids",
-                f"{c.ids.size} hash ids in one call: more than {MAX_IDS_PER_CALL_ENV}={limit}",
-                Location(
-                    trace.file, trace.line, trace.id, c.request, None if c.inner < 0 else c.inner
-                ),
+        n = c.ids.size
+        if n > limits.ids_per_call:
+            rule = "too_many_ids"
+            msg = (
+                f"{n} hash ids in one call: more than {MAX_IDS_PER_CALL_ENV}={limits.ids_per_call}"
             )
+        elif c.tokens_in > limits.prompt_tokens:
+            rule = "prompt_too_long"
+            msg = (
+                f"{n_in}={c.tokens_in} prompt tokens: more than "
+                f"{MAX_PROMPT_TOKENS_ENV}={limits.prompt_tokens}"
+            )
+        elif n and (n - 1) * bs >= limits.prompt_tokens:  # its last block holds >= 1 token
+            rule = "prompt_too_long"
+            msg = (
+                f"hash_ids: {n} blocks of {bs} tokens are a prompt of at least "
+                f"{(n - 1) * bs + 1} tokens: more than {MAX_PROMPT_TOKENS_ENV}={limits.prompt_tokens}"
+            )
+        elif c.tokens_out > limits.output_tokens:
+            rule = "output_too_long"
+            msg = (
+                f"{n_out}={c.tokens_out} output tokens: more than "
+                f"{MAX_OUTPUT_TOKENS_ENV}={limits.output_tokens}"
+            )
+        else:
+            continue
+        inner = None if c.inner < 0 else c.inner
+        raise TraceError(rule, msg, Location(trace.file, trace.line, trace.id, c.request, inner))
 
 
 def _too_large(name: str, line: int | None, size: int | None, limit: int, done: int, total: int):
@@ -325,6 +405,7 @@ def iter_raw_records(
     files = corpus_files(path)
     fmt = detect_format(path, fmt)
     limit = max_trace_bytes()
+    sizes = tuple(SizeLimits.read())
     total = sum(f.stat().st_size for f in files)
     done = 0
     for f in files:
@@ -340,7 +421,14 @@ def iter_raw_records(
                         yield _too_large(name, lineno, length, limit, done, total)
                         continue
                     rec = RawRecord(
-                        name, lineno, done=done, total=total, offset=offset, length=length, fmt=fmt
+                        name,
+                        lineno,
+                        done=done,
+                        total=total,
+                        offset=offset,
+                        length=length,
+                        fmt=fmt,
+                        limits=sizes,
                     )
                     if lineno is not None and length <= 64 and not rec.load().strip():
                         continue  # a blank line of a .jsonl (a blank .json file is an error)
@@ -354,7 +442,9 @@ def iter_raw_records(
                         if line is None:
                             yield _too_large(name, lineno, None, limit, done, total)
                         elif line.strip():
-                            yield RawRecord(name, lineno, line, done=done, total=total, fmt=fmt)
+                            yield RawRecord(
+                                name, lineno, line, done=done, total=total, fmt=fmt, limits=sizes
+                            )
         except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
             yield RawRecord(
                 name,

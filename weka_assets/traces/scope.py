@@ -821,13 +821,17 @@ SCHEMA_RULES = (
     "unknown_request_type",
     "trace_too_large",
     "too_many_ids",
+    "prompt_too_long",
+    "output_too_long",
+    "block_size_too_large",
     "mooncake_no_hash_ids",
     "format_mismatch",
 )
 CONTRACT_RULES = (
     ContractRule(
         "valid_schema",
-        "Every record is valid JSON and follows the trace schema (trace-format.md).",
+        "Every record is valid JSON and follows the trace schema (trace-format.md), with "
+        "every declared size (prompt, output, block, ids per call) within its limit.",
         True,
         SCHEMA_RULES,
     ),

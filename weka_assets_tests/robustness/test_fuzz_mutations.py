@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from weka_assets.errors import Location, TraceError
 from weka_assets.pipeline import scope_report
 from weka_assets.synthetic import generate_corpus
-from weka_assets.traces.reader import iter_records
-from weka_assets.traces.schema import parse_trace
+from weka_assets.traces.reader import iter_records, max_output_tokens, max_prompt_tokens
+from weka_assets.traces.schema import INT64_MAX, parse_trace
 from weka_assets_tests.conftest import REAL_SAMPLE
 from weka_assets_tests.robustness.contract import check_error, check_record
 from weka_assets_tests.robustness.fuzzing import bounded, fuzz_settings, tried
@@ -37,7 +37,9 @@ class Expect:
     rule: str
     request: int | None = None
     inner: int | None = None
-    stage: str = "parse"  # "parse": a record error; "scope": a hard error of the scope report
+    # "parse": a record error; "read": one of the reader's (a declared size past its limit,
+    # which parse_trace alone accepts); "scope": a hard error of the scope report
+    stage: str = "parse"
     json: bool = True  # representable in JSON text (NaN and inf are not)
 
 
@@ -55,6 +57,7 @@ CALL_MUTATIONS = [
     "negative in", "negative out", "negative t", "nan t", "inf t", "inf api_time",
     "string in", "float out", "bool in", "list t", "unknown type", "hash_ids object",
     "too many ids", "hash id negative", "hash id float", "hash id string", "hash id null",
+    "in over the limit", "out over the limit",
 ]  # fmt: skip
 SUBAGENT_MUTATIONS = [
     "drop agent_id", "empty agent_id", "drop requests", "requests object", "drop models",
@@ -64,7 +67,10 @@ TRACE_MUTATIONS = [
     "block_size zero", "block_size negative", "block_size string", "scope unknown",
     "drop id", "empty id", "id number", "drop requests", "requests object",
     "requests null", "drop models", "tool_tokens negative", "not an object",
+    "block_size over the limit",
 ]  # fmt: skip
+# the reader's rules: sizes past their limits (WEKA_ASSETS_MAX_PROMPT_TOKENS, ..._OUTPUT_TOKENS)
+READ_RULES = ("prompt_too_long", "output_too_long", "block_size_too_large")
 ALL_MUTATIONS = (
     [f"call: {m}" for m in CALL_MUTATIONS]
     + [f"subagent: {m}" for m in SUBAGENT_MUTATIONS]
@@ -116,6 +122,12 @@ def mutate_call(c: dict, what: str, draw, inner: bool) -> tuple[str, bool]:
     if what == "hash_ids object":
         c["hash_ids"] = {str(i): v for i, v in enumerate(ids)}
         return "schema", True
+    if what == "in over the limit":  # one over, or any size up to int64's
+        c["in"] = draw(st.sampled_from([max_prompt_tokens() + 1, INT64_MAX]))
+        return "prompt_too_long", True
+    if what == "out over the limit":
+        c["out"] = draw(st.integers(max_output_tokens() + 1, INT64_MAX))
+        return "output_too_long", True
     if what == "too many ids":
         # one id more than ceil(in / block_size) allows (block_size 64 in every source)
         c["hash_ids"] = [*ids, (ids[-1] + 1) if ids else 1]
@@ -187,6 +199,9 @@ def mutate_trace(raw: dict, what: str, draw) -> str:
     if what == "requests null":
         raw["requests"] = None
         return "schema"
+    if what == "block_size over the limit":
+        raw["block_size"] = draw(st.integers(max_prompt_tokens() + 1, INT64_MAX))
+        return "block_size_too_large"
     if what == "tool_tokens negative":
         raw["tool_tokens"] = -1
         return "negative_number"
@@ -231,13 +246,14 @@ def mutation(draw, raw: dict, name: str | None = None) -> tuple[object, str, Exp
     kind, what = name.split(": ", 1)
     if kind == "trace":
         rule = mutate_trace(raw, what, draw)
-        return ([raw] if rule == "not_an_object" else raw), name, Expect(rule)
+        stage = "read" if rule in READ_RULES else "parse"
+        return ([raw] if rule == "not_an_object" else raw), name, Expect(rule, stage=stage)
     if kind == "subagent":
         rule, inner = mutate_subagent(raw, i, what, draw)
         return raw, name, Expect(rule, i, inner)
     c = raw["requests"][i] if j is None else raw["requests"][i]["requests"][j]
     rule, representable = mutate_call(c, what, draw, inner=j is not None)
-    stage = "scope" if rule == "hash_ids_over" else "parse"
+    stage = "scope" if rule == "hash_ids_over" else "read" if rule in READ_RULES else "parse"
     return raw, name, Expect(rule, i, j, stage, representable)
 
 
@@ -309,7 +325,7 @@ def check_mutation(source: bytes, data, layout: str, name: str | None = None) ->
             assert expect.stage == "parse", f"{what}: {exc}"
             check(exc, "direct.json", 5)
         else:
-            assert expect.stage == "scope", f"{what}: parsed, want [{expect.rule}]"
+            assert expect.stage in ("scope", "read"), f"{what}: parsed, want [{expect.rule}]"
     if text is None:
         return
     # 2. from a corpus file, among valid traces: the reader and the scope report
@@ -327,7 +343,7 @@ def check_mutation(source: bytes, data, layout: str, name: str | None = None) ->
     target = recs[position]
     assert (target.file, target.line) == (file, line)
     check_record(target, shape if expect.rule != "not_an_object" else value)
-    if expect.stage == "parse":
+    if expect.stage in ("parse", "read"):
         assert target.error is not None, f"{what}: parsed, want [{expect.rule}]"
         check(target.error, file, line)
     else:

@@ -207,9 +207,10 @@ def _small_trace(tid: str) -> bytes:
 
 
 def _enormous(kind: str, n: int) -> tuple[bytes, str | None]:
-    """One enormous record and the rule expected (None: it parses)."""
-    call = {"t": 0.0, "type": "n", "model": "m", "in": 64 * n, "out": 1, "hash_ids": []}
-    base = {"id": "big", "models": ["m"], "block_size": 64, "hash_id_scope": "local"}
+    """One enormous record and the rule expected (None: it parses). One-token blocks: a call
+    of n ids (up to 3 million) claims n tokens, within WEKA_ASSETS_MAX_PROMPT_TOKENS."""
+    call = {"t": 0.0, "type": "n", "model": "m", "in": n, "out": 1, "hash_ids": []}
+    base = {"id": "big", "models": ["m"], "block_size": 1, "hash_id_scope": "local"}
     if kind == "hash_ids":
         call["hash_ids"] = list(range(1, n + 1))
         return orjson.dumps({**base, "requests": [call]}), None
@@ -218,7 +219,7 @@ def _enormous(kind: str, n: int) -> tuple[bytes, str | None]:
         call["hash_ids"][n // 2] = -5
         return orjson.dumps({**base, "requests": [call]}), "negative_number"
     if kind == "requests":
-        small = {**call, "in": 64, "hash_ids": [1]}
+        small = {**call, "in": 1, "hash_ids": [1]}
         return orjson.dumps({**base, "requests": [small] * (n // 10)}), None
     if kind == "id":
         return orjson.dumps({**base, "id": "é" * n, "requests": [call]}), None

@@ -50,12 +50,13 @@ def big_trace(target_bytes: int, trace_id: str = "big-0") -> bytes:
     ids = np.arange(n_max).astype(str)
     joined = ",".join(ids.tolist()).encode()
     ends = np.cumsum(np.char.str_len(ids) + 1) - 1  # byte offset after each id
-    head = {"id": trace_id, "models": ["m"], "block_size": 64, "hash_id_scope": "local"}
+    # 8-token blocks: its longest calls (about 280k ids) stay within the default prompt limit
+    head = {"id": trace_id, "models": ["m"], "block_size": 8, "hash_id_scope": "local"}
     parts = [orjson.dumps(head)[:-1], b',"requests":[']
     t = 0.0
     for k in range(1, calls + 1):
         n = step * k
-        call = {"t": t, "type": "n", "model": "m", "in": n * 64, "out": 100}
+        call = {"t": t, "type": "n", "model": "m", "in": n * 8, "out": 100}
         parts += [b"," if k > 1 else b"", orjson.dumps(call)[:-1], b',"hash_ids":[']
         parts += [joined[: ends[n - 1]], b"]}"]
         t += 10.0

@@ -153,6 +153,8 @@ def damaged(path, tmp_path, how):
         ("not a parse", "no trailer"),
         ("digest", "another corpus digest"),
         ("limits", "another fingerprint"),
+        ("prompt limit", "another fingerprint"),
+        ("output limit", "another fingerprint"),
         ("missing", "No such file"),
     ],
 )
@@ -166,6 +168,10 @@ def test_a_parse_that_is_not_current_and_intact_is_refused(
         digest = "0" * 64
     elif how == "limits":  # another parser limit: another parse
         monkeypatch.setenv("WEKA_ASSETS_MAX_IDS_PER_CALL", "123456")
+    elif how == "prompt limit":  # a declared size's limit decides what parses too
+        monkeypatch.setenv("WEKA_ASSETS_MAX_PROMPT_TOKENS", "123456789")
+    elif how == "output limit":
+        monkeypatch.setenv("WEKA_ASSETS_MAX_OUTPUT_TOKENS", "123456789")
     else:
         path = tmp_path / "nothing.parsed"
     with caplog.at_level(logging.WARNING, logger="weka_assets.traces.parsed"):
