@@ -54,6 +54,23 @@ def leading_runs(flags, lengths):
     return out
 
 
+def warm_up() -> None:
+    """Load every kernel's machine code (numba's import and its code generator's start take
+    about 0.3-0.7 s in a fresh process) on inputs of a few elements. A report starts this on
+    a thread while numpy computes the keys; it releases the GIL for much of it."""
+    one = np.zeros(1, dtype=np.int64)
+    prev = np.full(2, -1, dtype=np.int64)
+    nxt = next_touches(prev)
+    max_live(nxt, prev)
+    opt_hit_flags(nxt.astype(np.int32), 1)
+    leading_runs(np.zeros(1, dtype=np.bool_), one)
+    ids, n = dense_ids(prev)
+    vllm_pool_hits(
+        ids[:1], n, np.array([0, 1]), np.zeros(1), np.array([16]), np.array([1]), 16, 4,
+        1e4, 50.0, 1, np.zeros(0),
+    )  # fmt: skip
+
+
 # ---- vLLM's block pool ------------------------------------------------------------------------
 
 # one row of int32 per block (padded to 32 bytes): everything a step touches of a block in one
@@ -68,56 +85,64 @@ def _before(ta, ca, tb, cb):
     return ta < tb or (ta == tb and ca < cb)
 
 
-@njit(**_JIT)
-def _drop_key(blk, holders, b):
-    """Block `b` no longer holds its key (reused for new data)."""
-    k = blk[b, KEY]
-    hp = blk[b, HPREV]
-    hn = blk[b, HNEXT]
-    if hp >= 0:
-        blk[hp, HNEXT] = hn
-    else:
-        holders[k, 0] = hn
-    if hn >= 0:
-        blk[hn, HPREV] = hp
-    else:
-        holders[k, 1] = hp
-    blk[b, KEY] = -1
+# Helpers that take arrays are called once per allocation, never once per block: a compiled
+# call with array arguments counts references on each array, and a call per block made the
+# whole kernel 2.5-3.5x slower.
 
 
 @njit(**_JIT)
-def _hold_key(blk, holders, b, k):
-    """Block `b` now holds key `k`, after the blocks that already hold it."""
-    last = holders[k, 1]
-    blk[b, KEY] = k
-    blk[b, HNEXT] = -1
-    blk[b, HPREV] = last
-    if last >= 0:
-        blk[last, HNEXT] = b
-    else:
-        holders[k, 0] = b
-    holders[k, 1] = b
+def _hold_keys(blk, holders, blocks, at, keys, k_at, first_new, count):
+    """Blocks `blocks[at:at + count]` now hold keys `keys[k_at:...]` (or, when `first_new`
+    >= 0, the new keys `first_new`, `first_new + 1`, ...), each after the blocks that already
+    hold it."""
+    for j in range(count):
+        b = blocks[at + j]
+        k = keys[k_at + j] if first_new < 0 else first_new + j
+        last = holders[k, 1]
+        blk[b, KEY] = k
+        blk[b, HNEXT] = -1
+        blk[b, HPREV] = last
+        if last >= 0:
+            blk[last, HNEXT] = b
+        else:
+            holders[k, 0] = b
+        holders[k, 1] = b
 
 
 @njit(**_JIT)
-def _take(blk, holders, fq, fq_head, stack, n_stack, top):
-    """The block at the front of the free queue (a keyless one first), its key (if any)
-    evicted, referenced once; returns it with the queue's new front and the highest block id
-    taken so far."""
-    if n_stack > 0:
-        n_stack -= 1
-        b = stack[n_stack]
-    else:
-        while blk[fq[fq_head], POS] != fq_head:  # slots of blocks since taken out
+def _take(blk, holders, fq, fq_head, stack, n_stack, top, out, at, count):
+    """`count` blocks from the front of the free queue (keyless ones first) into
+    `out[at:at + count]`, each with its key (if any) evicted (out of its key's holder list)
+    and referenced once. Returns the queue's new front, the stack's new size and the highest
+    block id taken so far."""
+    for j in range(at, at + count):
+        if n_stack > 0:
+            n_stack -= 1
+            b = stack[n_stack]
+        else:
+            while blk[fq[fq_head], POS] != fq_head:  # slots of blocks since taken out
+                fq_head += 1
+            b = fq[fq_head]
             fq_head += 1
-        b = fq[fq_head]
-        fq_head += 1
-        blk[b, POS] = -1
-        top = max(top, b)
-        if blk[b, KEY] >= 0:
-            _drop_key(blk, holders, b)
-    blk[b, REF] = 1
-    return b, fq_head, n_stack, top
+            blk[b, POS] = -1
+            if b > top:
+                top = b
+            k = blk[b, KEY]
+            if k >= 0:
+                hp = blk[b, HPREV]
+                hn = blk[b, HNEXT]
+                if hp >= 0:
+                    blk[hp, HNEXT] = hn
+                else:
+                    holders[k, 0] = hn
+                if hn >= 0:
+                    blk[hn, HPREV] = hp
+                else:
+                    holders[k, 1] = hp
+                blk[b, KEY] = -1
+        blk[b, REF] = 1
+        out[j] = b
+    return fq_head, n_stack, top
 
 
 @njit(**_JIT)
@@ -204,14 +229,16 @@ def vllm_pool_hits(
             more = (total + block_size - 1) // block_size - nb
             if more > n_free:
                 more = n_free
-            for _ in range(max(more, 0)):
-                b, fq_head, n_stack, top = _take(blk, holders, fq, fq_head, stack, n_stack, top)
-                n_free -= 1
-                call_blocks[base + nb] = b
-                nb += 1
-            for j in range(tokens_in[i] // block_size, min(total // block_size, nb)):
-                _hold_key(blk, holders, call_blocks[base + j], next_gen)
-                next_gen += 1
+            more = max(more, 0)
+            fq_head, n_stack, top = _take(
+                blk, holders, fq, fq_head, stack, n_stack, top, call_blocks, base + nb, more
+            )
+            n_free -= more
+            nb += more
+            first = tokens_in[i] // block_size  # the generated tokens' full blocks
+            count = max(min(total // block_size, nb) - first, 0)
+            _hold_keys(blk, holders, call_blocks, base + first, ids, 0, next_gen, count)
+            next_gen += count
             if fq_tail + nb > fq.size:  # compact the FIFO: its live slots to the start
                 k = 0
                 for j in range(fq_head, fq_tail):
@@ -279,13 +306,13 @@ def vllm_pool_hits(
                     blk[b, POS] = -1
                     n_free -= 1
                 blk[b, REF] += 1
-            for j in range(need):
-                b, fq_head, n_stack, top = _take(blk, holders, fq, fq_head, stack, n_stack, top)
-                n_free -= 1
-                call_blocks[base + h + j] = b
+            fq_head, n_stack, top = _take(
+                blk, holders, fq, fq_head, stack, n_stack, top, call_blocks, base + h, need
+            )
+            n_free -= need
             call_len[i] = h + need
-            for j in range(h, min(n_in // block_size, length)):
-                _hold_key(blk, holders, call_blocks[base + j], ids[a0 + j])
+            count = max(min(n_in // block_size, length) - h, 0)
+            _hold_keys(blk, holders, call_blocks, base + h, ids, a0 + h, -1, count)
             hits[i] = h
             running += 1
             # the duration first, then added: the same rounding as the readable model
