@@ -73,10 +73,11 @@ def warm_up() -> None:
 
 # ---- vLLM's block pool ------------------------------------------------------------------------
 
-# one row of int32 per block (padded to 32 bytes): everything a step touches of a block in one
-# cache line. POS: where the block sits in the free FIFO (`fq`), -1 when it is not there.
-REF, KEY, HNEXT, HPREV, POS = 0, 1, 2, 3, 4
-_ROW = 8
+# one row of four int32 per block (16 bytes): everything a step touches of a block in one
+# cache line. REF: the calls holding it; KEY: the key it holds (-1: none); HNEXT: the next block
+# holding the same key; POS: where it sits in the free FIFO (`fq`), -1 when it is not there.
+REF, KEY, HNEXT, POS = 0, 1, 2, 3
+_ROW = 4
 
 
 @njit(**_JIT)
@@ -101,7 +102,6 @@ def _hold_keys(blk, holders, blocks, at, keys, k_at, first_new, count):
         last = holders[k, 1]
         blk[b, KEY] = k
         blk[b, HNEXT] = -1
-        blk[b, HPREV] = last
         if last >= 0:
             blk[last, HNEXT] = b
         else:
@@ -129,16 +129,18 @@ def _take(blk, holders, fq, fq_head, stack, n_stack, top, out, at, count):
                 top = b
             k = blk[b, KEY]
             if k >= 0:
-                hp = blk[b, HPREV]
                 hn = blk[b, HNEXT]
-                if hp >= 0:
-                    blk[hp, HNEXT] = hn
-                else:
+                if holders[k, 0] == b:
                     holders[k, 0] = hn
-                if hn >= 0:
-                    blk[hn, HPREV] = hp
-                else:
-                    holders[k, 1] = hp
+                    if hn < 0:
+                        holders[k, 1] = -1
+                else:  # a later holder: find the one before it (lists are a few long)
+                    p = holders[k, 0]
+                    while blk[p, HNEXT] != b:
+                        p = blk[p, HNEXT]
+                    blk[p, HNEXT] = hn
+                    if hn < 0:
+                        holders[k, 1] = p
                 blk[b, KEY] = -1
         blk[b, REF] = 1
         out[j] = b
@@ -162,7 +164,7 @@ def vllm_pool_hits(
     holds it, so a slot whose block has moved on is skipped when it comes to the front. The
     FIFO is compacted when it reaches its end (it holds at most `capacity` live slots). Each
     key's holders form a list in the order they got it (a lookup takes the first, as vLLM's
-    dict does): `holders[k]` = (first, last), HNEXT/HPREV in the blocks' rows."""
+    dict does): `holders[k]` = (first, last), HNEXT in the blocks' rows."""
     n_calls = offsets.size - 1
     hits = np.zeros(n_calls, dtype=np.int64)
     n = capacity + 1  # the null block is block 0
