@@ -54,23 +54,6 @@ def leading_runs(flags, lengths):
     return out
 
 
-def warm_up() -> None:
-    """Load every kernel's machine code (numba's import and its code generator's start take
-    about 0.3-0.7 s in a fresh process) on inputs of a few elements. A report starts this on
-    a thread while numpy computes the keys; it releases the GIL for much of it."""
-    one = np.zeros(1, dtype=np.int64)
-    prev = np.full(2, -1, dtype=np.int64)
-    nxt = next_touches(prev)
-    max_live(nxt, prev)
-    opt_hit_flags(nxt.astype(np.int32), 1)
-    leading_runs(np.zeros(1, dtype=np.bool_), one)
-    ids, n = dense_ids(prev)
-    vllm_pool_hits(
-        ids[:1], n, np.array([0, 1]), np.zeros(1), np.array([16]), np.array([1]), 16, 4,
-        1e4, 50.0, 1, np.zeros(0),
-    )  # fmt: skip
-
-
 # ---- vLLM's block pool ------------------------------------------------------------------------
 
 # one row of four int32 per block (16 bytes): everything a step touches of a block in one

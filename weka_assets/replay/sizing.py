@@ -15,6 +15,7 @@ Policies (`POLICIES`; the same capacities, the same full-block denominator):
 """
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -128,6 +129,25 @@ def _curve(
     )
 
 
+def _simulated_hits(
+    policy: str, tl: Timeline, caps: list[int], prev: np.ndarray, options: SizingOptions
+) -> dict[int | None, np.ndarray]:
+    """Per-call hits of a policy simulated capacity by capacity (opt, vllm): they need the
+    keys and their previous touches, not the LRU depths, so they run beside the LRU pass."""
+    if policy == "opt":
+        from weka_assets.replay.policies import opt_curve_hits
+
+        return opt_curve_hits(tl.keys, tl.lengths, [*caps, None], prev)
+    sizes = np.unique(tl.block_size)
+    if sizes.size > 1:
+        raise ValueError(f"the vllm policy needs one block size; this corpus mixes {sizes}")
+    bs = int(sizes[0]) if sizes.size else 1
+    return vllm_curve_hits(
+        tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, [*caps, None],
+        options.service, prev,
+    )  # fmt: skip
+
+
 def capacity_report(
     ds: DecodedDataset,
     capacities: Sequence[int] | None = None,
@@ -138,29 +158,33 @@ def capacity_report(
     options: SizingOptions | None = None,
 ) -> CapacityReport:
     """Every asked policy's curve at the same capacities (the LRU sweep's, from its distinct
-    blocks, when none are given), plus the tier report and the fleet curve when asked."""
+    blocks, when none are given), plus the tier report and the fleet curve when asked.
+
+    opt and vllm run on a thread of their own while this one computes the LRU depths (mostly
+    single-threaded numpy): their capacities only need the count of distinct blocks, which
+    the previous touches give (a key's first touch has none)."""
     options = options or SizingOptions()
     policies = parse_policies(options.policies)
     need_timeline = set(policies) - {"lru"} or options.tiers or options.replicas > 1
     tl = prev = None
-    if need_timeline:  # the keys and their previous touches once, for every policy
-        tl = timeline(ds, arrival, time_scale)
-        prev = previous_touch(tl.keys)
-    prof = reuse_profile(ds, arrival, time_scale, timeline=tl, prev=prev)
-    caps = (
-        _sweep(prof.distinct_blocks, points)
-        if capacities is None
-        else sorted({int(c) for c in capacities})
-    )
-    lru = capacity_curve(ds, caps, arrival, time_scale, geometry, profile=prof)
-    curves: dict[str, CapacityCurve] = {"lru": lru}
-    for policy in policies:
-        if policy == "opt":
-            from weka_assets.replay.policies import opt_curve_hits
-
-            hits = opt_curve_hits(tl.keys, tl.lengths, [*caps, None], prev)
-            curves[policy] = _curve(lru, tl, policy, _role_hits(tl, hits), options.ttl_s)
-        elif policy == "ttl":  # totals per role straight from the profile: one sort per role
+    caps = None if capacities is None else sorted({int(c) for c in capacities})
+    simulated = [p for p in policies if p in ("opt", "vllm")]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="policies") as beside:
+        pending = {}
+        if need_timeline:  # the keys and their previous touches once, for every policy
+            tl = timeline(ds, arrival, time_scale)
+            prev = previous_touch(tl.keys)
+            if caps is None:
+                caps = _sweep(int(np.count_nonzero(prev < 0)), points)
+            pending = {
+                p: beside.submit(_simulated_hits, p, tl, caps, prev, options) for p in simulated
+            }
+        prof = reuse_profile(ds, arrival, time_scale, timeline=tl, prev=prev)
+        if caps is None:
+            caps = _sweep(prof.distinct_blocks, points)
+        lru = capacity_curve(ds, caps, arrival, time_scale, geometry, profile=prof)
+        curves: dict[str, CapacityCurve] = {"lru": lru}
+        if "ttl" in policies:  # totals per role straight from the profile: one sort per role
             from weka_assets.replay.policies import ttl_profile
 
             ttl = ttl_profile(tl.keys, tl.lengths, tl.start_s, prof, prev)
@@ -169,17 +193,9 @@ def capacity_report(
                 for k in range(len(ROLES))
             ]
             role_hits = {c: np.array([r[c] for r in by_role]) for c in [*caps, None]}
-            curves[policy] = _curve(lru, tl, policy, role_hits, options.ttl_s)
-        elif policy == "vllm":
-            sizes = np.unique(tl.block_size)
-            if sizes.size > 1:
-                raise ValueError(f"the vllm policy needs one block size; this corpus mixes {sizes}")
-            bs = int(sizes[0]) if sizes.size else 1
-            hits = vllm_curve_hits(
-                tl.keys, tl.lengths, tl.start_s, tl.tokens_in, tl.tokens_out, bs, [*caps, None],
-                options.service, prev,
-            )  # fmt: skip
-            curves[policy] = _curve(lru, tl, policy, _role_hits(tl, hits), options.ttl_s)
+            curves["ttl"] = _curve(lru, tl, "ttl", role_hits, options.ttl_s)
+        for policy, hits in pending.items():
+            curves[policy] = _curve(lru, tl, policy, _role_hits(tl, hits.result()), options.ttl_s)
     report = CapacityReport(curves=[curves[p] for p in policies])
     if options.tiers:
         from weka_assets.replay.tiers import tier_report
