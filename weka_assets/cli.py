@@ -614,6 +614,12 @@ def _print_capacity(report) -> None:
 
 
 def _print_rates(result) -> None:
+    name, value, definition = result.headline_figure()
+    print(f"{name}: {_rate(value)} ({definition})")
+    if result.namespace == "corpus":  # the table's figures are per trace: say so
+        print(
+            "per trace below (each trace against its own earlier calls; one-call traces count 0):"
+        )
     rows = [("all", result), *result.per_role.items()]
     print(
         f"{'role':<9} {'calls':>7} {'blocks':>10} {'theoretical':>11} {'full-block':>10} "

@@ -126,6 +126,11 @@ def test_decode_and_replay_real_sample(decoded):
     assert rep["fidelity_mismatched_calls"] == 0
     assert rep["calls"] == 1950
     assert rep["token_replay_hit_rate"] == pytest.approx(THEORETICAL_HIT_RATE)
+    # one namespace per trace: the per-trace theoretical rate is the headline, printed first
+    assert rep["namespace"] == "trace"
+    first = decoded["trace"]["replay_run"].out.splitlines()[0]
+    assert first.startswith(f"theoretical hit rate: {THEORETICAL_HIT_RATE:.4f} (")
+    assert "one seen-set per trace" in first
     assert rep["theoretical_full_block_hit_rate"] == pytest.approx(THEORETICAL_HIT_RATE)
     assert set(rep["per_role"]) == {"parent", "subagent"}
     assert rep["per_role"]["parent"]["calls"] + rep["per_role"]["subagent"]["calls"] == 1950

@@ -96,6 +96,11 @@ def test_replay_counts_hits_across_requests(corpus, dataset):
     assert result.blocks == want["blocks"] and result.hits == 0
     assert result.corpus_wide_theoretical_hit_rate == want["hits"] / want["blocks"]
     assert want["hits"] > 0
+    # the headline is the corpus-wide figure: the per-trace one is 0 by construction
+    assert result.namespace == "corpus"
+    name, value, definition = result.headline_figure()
+    assert (name, value) == ("corpus-wide theoretical hit rate", want["hits"] / want["blocks"])
+    assert "one seen-set for the whole corpus" in definition
     # aiperf's figure: the mean of per-request leading-run rates, same order and seen-set
     order = sorted(range(len(reqs)), key=lambda i: (reqs[i]["timestamp"], i))
     seen, rates = set(), []
@@ -167,6 +172,12 @@ def test_cli_decode_and_replay_with_and_without_format(corpus, tmp_path, given):
     assert result["capacity_curve"]["arrival"]["mode"] == "recorded"
     unbounded = result["capacity_curve"]["points"][-1]
     assert unbounded["hits"] == want["full_hits"]
+    # the printed table leads with the corpus-wide rate and labels the per-trace rows
+    lines = run.out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("corpus-wide theoretical"))
+    assert f"{want['hits'] / want['blocks']:.4f}" in lines[head]
+    assert lines[head + 1].startswith("per trace below")
+    assert lines[head + 2].split()[:2] == ["role", "calls"]
 
 
 def test_cli_block_size_and_bad_lines(corpus, tmp_path):

@@ -69,6 +69,36 @@ class ReplayResult(HitFigures):
     # block-weighted, and aiperf analyze-trace's mean of per-request rates
     corpus_wide_theoretical_hit_rate: float | None = None
     aiperf_analyze_trace_hit_rate: float | None = None
+    # the hash-id namespace the dataset was decoded in: `corpus` when some trace shares one
+    # namespace with the whole corpus (Mooncake lines, `global` traces), else `trace` (or
+    # `context`); it decides which figure is the headline (`headline_figure`)
+    namespace: str = "trace"
+
+    def headline_figure(self) -> tuple[str, float | None, str]:
+        """(name, value, definition) of the figure to lead with. In a corpus-wide namespace the
+        per-trace figures count each trace against its own earlier calls only (0 for a
+        one-call Mooncake trace), so the headline is the corpus-wide one."""
+        if self.namespace == "corpus":
+            return (
+                "corpus-wide theoretical hit rate",
+                self.corpus_wide_theoretical_hit_rate,
+                "hit blocks / all blocks of every call, one seen-set for the whole corpus, "
+                "calls on the corpus timeline (aggregate)",
+            )
+        return (
+            "theoretical hit rate",
+            self.theoretical_hit_rate,
+            f"hit blocks / all blocks of every call, one seen-set per {self.namespace} (aggregate)",
+        )
+
+
+def dataset_namespace(ds: DecodedDataset) -> str:
+    """`corpus` when some trace was decoded in the corpus-wide namespace (the manifest's
+    `decode_scopes`), else the one scope its traces were decoded in (`trace`, `context`)."""
+    scopes = {k for k, n in (ds.manifest.get("decode_scopes") or {}).items() if n}
+    if "corpus" in scopes:
+        return "corpus"
+    return scopes.pop() if len(scopes) == 1 else "trace"
 
 
 @dataclass
@@ -442,5 +472,6 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
     )
     wide = corpus_wide_hits(ds)
     result.corpus_wide_theoretical_hit_rate = wide.corpus_wide_theoretical_hit_rate
+    result.namespace = dataset_namespace(ds)
     result.aiperf_analyze_trace_hit_rate = wide.aiperf_analyze_trace_hit_rate
     return result, cf

@@ -56,4 +56,10 @@ def test_registry_format_and_block_size_reach_the_assets(tmp_path):
                 (tmp_path / "store" / "replay" / keys[corpus] / "capacity_curve.json").read_text()
             )
             assert curve["arrival"]["mode"] == "recorded" and curve["calls"] == 20
+            bench = _latest(instance, "replay_benchmark", key).metadata
+            assert bench["namespace"].value == "corpus"
+            wide = bench["corpus_wide_theoretical_hit_rate"].value
+            assert bench["headline_hit_rate"].value == wide > 0
+            assert bench["headline"].value.startswith("corpus-wide theoretical hit rate")
+            assert bench["hit_rates"].value.startswith("**Corpus-wide theoretical hit rate")
         assert keys["mc"] != keys["mc-detected"]  # the block size is in the decode key

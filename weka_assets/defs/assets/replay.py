@@ -256,11 +256,19 @@ def hit_rate_markdown(result: ReplayResult, legacy: ReplayResult) -> str:
         if result.fidelity_mismatched_calls == 0
         else f"**{result.fidelity_mismatched_calls} calls differ** from the theoretical hits"
     )
-    return (
+    per_trace = (
         f"**Token-replay hit rate {pct(result.token_replay_hit_rate)}** over {result.calls:,} "
         f"calls ({roles}); theoretical {pct(result.theoretical_hit_rate)}. Token replay "
         f"{fidelity}. The legacy per-session scope would report "
         f"{pct(legacy.token_replay_hit_rate)}."
+    )
+    if result.namespace != "corpus":
+        return per_trace
+    name, value, definition = result.headline_figure()
+    return (
+        f"**{name.capitalize()} {pct(value)}** ({definition}): the hash ids share one namespace "
+        f"for the whole corpus. Per trace (each trace against its own earlier calls only): "
+        + per_trace.replace("**", "")
     )
 
 
@@ -440,6 +448,9 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
             data_version=content_version(result.model_dump(mode="json", exclude={"dataset"})),
             metadata={
                 "hit_rates": dg.MetadataValue.md(hit_rate_markdown(result, legacy)),
+                "headline_hit_rate": result.headline_figure()[1],
+                "headline": f"{result.headline_figure()[0]}: {result.headline_figure()[2]}",
+                "namespace": result.namespace,
                 "theoretical_hit_rate": result.theoretical_hit_rate,
                 "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
                 "token_replay_hit_rate": result.token_replay_hit_rate,
