@@ -6,24 +6,13 @@ the core and the command line)."""
 import json
 
 import dagster as dg
-from dagster import AssetCheckKey, AssetKey
 
 from weka_assets.definitions import build_defs, resources
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.instance.materialize import materialize_corpus
+from weka_assets_tests.defs.test_assets import check_status
 from weka_assets_tests.mooncake import mooncake_requests, write_mooncake
 from weka_assets_tests.robustness.test_declared_sizes import HUGE, weka_trace, write_weka
-
-
-def _check_passed(instance, name: str, partition: str):
-    recs = instance.event_log_storage.get_asset_check_execution_history(
-        AssetCheckKey(AssetKey("trace_scope"), name), limit=20
-    )
-    for r in recs:
-        ev = r.event.dagster_event.event_specific_data
-        if ev.partition == partition:
-            return ev.passed
-    return None
 
 
 def test_trace_scope_fails_on_a_declared_size_over_its_limit(tmp_path):
@@ -54,9 +43,11 @@ def test_trace_scope_fails_on_a_declared_size_over_its_limit(tmp_path):
             failure = "\n".join(steps[0].failures)
             assert f"corpus {corpus!r} fails the scope contract: 1 hard error(s)" in failure
             assert line in failure, failure
-            assert _check_passed(instance, "valid_schema", corpus) is False
+            assert check_status(instance, "valid_schema", corpus) is False
             assert not instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=AssetKey("trace_scope"), asset_partitions=[corpus]),
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey("trace_scope"), asset_partitions=[corpus]
+                ),
                 limit=1,
             ).records
         # the stored reports name the same errors; nothing decoded, no parse kept
