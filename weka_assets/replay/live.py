@@ -711,6 +711,29 @@ class LiveReplay:
             rec.status = "not_sent" if keep else "dropped"
             rec.scheduled_s = float(self.plan.start_s[i]) if keep else None
 
+    def _check_something_to_send(self) -> None:
+        """A run whose context window drops every call would send nothing and prove nothing:
+        a fatal error saying why and what to change, instead of an empty success."""
+        n = self.ds.n_calls
+        if not n or self.plan.keep.any():
+            return
+        window, source = self.settings.max_context, self.settings.max_context_source
+        need = np.asarray(self.ds.calls["tokens_in"], dtype=np.int64) + self.plan.max_tokens
+        where = "the server's" if source == "server" else "--max-context"
+        fit = int(np.count_nonzero(need <= window))
+        if fit:  # --drop traces: every trace has a call over the window
+            raise _Fatal(
+                f"nothing to send: every trace has a call over the context window ({where} "
+                f"{window:,} tokens) and --drop traces drops whole traces; --drop calls would "
+                f"send the {fit:,} calls that fit"
+            )
+        raise _Fatal(
+            f"nothing to send: all {n:,} calls are over the context window ({where} {window:,} "
+            f"tokens; a call needs its prompt plus max_tokens, the shortest {int(need.min()):,}"
+            "); serve a longer context (vLLM --max-model-len, scripts/vllm-cpu-server start "
+            "--max-model-len N), lower --max-tokens-cap, or replay shorter calls"
+        )
+
     # ---- result ----------------------------------------------------------------------------
     def result(self) -> LiveResult:
         recs = self.records
@@ -839,6 +862,7 @@ class LiveReplay:
             client = httpx.AsyncClient(timeout=timeout, limits=limits)
         try:
             await self._preflight(client)
+            self._check_something_to_send()
             self._t0 = asyncio.get_running_loop().time()
             self._done = {int(i): asyncio.Event() for i in self.plan.order}
             self._sem = asyncio.Semaphore(self.settings.concurrency)

@@ -349,7 +349,11 @@ def test_dropped_calls_are_reported_and_release_their_dependants():
             async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
                 await replay.run(client)
 
-        asyncio.run(go())
+        if sent:
+            asyncio.run(go())
+        else:  # nothing left to send is a failure that says why (and what would fit)
+            with pytest.raises(LiveReplayError, match="--drop calls would send the 2 calls"):
+                asyncio.run(go())
         t = replay.result().totals
         assert seen == sent
         assert (t.planned, t.sent, t.dropped_calls, t.dropped_traces) == (
@@ -588,6 +592,33 @@ def test_the_context_window_is_learned_from_the_server(tmp_path, stub):
     )
     assert (given.settings.max_context, given.settings.max_context_source) == (205, "option")
     assert [c.status for c in given.calls].count("dropped") == 3
+
+
+def test_a_window_that_drops_every_call_fails_saying_why(tmp_path, stub):
+    """Nothing sent proves nothing: every call over the server's window (or, with --drop
+    traces, every trace with one) is a fatal error naming the window, not an empty success."""
+    server = stub(max_model_len=100)  # calls need 104-504 positions
+    with pytest.raises(LiveReplayError) as err:
+        run_live_replay(
+            make_ds(serial(5)),
+            LiveOptions(url=server.url, model="tiny", concurrency=1, time_scale=0.001),
+            out_path=tmp_path / "live.json",
+        )
+    msg = str(err.value)
+    assert msg.startswith("nothing to send: all 5 calls are over the context window")
+    assert "the server's 100 tokens" in msg and "the shortest 104" in msg
+    assert "--max-model-len" in msg and server.received == 0
+    assert _partial(tmp_path / "live.json")["totals"]["sent"] == 0
+    # --drop traces with one over-long call in the only trace: the calls that fit are named
+    with pytest.raises(LiveReplayError, match="--drop calls would send the 2 calls that fit"):
+        run_live_replay(
+            make_ds(serial(5)),
+            LiveOptions(
+                url=server.url, model="tiny", concurrency=1, time_scale=0.001, max_context=205,
+                drop="traces",
+            ),
+            out_path=tmp_path / "traces.json",
+        )  # fmt: skip
 
 
 def test_without_a_stated_window_nothing_is_dropped(tmp_path, stub):
