@@ -852,6 +852,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     try:
         with dg.DagsterInstance.get() as instance:
             defs = build_defs(resource_defs=resources(args.store))
+            defs.resources["store"].check()  # a missing bucket: one line, before any run
             steps = materialize_corpus(args.corpus, instance, defs, args.tokenizer)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

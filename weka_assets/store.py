@@ -97,7 +97,8 @@ class Store:
             # no listings cache: a long-lived process (a Celery worker) must see what another
             # machine published since its last listing, never a stale "not there"
             options = {**(s3_options or s3_options_from_env()), "use_listings_cache": False}
-            self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+            self._s3 = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+            self._bucket_seen = False
             tag = hashlib.sha256(self.base.encode()).hexdigest()[:16]
             self.root = Path(cache_dir or env.cache_dir() / "store" / tag).resolve()
         elif "://" in self.base and not self.base.startswith("file://"):
@@ -105,12 +106,34 @@ class Store:
                 f"unsupported store {base!r}: use a local folder or s3://bucket/prefix"
             )
         else:
-            self.fs = None
             self.root = Path(self.base.removeprefix("file://")).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"Store({self.base!r})"
+
+    @property
+    def fs(self):
+        """The S3 file system (None for a local store), once its bucket is known to exist: a
+        missing bucket is one `StoreError` naming it, at the first remote step, instead of a
+        stack of botocore errors wherever the first call happens to be."""
+        if not self.remote:
+            return None
+        if not self._bucket_seen:
+            bucket = self.base.removeprefix("s3://").partition("/")[0]
+            try:
+                self._s3.info(bucket)
+            except FileNotFoundError:
+                raise StoreError(
+                    f"store {self.base}: the S3 bucket {bucket!r} does not exist (create it "
+                    "first; the store never creates buckets)"
+                ) from None
+            except PermissionError as exc:
+                raise StoreError(
+                    f"store {self.base}: no access to the S3 bucket {bucket!r} ({exc})"
+                ) from None
+            self._bucket_seen = True
+        return self._s3
 
     # ---- addressing ------------------------------------------------------------------------
     def local(self, subpath: str) -> Path:

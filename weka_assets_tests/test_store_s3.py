@@ -11,7 +11,10 @@ Store object with a working folder of its own stands for one machine.
 
 import hashlib
 import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -19,7 +22,7 @@ import pytest
 
 from weka_assets.decoding.dataset import _manifest_digest, verify_dataset
 from weka_assets.pipeline import decode_corpus
-from weka_assets.store import Store
+from weka_assets.store import Store, StoreError
 from weka_assets_tests.corpora import synthetic
 
 BASE = "s3://store/weka"
@@ -68,6 +71,30 @@ def _dataset(folder: Path, note: str, extra: bytes = b"") -> Path:
     (folder / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS))
     assert verify_dataset(folder) is None
     return folder
+
+
+def test_a_missing_bucket_is_one_line_naming_it(s3, monkeypatch, tmp_path):
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    store = Store("s3://missing-bucket/weka", cache_dir=tmp_path / "cache")  # nothing asked yet
+    with pytest.raises(StoreError) as err:
+        store.exists("datasets/x/manifest.json")
+    assert str(err.value) == (
+        "store s3://missing-bucket/weka: the S3 bucket 'missing-bucket' does not exist (create "
+        "it first; the store never creates buckets)"
+    )
+    with pytest.raises(StoreError, match="'missing-bucket' does not exist"):
+        store.write_bytes("provenance/x.json", b"{}")
+    # the command line: one line, exit 1
+    run = subprocess.run(
+        [sys.executable, "-m", "weka_assets.cli", "materialize", "--corpus", "sample",
+         "--store", "s3://missing-bucket/weka"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, **s3.env, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the S3 bucket 'missing-bucket' does not exist" in lines[0]
 
 
 def test_a_long_lived_store_sees_what_another_machine_published(bucket, tmp_path):

@@ -66,6 +66,11 @@ class WekaStore(dg.ConfigurableResource):
                 opts["secret"] = self.aws_secret_access_key
         return _open_store(base, self.cache_dir, json.dumps(opts, sort_keys=True))
 
+    def check(self) -> None:
+        """Fail now, with one line, when the store cannot be used (an S3 bucket that does not
+        exist): before a run starts rather than in its first step."""
+        self._store().fs  # noqa: B018  (opens the S3 store: its bucket is looked up)
+
     def dir(self, name: str) -> Path:
         return self._store().dir(name)
 
