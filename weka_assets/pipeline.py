@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -29,9 +28,10 @@ from weka_assets.decoding.dataset import (
     verify_dataset,
 )
 from weka_assets.decoding.decoder import concat_pieces, decode_record, scope_and_decode_record
+from weka_assets.decoding.drift import retokenization_drift
 from weka_assets.decoding.filler import Filler, build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
-from weka_assets.decoding.tokenizers import TokenizerSpec, load_tokenizer, resolve_tokenizer
+from weka_assets.decoding.tokenizers import TokenizerSpec, resolve_tokenizer
 from weka_assets.env import host_name
 from weka_assets.errors import CorpusRejected, TraceError
 from weka_assets.parallel import in_worker, ordered_map
@@ -131,51 +131,6 @@ class DecodeOutcome:
     published: bool = False  # this call's dataset is the one stored at the key
     provenance: dict = field(default_factory=dict)  # where and when the dataset was written
     from_parse: bool = False  # decoded from the scope pass's parse (`keep_parse`), not the JSON
-
-
-def retokenization_drift(
-    ds: DecodedDataset, spec: TokenizerSpec, calls: int = 8, max_tokens: int = 512
-) -> dict:
-    """How far encode(decode(tokens)) drifts from the tokens: what a text-based client would
-    see. Measured on the first `max_tokens` tokens of the first `calls` calls, with the
-    tokenizer's own fast tokenizer (`tokenizer.json` through the `tokenizers` library, what
-    transformers' fast tokenizers run) or transformers when the folder has no tokenizer.json."""
-    encode, decode = _codec(spec)
-    checked = identical = tokens = 0
-    deltas, mismatched = [], 0
-    for i in range(min(calls, ds.n_calls)):
-        ids = ds.expand_call(i)[:max_tokens].tolist()
-        if not ids:
-            continue
-        back = encode(decode(ids))
-        checked += 1
-        tokens += len(ids)
-        identical += back == ids
-        deltas.append(len(back) - len(ids))
-        mismatched += sum(a != b for a, b in zip(ids, back, strict=False)) + abs(
-            len(back) - len(ids)
-        )
-    return {
-        "calls_checked": checked,
-        "tokens_checked": tokens,
-        "calls_identical": identical,
-        "token_count_delta_mean": float(np.mean(deltas)) if deltas else 0.0,
-        "mismatch_fraction": mismatched / tokens if tokens else 0.0,
-    }
-
-
-def _codec(spec: TokenizerSpec):
-    path = Path(spec.folder) / "tokenizer.json"
-    if path.is_file():
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(path))
-        return (
-            lambda text: tok.encode(text, add_special_tokens=False).ids,
-            lambda ids: tok.decode(ids, skip_special_tokens=False),
-        )
-    tok = load_tokenizer(spec)
-    return (lambda text: tok.encode(text, add_special_tokens=False), tok.decode)
 
 
 def decode_corpus(
@@ -455,7 +410,7 @@ class _Decoding:
         if build.measure_drift and build.first:
             sample = concat_pieces(build.first, filler.tokens, {})  # the first trace, in memory
             # in a worker: the tokenizer it loads (about 120 MB) leaves with it
-            manifest["retokenization_drift"] = in_worker(retokenization_drift, sample, spec, 4, 256)
+            manifest["retokenization_drift"] = in_worker(retokenization_drift, sample, spec)
         final = writer.publish(key, manifest)
         # pyarrow's pool keeps what the parquet writers freed (tens of MB): give it back, as a
         # long-lived process (a Dagster run executes every step in one) would keep it

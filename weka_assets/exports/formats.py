@@ -215,9 +215,9 @@ def _write_payload(ds: DecodedDataset, out: _Lines, progress, model: str | None 
 
 
 def _write_text(ds: DecodedDataset, out: _Lines, progress, spec: TokenizerSpec, **_) -> dict:
-    from weka_assets.pipeline import _codec, retokenization_drift
+    from weka_assets.decoding.drift import DEFINITION, codec, dataset_drift
 
-    _, decode = _codec(spec)
+    _, decode = codec(spec)
     order, ms, rows = _timeline(ds)
     trace, conv, ids = _sessions(ds)
     tout = ds.column("tokens_out")
@@ -249,10 +249,11 @@ def _write_text(ds: DecodedDataset, out: _Lines, progress, spec: TokenizerSpec, 
         "first call (0 for the parent, the spawn offset for a subagent)",
         "text": "tokenizer.decode of the call's exact decoded tokens (special tokens kept)",
         "tokenizer_used": {"name": spec.name, "files_sha256": spec.files_sha256},
-        "retokenization_drift": retokenization_drift(ds, spec),
+        "retokenization_drift": dataset_drift(ds, spec),
         "drift_note": "a text client's server re-encodes the text: encode(decode(tokens)) differs "
-        "from the tokens by this much (measured on the first calls' first 512 tokens), so its "
-        "prefix-cache behaviour can differ from the token-id exports'",
+        "from the tokens by this much, so its prefix-cache behaviour can differ from the "
+        "token-id exports'; the dataset's one figure (its manifest's, measured at decode): "
+        + DEFINITION,
         "fields": ["session", "trace", "timestamp", "delay", "text", "max_tokens"],
     }
 

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from weka_assets.decoding.dataset import DecodedDataset
+from weka_assets.decoding.dataset import DecodedDataset, open_dataset
 from weka_assets.exports import ExportError, export_dataset, meta_path
 from weka_assets.exports import formats as formats_mod
 from weka_assets.replay.corpus_wide import block_classes, timeline_order
@@ -23,6 +23,26 @@ def ds() -> DecodedDataset:
 
 def _lines(path):
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_one_drift_figure_per_dataset(ds, tmp_path):
+    """The text export's drift is the dataset's one figure: its manifest's, measured at decode;
+    for a dataset decoded without it, measured by the same definition, which gives the figure
+    the decode would have stored."""
+    from weka_assets.decoding.drift import DEFINITION
+    from weka_assets.pipeline import decode_corpus
+
+    measured = decode_corpus(
+        synthetic("kv-cache-tester", traces=6, seed=4), tmp_path / "datasets"
+    )  # same corpus as `ds`, drift measured
+    stored = measured.manifest["retokenization_drift"]
+    assert stored["calls_checked"] > 0
+    export_dataset(open_dataset(measured.path), "text", tmp_path / "a.jsonl")
+    export_dataset(ds, "text", tmp_path / "b.jsonl")  # no figure in its manifest
+    for name in ("a.jsonl", "b.jsonl"):
+        meta = json.loads(meta_path(tmp_path / name).read_text())
+        assert meta["retokenization_drift"] == stored, name
+        assert meta["drift_note"].endswith(DEFINITION)
 
 
 def test_mooncake_round_trip(ds, tmp_path):
@@ -77,14 +97,14 @@ def test_aiperf_payload_prompts_are_the_expanded_tokens(ds, tmp_path):
 
 
 def test_text_export_sessions_delays_and_drift(ds, tmp_path):
+    from weka_assets.decoding.drift import codec
     from weka_assets.decoding.tokenizers import resolve_tokenizer
-    from weka_assets.pipeline import _codec
 
     out = tmp_path / "t.jsonl"
     export_dataset(ds, "text", out)
     lines = _lines(out)
     assert len(lines) == ds.n_calls
-    _, decode = _codec(resolve_tokenizer("deepseek"))
+    _, decode = codec(resolve_tokenizer("deepseek"))
     last: dict = {}
     starts: dict = {}
     for x, i in zip(lines, timeline_order(ds).tolist(), strict=True):

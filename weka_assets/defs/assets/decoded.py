@@ -4,6 +4,7 @@ parsed it (traces/parsed.py), else its JSON."""
 
 import dagster as dg
 
+from weka_assets.decoding.drift import DEFINITION as DRIFT_DEFINITION
 from weka_assets.defs.helpers import decode_variants_in_store, decoding_asset, key_values
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ScopeGate
 from weka_assets.defs.resources import DecodeOptions, WekaStore
@@ -139,5 +140,6 @@ def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str,
                 store.url(f"provenance/datasets/{out.key}.json")
             ),
             "retokenization_drift": key_values(m.get("retokenization_drift", {})),
+            "retokenization_drift_definition": DRIFT_DEFINITION,
         },
     )
