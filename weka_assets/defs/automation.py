@@ -14,18 +14,18 @@ def on_new_data() -> dg.AutomationCondition:
 
 
 def rebuild_condition() -> dg.AutomationCondition:
-    """For assets whose bytes depend on decoding: rebuild when upstream changed, when the
-    partition is new, or when the manifest version (in the code version) was bumped; and only
-    when every blocking check upstream passed."""
+    """For assets whose bytes depend on decoding: rebuild when upstream's data changed (its
+    data version, not any new materialization: a refresh of identical bytes rebuilds nothing),
+    when the partition is new, or when the manifest version (in the code version) was bumped;
+    and only when every blocking check upstream passed."""
     bumped = (
         dg.AutomationCondition.code_version_changed()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.in_progress()
     )
     return (
-        (dg.AutomationCondition.eager() | bumped)
-        & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    ).with_label("eager, or manifest version bumped; upstream scope checks passed")
+        (on_new_data() | bumped) & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("upstream data changed, or manifest version bumped; upstream scope checks passed")
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -7,7 +7,7 @@ import pytest
 from weka_assets.definitions import build_defs, resources
 from weka_assets.defs.jobs import DECODE_ASSETS
 from weka_assets.defs.resources import CorpusCatalog
-from weka_assets.instance.materialize import materialize_corpus
+from weka_assets.instance.materialize import materialize_corpus, run_selection
 from weka_assets.instance.staleness import backfill_in_process, stale_partitions
 from weka_assets_tests.corpora import synthetic
 
@@ -78,3 +78,29 @@ def test_bump_makes_exactly_the_dependent_partitions_stale_and_backfill_clears_t
     assert all("new code version" in c for s in stale for c in s.causes)
     outcomes = backfill_in_process(v2, instance, stale)
     assert all(o.success for o in outcomes) and stale_partitions(v2, instance) == []
+
+
+def _materialize(defs, instance, asset: str, partition: str) -> None:
+    """One asset of one partition, with its checks, as the automation sensor would run it."""
+    assert run_selection(defs, instance, [asset], partition, log_level="WARNING").success
+
+
+def test_a_refresh_of_identical_bytes_rebuilds_nothing_and_changed_bytes_do(world, tmp_path):
+    instance, defs_for, _ = world
+    source = tmp_path / "alpha.jsonl"
+    source.write_bytes(synthetic("kv-cache-tester", traces=4, seed=3).read_bytes())
+    defs = defs_for(1, alpha=str(source))
+    assert all(s.success for s in materialize_corpus("alpha", instance, defs, log_level="WARNING"))
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert not {p for _, p in requested(settled, instance) if p.startswith("alpha")}
+    # the nightly refresh: the same bytes fetched again, a new raw_traces materialization
+    _materialize(defs, instance, "raw_traces", "alpha")
+    same = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    assert not {p for _, p in requested(same, instance) if p.startswith("alpha")}
+    # other bytes: the scope pass and the decode are requested (one run, in dependency order;
+    # the decode waits for the scope checks)
+    source.write_bytes(synthetic("kv-cache-tester", traces=4, seed=5).read_bytes())
+    _materialize(defs, instance, "raw_traces", "alpha")
+    changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=same.cursor)
+    got = requested(changed, instance)
+    assert ("trace_scope", "alpha") in got and ("decoded_dataset", "alpha|deepseek") in got
