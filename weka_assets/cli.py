@@ -244,9 +244,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def _add_format(p: argparse.ArgumentParser) -> None:
     """--format and --block-size: how a corpus is read (see traces.reader.CorpusFormat)."""
+    from weka_assets.traces import formats
+
     p.add_argument(
         "--format",
-        choices=("weka", "mooncake"),
+        choices=formats.names(),
         default=None,
         help="corpus format (default: detected from the first record)",
     )
@@ -255,7 +257,8 @@ def _add_format(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="tokens per hash-id block of a Mooncake corpus (default: 512); Weka traces state theirs",
+        help="tokens per hash-id block of a corpus whose traces state none (default: the "
+        "format's own: 512 for mooncake, 16 for bailian); Weka traces state theirs",
     )
 
 

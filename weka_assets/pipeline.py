@@ -159,8 +159,8 @@ def decode_corpus(
     computed, in a thread beside the decoding pass when there is no report yet.
     A new dataset's provenance (time, host, pid, local paths: nothing of it in the dataset)
     is written to `provenance_dir/<key>.json` (default `root/.provenance/`).
-    `fmt`: the corpus format (None: detected); a Mooncake dataset's manifest says
-    `corpus_format: mooncake` (its calls' times are on one corpus-wide clock).
+    `fmt`: the corpus format (None: detected); a dataset's manifest says what its format
+    wants said (`TraceFormat.manifest_fields`: `corpus_format: mooncake`, nothing for Weka).
     """
     common = dict(
         manifest_version=manifest_version,
@@ -353,6 +353,7 @@ class _Decoding:
             excluded_traces=rep.excluded_traces,
             manifest_version=self.manifest_version,
             decode_scopes=rep.decode_scopes,
+            corpus_format=self.fmt.trace_format.key_name,
         )
         return material, decode_key(material)
 
@@ -405,8 +406,7 @@ class _Decoding:
             "filler_tokens": int(filler.size),
             **build.totals,
         }
-        if self.fmt.format == "mooncake":  # only then: Weka manifests keep their bytes
-            manifest["corpus_format"] = "mooncake"
+        manifest.update(self.fmt.trace_format.manifest_fields())  # Weka: none, same bytes
         if build.measure_drift and build.first:
             sample = concat_pieces(build.first, filler.tokens, {})  # the first trace, in memory
             # in a worker: the tokenizer it loads (about 120 MB) leaves with it

@@ -37,10 +37,16 @@ def decode_key_material(
     excluded_traces: list[str],
     manifest_version: int = MANIFEST_VERSION,
     decode_scopes: dict[str, int] | None = None,
+    corpus_format: str | None = None,
 ) -> dict:
     """`decode_scopes`: how many traces decode in each scope (trace, corpus, context): the
-    layout the scope proof decided, which determines the bytes as much as any setting."""
+    layout the scope proof decided, which determines the bytes as much as any setting.
+    `corpus_format`: the trace format's `key_name`, for a format whose bytes another format
+    also reads (a Bailian file is valid Mooncake); None (Weka, Mooncake) leaves it out, so
+    their keys are those they had before formats named themselves."""
+    extra = {} if corpus_format is None else {"corpus_format": corpus_format}
     return {
+        **extra,
         "decode_scopes": dict(sorted((decode_scopes or {"trace": 0}).items())),
         "manifest_version": manifest_version,
         "format": DATASET_FORMAT,

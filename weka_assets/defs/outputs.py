@@ -43,8 +43,8 @@ class ScopeGate(BaseModel):
     passed: bool
     excluded_traces: list[str]
     summary: str
-    format: str | None = None  # weka | mooncake, as read (None: written before formats)
-    block_size: int | None = None  # a Mooncake corpus's block size
+    format: str | None = None  # a trace format's name, as read (None: written before formats)
+    block_size: int | None = None  # the corpus's block size when its traces state none
     # the corpus as the scope pass parsed it (traces/parsed.py), for the decodes; None: not kept
     parsed_key: str | None = None
 

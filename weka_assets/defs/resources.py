@@ -184,7 +184,7 @@ class ReplayOptions(dg.ConfigurableResource):
     arrival: str = Field(
         default="",
         description="together | staggered | poisson | recorded; empty: recorded for a "
-        "Mooncake dataset, together otherwise",
+        "dataset on a corpus-wide clock (Mooncake, Bailian), together otherwise",
     )
     time_scale: float = 1.0
     points: int = Field(default=12, description="capacities in the log-spaced sweep")

@@ -297,6 +297,8 @@ def subagent_status(
                 file = base / file
             by_file.setdefault(str(file), {})[(t.get("line"), str(t["id"]))] = k
     conv = np.asarray(ds.calls["conv"])
+    if not conv.any():  # no subagent: nothing to read (a Mooncake or Bailian corpus)
+        return out
     slices = ds.trace_slices()
     for file, wanted in by_file.items():
         if not Path(file).is_file():

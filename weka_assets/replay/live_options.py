@@ -33,7 +33,7 @@ class LiveOptions(BaseModel):
     arrival: str = Field(
         default="",
         description="together | staggered | poisson | recorded; empty: recorded for a "
-        "Mooncake dataset, together otherwise",
+        "dataset on a corpus-wide clock (Mooncake, Bailian), together otherwise",
     )
     interval_s: float = Field(default=60.0, description="staggered: seconds between traces")
     rate_per_s: float = Field(default=0.05, description="poisson: traces started per second")

@@ -11,9 +11,10 @@ replaying the recorded start times keeps that order without modelling it again. 
 models call durations or queueing; the bounded-cache simulator treats each call as
 instantaneous at its start time, and the live replay measures what a real server does.
 
-A Mooncake dataset (manifest `corpus_format: mooncake`, one call per trace) is different: its
-`t_abs` are the requests' recorded timestamps on one corpus-wide clock (`corpus_clock`), not
-times within a trace. Under `recorded` (its default, `arrival_for`) they are used as they are;
+A dataset of a format whose call times share one corpus-wide clock (`TraceFormat.corpus_clock`,
+named by the manifest's `corpus_format`: Mooncake, one call per trace, and Bailian, one session
+per trace) is different: its `t_abs` are the requests' recorded timestamps on that clock
+(`corpus_clock`), not times within a trace. Under `recorded` (its default, `arrival_for`) they are used as they are;
 under the other modes each request's time is taken relative to its own trace, so the arrival
 model alone places it (`together`: all at once, `staggered`: one every `interval_s`).
 
@@ -34,6 +35,7 @@ from typing import Literal
 import numpy as np
 
 from weka_assets.decoding.dataset import DecodedDataset
+from weka_assets.traces import formats
 
 ArrivalMode = Literal["together", "staggered", "poisson", "recorded"]
 ARRIVAL_MODES = ("together", "staggered", "poisson", "recorded")
@@ -72,14 +74,15 @@ def trace_offsets(n_traces: int, arrival: Arrival) -> np.ndarray:
 
 
 def corpus_clock(ds: DecodedDataset) -> bool:
-    """True when the dataset's call times share one corpus-wide clock (a Mooncake corpus)."""
+    """True when the dataset's call times share one corpus-wide clock: its format says so
+    (Mooncake, Bailian; `traces.formats`)."""
     manifest = ds.manifest if isinstance(ds.manifest, dict) else {}
-    return manifest.get("corpus_format") == "mooncake"
+    return formats.corpus_clock(manifest.get("corpus_format"))
 
 
 def arrival_for(ds: DecodedDataset, mode: str | None = None, **kw) -> Arrival:
     """`Arrival(mode, **kw)`, where no mode (None, "" or "auto") means the dataset's default:
-    `recorded` on a corpus-wide clock (Mooncake), `together` otherwise."""
+    `recorded` on a corpus-wide clock (Mooncake, Bailian), `together` otherwise."""
     if mode in (None, "", "auto"):
         mode = "recorded" if corpus_clock(ds) else "together"
     return Arrival(mode, **kw)

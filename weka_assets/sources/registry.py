@@ -4,8 +4,9 @@
 corpora:
   - name: sample                 # partition key: ^[a-z0-9][a-z0-9._-]{0,63}$
     source: builtin:sample       # any source URI (see weka_assets.sources.uri)
-    block_size: 64               # block size; optional, default 64 (512 for format mooncake)
-    format: mooncake             # weka | mooncake; optional, default: detected
+    block_size: 64               # block size; optional, default 64 (the format's: 512 for
+                                 # mooncake, 16 for bailian)
+    format: mooncake             # weka | mooncake | bailian (traces.formats); default: detected
     tokenizers: [deepseek]       # optional, default [deepseek]
     scope_policy: fail           # fail | exclude, default fail
 ```
@@ -33,7 +34,7 @@ from pydantic import (
 
 from weka_assets.sources.errors import RegistryError, SourceURIError
 from weka_assets.sources.uri import SourceSpec, parse_source
-from weka_assets.traces.mooncake import MOONCAKE_BLOCK_SIZE
+from weka_assets.traces import formats
 from weka_assets.traces.reader import CorpusFormat
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -65,17 +66,28 @@ class CorpusEntry(BaseModel):
         default_factory=lambda: ["deepseek"], min_length=1
     )
     scope_policy: Literal["fail", "exclude"] = "fail"
-    # None: detected from the corpus's first record (traces.reader.detect_format)
-    format: Literal["weka", "mooncake"] | None = None
+    # a registered trace format (traces.formats); None: detected from the corpus's first
+    # record (traces.reader.detect_format)
+    format: str | None = None
     sizing: CorpusSizing | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _mooncake_block_size(cls, data):
-        """A Mooncake corpus's block size defaults to 512 (its lines do not state one)."""
-        if isinstance(data, dict) and data.get("format") == "mooncake" and "block_size" not in data:
-            return {**data, "block_size": MOONCAKE_BLOCK_SIZE}
+    def _format_block_size(cls, data):
+        """A format whose lines state no block size has its default (Mooncake's 512,
+        Bailian's 16)."""
+        if isinstance(data, dict) and "block_size" not in data:
+            fmt = formats.find(data.get("format"))  # an unknown one fails below
+            if fmt is not None and fmt.default_block_size is not None:
+                return {**data, "block_size": fmt.default_block_size}
         return data
+
+    @field_validator("format")
+    @classmethod
+    def _format_known(cls, value: str | None) -> str | None:
+        if value is not None and formats.find(value) is None:
+            raise ValueError(f"unknown trace format {value!r} ({formats.names_text()})")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -99,9 +111,13 @@ class CorpusEntry(BaseModel):
         return parse_source(self.source)
 
     def corpus_format(self) -> CorpusFormat:
-        """How the corpus is read. `block_size` is the Mooncake block size: given, or 512 for a
-        Mooncake corpus (also a detected one); Weka traces state their own."""
-        given = self.format == "mooncake" or "block_size" in self.model_fields_set
+        """How the corpus is read. `block_size` is the block size of a format whose traces do
+        not state one: given, or the format's default (also for a detected format); Weka
+        traces state their own."""
+        named = formats.find(self.format)
+        given = (
+            named is not None and named.default_block_size is not None
+        ) or "block_size" in self.model_fields_set
         origin = " (registry format)" if self.format else ""
         return CorpusFormat(self.format, self.block_size if given else None, origin)
 

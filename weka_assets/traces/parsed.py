@@ -36,7 +36,7 @@ import msgspec
 import numpy as np
 
 from weka_assets.atomic import atomic_write
-from weka_assets.traces import fastparse, mooncake, reader, schema
+from weka_assets.traces import fastparse, formats, reader, records, schema
 from weka_assets.traces.reader import CorpusFormat, RawRecord, Record, parse_record
 from weka_assets.traces.schema import Call, Subagent, Trace
 from weka_assets.traces.scope import AnalysedRecord, analyse_parsed
@@ -111,12 +111,15 @@ def corpus_root(path: Path | str) -> Path:
 
 
 def fingerprint(fmt: CorpusFormat) -> str:
-    """Everything a parse depends on besides the corpus bytes: the parser's code, its limits,
-    the corpus format (and a Mooncake corpus's block size)."""
+    """Everything a parse depends on besides the corpus bytes: the parser's code (the reader
+    and every format module), its limits, the corpus format (and the block size its traces
+    are read at when they do not state one)."""
     h = hashlib.sha256(FORMAT.encode())
-    for module in (reader, fastparse, schema, mooncake):
-        h.update(Path(module.__file__).read_bytes())
-    limits = (reader.max_trace_bytes(), *reader.SizeLimits.read(), fmt.format, fmt.block_size)
+    modules = [Path(m.__file__) for m in (reader, records, fastparse, schema)]
+    modules += sorted(Path(formats.__file__).parent.glob("*.py"))
+    for module in modules:
+        h.update(module.read_bytes())
+    limits = (records.max_trace_bytes(), *records.SizeLimits.read(), fmt.format, fmt.block_size)
     h.update(repr(limits).encode())
     return h.hexdigest()
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from weka_assets.arrays import distinct
 from weka_assets.errors import Location, TraceError
+from weka_assets.traces import formats
 from weka_assets.traces.reader import RawRecord, Record, parse_record
 from weka_assets.traces.schema import DECLARED_SCOPES, Call, Trace
 from weka_assets.traces.timeline import inner_time_convention
@@ -785,11 +786,16 @@ class ContractRule:
     description: str
     hard: bool  # a hard error stops the corpus; a finding is reported and kept
     error_rules: tuple[str, ...] = ()  # TraceError rules this check counts
+    # and every registered trace format's own rules (`traces.formats`), registered later too
+    format_rules: bool = False
 
     def evaluate(self, report: "ScopeReport") -> tuple[bool, int, list[dict]]:
         """(passed, how many violations, up to 20 examples)."""
         if self.error_rules:
-            bad = [e for e in report.hard_errors if e["rule"] in self.error_rules]
+            rules = self.error_rules
+            if self.format_rules:
+                rules = (*rules, *formats.schema_rules())
+            bad = [e for e in report.hard_errors if e["rule"] in rules]
             return not bad, len(bad), bad[:20]
         rows = report.per_trace
         if self.name == "no_reset_traces":
@@ -824,8 +830,8 @@ SCHEMA_RULES = (
     "prompt_too_long",
     "output_too_long",
     "block_size_too_large",
-    "mooncake_no_hash_ids",
     "format_mismatch",
+    *formats.schema_rules(),  # each format's own (mooncake_no_hash_ids, bailian_*)
 )
 CONTRACT_RULES = (
     ContractRule(
@@ -834,6 +840,7 @@ CONTRACT_RULES = (
         "every declared size (prompt, output, block, ids per call) within its limit.",
         True,
         SCHEMA_RULES,
+        format_rules=True,
     ),
     ContractRule(
         "unique_ids",

@@ -35,7 +35,7 @@ def test_each_line_is_one_call_trace_in_the_global_scope(tmp_path):
 def test_detection_is_per_corpus_and_a_given_format_wins(tmp_path):
     path = write_mooncake(tmp_path / "mc.jsonl", mooncake_requests(3))
     fmt = detect_format(path)
-    assert (fmt.format, fmt.mooncake_block_size) == ("mooncake", 512)
+    assert (fmt.format, fmt.corpus_block_size) == ("mooncake", 512)
     assert "detected from mc.jsonl:1" in fmt.origin
     assert detect_format(synthetic("semianalysis", traces=2)).format == "weka"
     given = detect_format(path, CorpusFormat(None, 64))
@@ -120,7 +120,7 @@ def test_registry_format_and_its_block_size():
     assert (k.block_size, k.corpus_format().format) == (64, "weka")
     from weka_assets.sources.errors import RegistryError
 
-    with pytest.raises(RegistryError, match=r"entry 1 \('x'\): format: Input should be"):
+    with pytest.raises(RegistryError, match=r"entry 1 \('x'\): format: unknown trace format 'csv'"):
         parse_registry("corpora:\n  - {name: x, source: builtin:sample, format: csv}\n")
 
 

@@ -131,9 +131,9 @@ def trace_scope(
     progress.expect("scope", raw_traces.records)
     corpus = store.pull(raw_traces.key)
     fmt = detect_format(corpus, catalog.corpus_format(raw_traces.corpus))
-    mooncake_bs = fmt.mooncake_block_size if fmt.format == "mooncake" else None
-    # a Mooncake report depends on the block size the registry gives, not only on the bytes
-    tag = f"-mooncake{mooncake_bs}" if mooncake_bs else ""
+    corpus_bs = fmt.corpus_block_size  # None: the traces state their own (Weka)
+    # then the report depends on the block size the registry gives, not only on the bytes
+    tag = f"-{fmt.format}{corpus_bs}" if corpus_bs else ""
     # what this pass parses is kept for the decodes after it (one per tokenizer), which then
     # never parse the JSON again
     parsed_key = f"parsed/{raw_traces.digest}{tag}.parsed"
@@ -191,7 +191,7 @@ def trace_scope(
             excluded_traces=report.excluded_traces,
             summary=report.summary(),
             format=fmt.format,
-            block_size=mooncake_bs,
+            block_size=corpus_bs,
             parsed_key=parsed_key if kept.written else None,
         ),
         data_version=dg.DataVersion(version),

@@ -14,12 +14,16 @@ aiperf's alternatives to `input_length` + `hash_ids` (`text_input`, `messages`, 
 carry no block ids and are rejected (`mooncake_no_hash_ids`).
 """
 
+from collections.abc import Collection
 from pathlib import PurePath
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from weka_assets.errors import Location, TraceError
+from weka_assets.traces.formats import TraceFormat
+from weka_assets.traces.records import RawRecord, Record, SizeLimits, check_sizes, unreadable
 from weka_assets.traces.schema import (
     Call,
     HashIds,
@@ -33,6 +37,12 @@ from weka_assets.traces.schema import (
 MOONCAKE_BLOCK_SIZE = 512  # tokens per block when the corpus does not say otherwise
 MOONCAKE_SCOPE = "global"  # one hash-id namespace for the whole corpus
 TEXT_ALTERNATIVES = ("text_input", "messages", "payload")  # aiperf's prompt-as-text fields
+# what a Mooncake corpus calls a call's prompt and output lengths and its block size (messages)
+MOONCAKE_FIELDS = (
+    "input_length",
+    "output_length",
+    "the corpus's block size (registry or --block-size)",
+)
 
 
 class MooncakeRequestModel(_Strict):
@@ -116,3 +126,43 @@ def parse_mooncake(
         calls=[call],
     )
     return trace, len(nulls)
+
+
+class MooncakeFormat(TraceFormat):
+    """One request per line, one trace each, in one corpus-wide namespace and clock."""
+
+    name = "mooncake"
+    title = "Mooncake"
+    record_noun = "request"
+    default_block_size = MOONCAKE_BLOCK_SIZE
+    namespace = "corpus"
+    corpus_clock = True
+    size_fields = MOONCAKE_FIELDS
+    schema_rules = ("mooncake_no_hash_ids",)
+    sniff_keys = ("timestamp", "input_length", "hash_ids", *TEXT_ALTERNATIVES)
+    key_name = None  # Mooncake datasets' keys predate formats in the key
+
+    def looks_like(self, keys: Collection[str]) -> bool:
+        return looks_like_mooncake({k: True for k in keys})
+
+    def parse(self, raw: RawRecord, fmt, limits: SizeLimits) -> Record:
+        file, line = raw.file, raw.line
+        try:
+            data = raw.load()
+        except OSError as exc:
+            return unreadable(raw, exc)
+        try:
+            obj = orjson.loads(data)
+        except (orjson.JSONDecodeError, RecursionError) as exc:
+            return Record(
+                file, line, error=TraceError("invalid_json", str(exc), Location(file, line))
+            )
+        bs = fmt.block_size or MOONCAKE_BLOCK_SIZE
+        try:
+            trace, dropped = parse_mooncake(obj, file, line, bs, fmt.origin)
+            check_sizes(trace, limits, MOONCAKE_FIELDS)
+        except TraceError as exc:
+            return Record(file, line, error=exc, declared_scope=MOONCAKE_SCOPE)
+        return Record(
+            file, line, trace=trace, declared_scope=MOONCAKE_SCOPE, null_keys_dropped=dropped
+        )

@@ -1,0 +1,57 @@
+"""A Bailian corpus in the registry (`format: bailian`): its format and 16-token blocks reach
+trace_scope and decoded_dataset, the sessions are the traces, and replay_benchmark's
+capacity sweep runs on the recorded timestamps."""
+
+import json
+
+import dagster as dg
+import pytest
+from dagster import AssetKey
+
+from weka_assets.decoding.dataset import read_manifest
+from weka_assets.definitions import build_defs, resources
+from weka_assets.defs.resources import CorpusCatalog
+from weka_assets.instance.materialize import materialize_corpus
+from weka_assets_tests.bailian import bailian_requests, expected_figures, write_bailian
+
+pytestmark = pytest.mark.slow
+
+
+def _latest(instance, asset, partition):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    assert records, f"{asset} [{partition}] not materialized"
+    return records[0].asset_materialization
+
+
+def test_registry_format_bailian_reaches_the_assets(tmp_path):
+    reqs = bailian_requests(6, seed=8)
+    want = expected_figures(reqs)
+    sessions = len(want["per_session"])
+    path = write_bailian(tmp_path / "corpus" / "coder.jsonl", reqs)
+    registry = tmp_path / "corpora.yaml"
+    registry.write_text(f"corpora:\n  - {{name: bl, source: '{path}', format: bailian}}\n")
+    res = resources(str(tmp_path / "store"))
+    res["catalog"] = CorpusCatalog(registry_path=str(registry))
+    defs = build_defs(resource_defs=res)
+    with dg.instance_for_test() as instance:
+        steps = materialize_corpus("bl", instance, defs)
+        assert all(s.success for s in steps), [s for s in steps if not s.success]
+        scope = _latest(instance, "trace_scope", "bl")
+        assert scope.metadata["format"].value == "bailian"
+        assert f"PASS: {sessions}/{sessions}" in scope.metadata["summary"].value
+        assert "bailian16" in scope.metadata["report_path"].value
+        key = dg.MultiPartitionKey({"corpus": "bl", "tokenizer": "deepseek"})
+        dec = _latest(instance, "decoded_dataset", key)
+        material = dec.metadata["key_material"].value
+        assert material["block_sizes"] == [16] and material["corpus_format"] == "bailian"
+        decode_key = dec.metadata["decode_key"].value
+        manifest = read_manifest(tmp_path / "store" / "datasets" / decode_key)
+        assert manifest["corpus_format"] == "bailian" and manifest["traces"] == sessions
+        replay_dir = tmp_path / "store" / "replay" / decode_key
+        result = json.loads((replay_dir / "result.json").read_text())
+        assert (result["hits"], result["blocks"]) == (want["hits"], want["blocks"])
+        assert result["corpus_wide_theoretical_hit_rate"] == want["corpus_wide_rate"]
+        curve = json.loads((replay_dir / "capacity_curve.json").read_text())
+        assert curve["arrival"]["mode"] == "recorded" and curve["calls"] == len(reqs)
