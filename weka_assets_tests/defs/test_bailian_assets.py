@@ -6,23 +6,15 @@ import json
 
 import dagster as dg
 import pytest
-from dagster import AssetKey
 
 from weka_assets.decoding.dataset import read_manifest
 from weka_assets.definitions import build_defs, resources
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.instance.materialize import materialize_corpus
 from weka_assets_tests.bailian import bailian_requests, expected_figures, write_bailian
+from weka_assets_tests.defs.test_mooncake_assets import _latest
 
 pytestmark = pytest.mark.slow
-
-
-def _latest(instance, asset, partition):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    assert records, f"{asset} [{partition}] not materialized"
-    return records[0].asset_materialization
 
 
 def test_registry_format_bailian_reaches_the_assets(tmp_path):

@@ -94,6 +94,32 @@ class TraceFormat:
         return (type(self), ())
 
 
+def request_object(obj, title: str, file: str, line: int | None, origin: str = "") -> int:
+    """A one-request-per-line format's line, checked to be a request object: not another JSON
+    value, not a Weka trace (it has `requests`); its null-valued keys are dropped (a null
+    reads as an absent field) and counted."""
+    from weka_assets.errors import Location, TraceError
+
+    if not isinstance(obj, dict):
+        raise TraceError(
+            "not_an_object",
+            f"a {title} request must be a JSON object, got {type(obj).__name__}",
+            Location(file, line),
+        )
+    if "requests" in obj:
+        trace_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+        raise TraceError(
+            "format_mismatch",
+            f"a Weka trace (it has 'requests') in a corpus read as {title}{origin}; "
+            "one corpus holds one format",
+            Location(file, line, trace_id),
+        )
+    nulls = [k for k, v in obj.items() if v is None]
+    for k in nulls:
+        del obj[k]
+    return len(nulls)
+
+
 # name -> the format, or where a built-in one is ("module:Class", imported when first asked:
 # the registry itself imports nothing heavy, so the command line's --help stays fast)
 _REGISTRY: dict[str, "TraceFormat | str"] = {

@@ -60,7 +60,7 @@ from pydantic import Field, ValidationError
 
 from weka_assets.errors import Location, TraceError
 from weka_assets.traces.fastparse import _Conversation, _Unparsable
-from weka_assets.traces.formats import FileRead, TraceFormat
+from weka_assets.traces.formats import FileRead, TraceFormat, request_object
 from weka_assets.traces.records import (
     MAX_TRACE_BYTES_ENV,
     RawRecord,
@@ -453,25 +453,9 @@ def _request(data: bytes, file: str, line: int, where: Location, fmt) -> tuple[A
         obj = orjson.loads(data)
     except (orjson.JSONDecodeError, RecursionError) as exc:
         raise TraceError("invalid_json", str(exc), Location(file, line)) from None
-    if not isinstance(obj, dict):
-        raise TraceError(
-            "not_an_object",
-            f"a Bailian request must be a JSON object, got {type(obj).__name__}",
-            Location(file, line),
-        )
-    if "requests" in obj:
-        origin = fmt.origin if fmt is not None else ""
-        raise TraceError(
-            "format_mismatch",
-            f"a Weka trace (it has 'requests') in a corpus read as Bailian{origin}; "
-            "one corpus holds one format",
-            Location(file, line),
-        )
-    nulls = [k for k, v in obj.items() if v is None]
-    for k in nulls:
-        del obj[k]
+    nulls = request_object(obj, "Bailian", file, line, fmt.origin if fmt is not None else "")
     try:
-        return BailianRequestModel.model_validate(obj), len(nulls)
+        return BailianRequestModel.model_validate(obj), nulls
     except ValidationError as exc:
         err = _validation_error(exc, where, obj)
         raise TraceError(err.rule, err.message, where) from None

@@ -22,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from weka_assets.errors import Location, TraceError
-from weka_assets.traces.formats import TraceFormat
+from weka_assets.traces.formats import TraceFormat, request_object
 from weka_assets.traces.records import RawRecord, Record, SizeLimits, check_sizes, unreadable
 from weka_assets.traces.schema import (
     Call,
@@ -74,22 +74,7 @@ def parse_mooncake(
     came to be read as Mooncake (for the error on a Weka trace among its lines)."""
     trace_id = mooncake_trace_id(file, line)
     where = Location(file, line, trace_id)
-    if not isinstance(raw, dict):
-        raise TraceError(
-            "not_an_object",
-            f"a Mooncake request must be a JSON object, got {type(raw).__name__}",
-            Location(file, line),
-        )
-    if "requests" in raw:
-        raise TraceError(
-            "format_mismatch",
-            f"a Weka trace (it has 'requests') in a corpus read as Mooncake{origin}; "
-            "one corpus holds one format",
-            Location(file, line, raw.get("id") if isinstance(raw.get("id"), str) else None),
-        )
-    nulls = [k for k, v in raw.items() if v is None]
-    for k in nulls:
-        del raw[k]
+    nulls = request_object(raw, "Mooncake", file, line, origin)
     text = [k for k in TEXT_ALTERNATIVES if k in raw]
     if text and ("input_length" not in raw or "hash_ids" not in raw):
         raise TraceError(
@@ -125,7 +110,7 @@ def parse_mooncake(
         subagents=[],
         calls=[call],
     )
-    return trace, len(nulls)
+    return trace, nulls
 
 
 class MooncakeFormat(TraceFormat):
