@@ -85,12 +85,15 @@ def test_a_missing_bucket_is_one_line_naming_it(s3, monkeypatch, tmp_path):
     )
     with pytest.raises(StoreError, match="'missing-bucket' does not exist"):
         store.write_bytes("provenance/x.json", b"{}")
-    # the command line: one line, exit 1
+    # the command line: one line, exit 1 (an instance of its own: no notice about a default)
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     run = subprocess.run(
         [sys.executable, "-m", "weka_assets.cli", "materialize", "--corpus", "sample",
          "--store", "s3://missing-bucket/weka"],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, **s3.env, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, **s3.env, "HF_HUB_OFFLINE": "1", "DAGSTER_HOME": str(home)},
     )  # fmt: skip
     assert run.returncode == 1, run.stdout + run.stderr
     lines = run.stderr.strip().splitlines()
