@@ -23,7 +23,11 @@ import httpx
 from weka_assets.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("workspace.yaml", "dagster.yaml", "pyproject.toml")
+# Not dagster.yaml: the root's is the template the tests copy into their $DAGSTER_HOME; one in
+# the folder `dagster dev` starts in, DAGSTER_HOME being elsewhere, is ignored with a warning.
+PROJECT_FILES = ("workspace.yaml", "pyproject.toml")
+# The README's way to open the UI: `dagster dev` started in $DAGSTER_HOME (see the script).
+DEV_SCRIPT = ROOT / "scripts" / "dev"
 REGISTRY = "corpora.yaml"
 
 # argv[1:] is the command to exec with SIGINT, SIGTERM and SIGHUP back at their defaults.
@@ -149,18 +153,37 @@ def wait_until_loaded(server: DagsterDev, timeout: float = 120) -> None:
 
 def _start(args: list[str], project: Path, env: dict, log_path: Path) -> subprocess.Popen:
     """`python -m ARGS...` in `project`, in its own process group, default signal handling."""
+    return _exec(
+        [sys.executable, "-m", *args], project, dict(env, PYTHONPATH=str(project)), log_path
+    )
+
+
+def _exec(argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    """`argv` (its first item a path) in `cwd`, in its own process group, with SIGINT, SIGTERM
+    and SIGHUP at their defaults; stdout and stderr to `log_path`."""
     log = open(log_path, "w")
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _DEFAULT_SIGNALS_WRAPPER, sys.executable, "-m", *args],
-            cwd=project,
-            env=dict(env, PYTHONPATH=str(project)),
+            [sys.executable, "-c", _DEFAULT_SIGNALS_WRAPPER, *argv],
+            cwd=cwd,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped with its children
         )
     finally:
         log.close()
+
+
+def start_dev_script(
+    env: dict, log_path: Path, *, port: int | None = None, ready_s: float = 120
+) -> DagsterDev:
+    """`scripts/dev -h 127.0.0.1 -p PORT` (the README's command; it execs `dagster dev` in
+    $DAGSTER_HOME), once its code location has loaded. Started from the repository root."""
+    port = port or free_port()
+    argv = [str(DEV_SCRIPT), "-h", "127.0.0.1", "-p", str(port)]
+    server = DagsterDev(f"http://127.0.0.1:{port}", _exec(argv, ROOT, env, log_path), log_path)
+    return _loaded(server, ready_s)
 
 
 def start_webserver(
