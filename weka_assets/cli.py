@@ -904,7 +904,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         records = iter_raw_records(path, lazy=True, fmt=_corpus_format(args))
         for v in ordered_map(validate_record, records):
             if v.error is not None:
-                errors.append(v.error.as_dict())
+                errors.extend(e.as_dict() for e in (v.error, *v.more_errors))
             else:
                 traces, calls, ids = traces + 1, calls + v.calls, ids + v.ids
             progress("read", v.done, v.total, "bytes")

@@ -28,7 +28,7 @@ from weka_assets.decoding.dataset import (
     verify_dataset,
 )
 from weka_assets.decoding.decoder import concat_pieces, decode_record, scope_and_decode_record
-from weka_assets.decoding.drift import retokenization_drift
+from weka_assets.decoding.drift import DRIFT_CALLS, retokenization_drift
 from weka_assets.decoding.filler import Filler, build_filler
 from weka_assets.decoding.settings import DecodeSettings, decode_key, decode_key_material
 from weka_assets.decoding.tokenizers import TokenizerSpec, resolve_tokenizer
@@ -271,7 +271,7 @@ def decode_variants(
 @dataclass
 class _Build:
     """One dataset being decoded: its settings, tokenizer, filler and writer, what it holds so
-    far, and its first trace (for the drift measurement)."""
+    far, and its first trace's first calls (for the drift measurement)."""
 
     settings: DecodeSettings
     measure_drift: bool
@@ -290,8 +290,8 @@ class _Build:
             yield writer
 
     def append(self, piece) -> None:
-        if not self.first:
-            self.first.append(piece)
+        if not self.first:  # what the drift measures: the first calls of the first trace
+            self.first.append(piece.head(DRIFT_CALLS))
         self.writer.append(piece)
         self.totals["prompt_tokens"] += int(piece.calls["tokens_in"].sum())
         self.totals["ids"] += int(piece.calls["n_ids"].sum())
@@ -408,7 +408,7 @@ class _Decoding:
         }
         manifest.update(self.fmt.trace_format.manifest_fields())  # Weka: none, same bytes
         if build.measure_drift and build.first:
-            sample = concat_pieces(build.first, filler.tokens, {})  # the first trace, in memory
+            sample = concat_pieces(build.first, filler.tokens, {})  # its first calls, in memory
             # in a worker: the tokenizer it loads (about 120 MB) leaves with it
             manifest["retokenization_drift"] = in_worker(retokenization_drift, sample, spec)
         final = writer.publish(key, manifest)

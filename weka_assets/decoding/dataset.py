@@ -70,6 +70,7 @@ DATASET_FORMAT = 4
 # process touches only the columns and rows it uses; `calls.parquet` is the same table for people.
 CALLS_DTYPE = np.dtype([(k, np.dtype(v).newbyteorder("<")) for k, v in CALL_COLUMNS.items()])
 ROLES = ("parent", "subagent")
+REQUESTS = "requests"  # a trace's `layout` when it is a file of requests, one call each
 MANIFEST = "manifest.json"
 PROVENANCE = ".provenance"  # under a dataset root: <decode key>.json, where and when written
 
@@ -177,6 +178,28 @@ class DecodedDataset:
             tail_rows=self.tail_rows[:tails],
             calls={k: v[:stop] for k, v in self.calls.items()},
             traces=self.traces[:traces],
+            manifest=self.manifest,
+            path=self.path,
+        )
+
+    def head_calls(self, calls: int) -> "DecodedDataset":
+        """The dataset limited to its first `calls` calls (the last trace kept may lose its
+        later calls); arrays shared, not copied."""
+        if calls >= self.n_calls:
+            return self
+        keep = int(self.calls["trace"][calls - 1]) + 1 if calls else 0
+        rows = int(self.trace_rows()[keep])
+        traces = [dict(t) for t in self.traces[:keep]]
+        if traces:
+            traces[-1]["calls"] = calls - self.trace_slices()[keep - 1].start
+        return DecodedDataset(
+            filler=self.filler,
+            block_trace=self.block_trace[:rows],
+            block_id=self.block_id[:rows],
+            block_offsets=self.block_offsets[:rows],
+            tail_rows=self.tail_rows[: int(self.calls["rows_start"][calls])],
+            calls={k: v[:calls] for k, v in self.calls.items()},
+            traces=traces,
             manifest=self.manifest,
             path=self.path,
         )
@@ -331,6 +354,31 @@ class DecodedDataset:
                 walker.forget(i)
             yield i, buf[:n]
 
+    def request_files(self) -> np.ndarray:
+        """bool [traces]: which traces are files of requests (`decoder.decode_requests`):
+        each of their calls is a session of its own, sharing no conversation."""
+        return np.array([t.get("layout") == REQUESTS for t in self.traces], dtype=bool)
+
+    def sessions(self) -> tuple[np.ndarray, list[str]]:
+        """(session index of every call, each session's id): what a router keeps on one
+        replica and an arrival model places. A trace is one session (the parent and its
+        subagents); a file of requests is one per request, `<trace id>#<request>`, numbered
+        in file order."""
+        trace = np.asarray(self.column("trace"), dtype=np.int64)
+        files = self.request_files()
+        if not files.any():
+            return trace, [str(t["id"]) for t in self.traces]
+        request = np.asarray(self.column("request"), dtype=np.int64)
+        ids: list[str] = []
+        base = np.zeros(len(self.traces), np.int64)
+        for k, (t, sl) in enumerate(zip(self.traces, self.trace_slices(), strict=True)):
+            base[k] = len(ids)
+            if files[k]:
+                ids.extend(f"{t['id']}#{r}" for r in range(sl.stop - sl.start))
+            else:
+                ids.append(str(t["id"]))
+        return base[trace] + np.where(files[trace], request, 0), ids
+
     def role_mask(self, role: str) -> np.ndarray:
         return self.column("role") == ROLES.index(role)
 
@@ -437,7 +485,7 @@ class _NpyAppender:
 
     def append(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
-        self.fh.write(arr.tobytes())
+        self.fh.write(memoryview(arr.reshape(-1)).cast("B"))  # its bytes, never copied
         self.rows += arr.shape[0] if arr.ndim else 1
 
     def close(self) -> None:
@@ -490,7 +538,7 @@ class DatasetWriter:
             np.full(piece.block_id.size, t, np.int32),
             piece.block_id,
             piece.block_offsets,
-            piece.tail_rows + self.n_blocks,
+            piece.tail_rows + self.n_blocks if self.n_blocks else piece.tail_rows,
             calls,
         )
 

@@ -17,13 +17,15 @@ from pathlib import PurePath
 
 import numpy as np
 
-from weka_assets.decoding.dataset import CALL_COLUMNS, DecodedDataset
+from weka_assets.arrays import dense_ranks, distinct
+from weka_assets.decoding.dataset import CALL_COLUMNS, REQUESTS, DecodedDataset
 from weka_assets.decoding.filler import Filler
 from weka_assets.decoding.prf import block_offsets, tail_offset
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.errors import TraceError
 from weka_assets.traces.parsed import ParsedRecord
 from weka_assets.traces.reader import RawRecord, parse_record
+from weka_assets.traces.requests import RequestTable
 from weka_assets.traces.schema import Trace, common_prefix
 from weka_assets.traces.scope import AnalysedRecord, analyse_parsed, trace_decode_scope
 from weka_assets.traces.timeline import replay_order
@@ -68,11 +70,31 @@ class TracePiece:
     def n_calls(self) -> int:
         return int(self.calls["tokens_in"].size)
 
+    def head(self, calls: int) -> "TracePiece":
+        """The trace's first `calls` calls as a piece of their own, holding only the block
+        rows they use (what the drift measurement decodes: never a copy of a whole trace)."""
+        if calls >= self.n_calls:
+            return self
+        end = int(self.calls["rows_start"][calls])
+        used = distinct(self.tail_rows[:end])
+        cols = {k: np.array(v[:calls]) for k, v in self.calls.items()}
+        return TracePiece(
+            trace=dict(self.trace, calls=calls),
+            block_id=self.block_id[used],
+            block_offsets=self.block_offsets[used],
+            tail_rows=np.searchsorted(used, self.tail_rows[:end]).astype(np.int64),
+            calls=cols,
+            done=self.done,
+            total=self.total,
+        )
+
 
 def decode_trace(
-    trace: Trace, settings: DecodeSettings, n: int, decode_scope: str = "trace"
+    trace: "Trace | RequestTable", settings: DecodeSettings, n: int, decode_scope: str = "trace"
 ) -> TracePiece:
     """Decode one trace against a filler corpus of `n` tokens, in its decode scope."""
+    if isinstance(trace, RequestTable):
+        return decode_requests(trace, settings, n, decode_scope)
     order = replay_order(trace)
     policy, seed = settings.scope_policy, settings.seed
     ordinal: dict[int, int] = {}  # id(call) -> index in its conversation (document order)
@@ -163,6 +185,100 @@ def decode_trace(
         tail_rows=np.concatenate(tail_rows) if m else np.empty(0, np.int64),
         calls={k: np.asarray(v, dtype=CALL_COLUMNS[k]) for k, v in cols.items()},
     )
+
+
+def decode_requests(
+    table: RequestTable, settings: DecodeSettings, n: int, decode_scope: str = "corpus"
+) -> TracePiece:
+    """`decode_trace` of a file of requests read as columns, vectorised: each request is a
+    conversation of its own (it shares nothing stored with another; its rows are all its
+    ids), and in a corpus-wide namespace each distinct id is one block row. Calls are in
+    replay order (time, then file order); `request` is the request's index in the file.
+
+    The tokens are those the one-trace-per-line decode gave: blocks from the corpus scope,
+    and a request's unhashed tail from the scope of its old trace id `<file name>:<line>`."""
+    if decode_scope != "corpus":  # a file of requests is one namespace
+        raise ValueError(f"a file of requests decodes in the corpus scope, not {decode_scope!r}")
+    m = table.n_requests
+    seed = settings.seed
+    # block rows: each distinct id once, in id order (ranks do not depend on the call order)
+    ranked = dense_ranks(table.ids)
+    if ranked is None:
+        uniq, file_rows = np.unique(table.ids, return_inverse=True)
+    else:
+        uniq, file_rows = ranked
+    offsets = block_offsets(seed, CORPUS_SCOPE, uniq, settings.sub_blocks, n)
+    scopes = [CORPUS_SCOPE]
+    order = np.argsort(table.t, kind="stable")
+    n_ids = table.n_ids[order]
+    rows_start = np.cumsum(n_ids) - n_ids
+    if (order == np.arange(m)).all():  # already in time order (the usual file)
+        rows = file_rows
+    else:
+        rows = _reorder(file_rows, table.offsets[:-1][order], n_ids, rows_start)
+    del file_rows
+    bs = table.block_size
+    tokens_in = table.tokens_in[order]
+    full_in = tokens_in // bs
+    n_full = np.minimum(n_ids, full_in)
+    partial = np.where(n_ids > full_in, tokens_in % bs, 0)
+    tail = tokens_in - n_full * bs - partial
+    name = PurePath(table.file).name
+    lines = table.line[order]
+    tail_offsets = np.zeros(m, np.int64)
+    for k in np.flatnonzero(tail).tolist():
+        tail_offsets[k] = tail_offset(seed, f"{name}:{int(lines[k])}", 0, 0, n)
+    cols = {
+        "trace": np.zeros(m),
+        "conv": np.zeros(m),
+        "request": order,
+        "inner": np.full(m, -1),
+        "role": np.zeros(m),
+        "t_abs": table.t[order],
+        "tokens_in": tokens_in,
+        "tokens_out": table.tokens_out[order],
+        "block_size": np.full(m, bs),
+        "rows_start": rows_start,
+        "n_ids": n_ids,
+        "n_full": n_full,
+        "partial_len": partial,
+        "tail_len": tail,
+        "tail_offset": tail_offsets,
+        "prev": np.full(m, -1),
+        "shared": np.zeros(m),
+    }
+    return TracePiece(
+        trace={
+            "id": table.id,
+            "file": name,
+            "line": None,
+            "block_size": bs,
+            "scopes": scopes,
+            "decode_scope": decode_scope,
+            "calls": m,
+            "layout": REQUESTS,
+        },
+        block_id=uniq,
+        block_offsets=offsets,
+        tail_rows=rows,
+        calls={k: np.asarray(v, dtype=CALL_COLUMNS[k]) for k, v in cols.items()},
+    )
+
+
+def _reorder(values, starts, lengths, new_starts, chunk: int = 1 << 22) -> np.ndarray:
+    """Segments of `values` (at `starts`, of `lengths`) laid one after another (at
+    `new_starts`), gathered a chunk of segments at a time."""
+    out = np.empty(int(lengths.sum()), dtype=values.dtype)
+    ends = np.cumsum(lengths)
+    i = 0
+    while i < lengths.size:
+        j = max(int(np.searchsorted(ends, ends[i] - lengths[i] + chunk)), i + 1)
+        j = min(j, lengths.size)
+        a, b = int(new_starts[i]), int(ends[j - 1])
+        idx = np.repeat(starts[i:j] - new_starts[i:j], lengths[i:j]) + np.arange(a, b)
+        out[a:b] = values[idx]
+        i = j
+    return out
 
 
 def decode_record(

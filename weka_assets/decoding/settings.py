@@ -42,8 +42,9 @@ def decode_key_material(
     """`decode_scopes`: how many traces decode in each scope (trace, corpus, context): the
     layout the scope proof decided, which determines the bytes as much as any setting.
     `corpus_format`: the trace format's `key_name`, for a format whose bytes another format
-    also reads (a Bailian file is valid Mooncake); None (Weka, Mooncake) leaves it out, so
-    their keys are those they had before formats named themselves."""
+    also reads (a Bailian file is valid Mooncake) or whose layout changed (a Mooncake file
+    became one trace of requests); None (Weka) leaves it out, so Weka keys are those they had
+    before formats named themselves."""
     extra = {} if corpus_format is None else {"corpus_format": corpus_format}
     return {
         **extra,

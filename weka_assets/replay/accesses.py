@@ -27,7 +27,10 @@ class Timeline:
     tokens_out: np.ndarray  # int64 [calls]: recorded output tokens
     block_size: np.ndarray  # int64 [calls]: tokens per block
     role: np.ndarray  # int8 [calls]: index into `dataset.ROLES`
-    trace: np.ndarray  # int64 [calls]: index into `ds.traces`
+    # int64 [calls]: the call's session (`DecodedDataset.sessions`: its trace, or its own
+    # request in a file of requests), an index into `session_ids`
+    session: np.ndarray
+    session_ids: list[str]
 
     @property
     def calls(self) -> int:
@@ -56,7 +59,8 @@ class Timeline:
             tokens_out=self.tokens_out[positions],
             block_size=self.block_size[positions],
             role=self.role[positions],
-            trace=self.trace[positions],
+            session=self.session[positions],
+            session_ids=self.session_ids,
         )
 
 
@@ -68,6 +72,7 @@ def timeline(ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float
     order = global_order(ds, arrival, time_scale)
     flat = _reorder_segments(keys, lengths, order)
     c = ds.calls
+    session, session_ids = ds.sessions()
     return Timeline(
         order=order,
         keys=flat,
@@ -77,5 +82,6 @@ def timeline(ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float
         tokens_out=np.asarray(c["tokens_out"], dtype=np.int64)[order],
         block_size=np.asarray(c["block_size"], dtype=np.int64)[order],
         role=np.asarray(c["role"], dtype=np.int8)[order],
-        trace=np.asarray(c["trace"], dtype=np.int64)[order],
+        session=session[order],
+        session_ids=session_ids,
     )

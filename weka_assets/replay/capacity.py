@@ -601,6 +601,23 @@ def capacity_traces(ds: DecodedDataset, max_blocks: int) -> int:
     return max(1, int(np.searchsorted(np.cumsum(per_trace), max_blocks, side="right")))
 
 
+def capacity_part(ds: DecodedDataset, max_blocks: int) -> tuple[DecodedDataset, int]:
+    """What a sweep bounded by `max_blocks` block accesses covers (0: all): the leading
+    traces (`capacity_traces`), and the number of them. A file of requests is one trace of
+    millions of calls, so when its first trace alone is over the budget and it is such a
+    file, the sweep covers its leading requests up to the budget (`part.n_calls` of them)."""
+    n = capacity_traces(ds, max_blocks)
+    part = ds.head(n)
+    if max_blocks <= 0 or n != 1 or not part.traces:
+        return part, n
+    sl = part.trace_slices()[0]
+    if part.traces[0].get("decode_scope") != "corpus" or (part.calls["prev"][sl] >= 0).any():
+        return part, n
+    blocks = part.calls["tokens_in"][sl] // part.calls["block_size"][sl]
+    calls = max(1, int(np.searchsorted(np.cumsum(blocks), max_blocks, side="right")))
+    return part.head_calls(calls), n
+
+
 def default_capacities(ds: DecodedDataset, points: int = 12) -> list[int]:
     """A log-spaced sweep of `points` capacities (blocks) up to the number of distinct blocks."""
     keys = np.sort(call_block_keys(ds)[0])

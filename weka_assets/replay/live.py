@@ -256,7 +256,9 @@ def context_cap(
     """(keep mask over calls, indices of the traces dropped whole).
 
     A call needs `tokens_in + max_tokens` positions; above `max_context` it is dropped alone
-    (`drop="calls"`) or with every call of its trace (`drop="traces"`).
+    (`drop="calls"`) or with every call of its session (`drop="traces"`: its trace, or in a
+    file of requests the request alone, `DecodedDataset.sessions`); the indices returned are
+    the sessions'.
     """
     if drop not in ("calls", "traces"):
         raise ValueError(f"drop must be 'calls' or 'traces', got {drop!r}")
@@ -266,9 +268,9 @@ def context_cap(
     too_long = np.asarray(ds.calls["tokens_in"], dtype=np.int64) + max_tokens > int(max_context)
     if drop == "calls":
         return ~too_long, []
-    trace = np.asarray(ds.calls["trace"], dtype=np.int64)
-    bad = sorted({int(t) for t in np.unique(trace[too_long])})
-    return ~np.isin(trace, bad), bad
+    session = ds.sessions()[0]
+    bad = sorted({int(t) for t in np.unique(session[too_long])})
+    return ~np.isin(session, bad), bad
 
 
 def subagent_status(
@@ -342,7 +344,10 @@ def _dependencies(
     conv, request = c["conv"], c["request"]
     t_abs = np.asarray(c["t_abs"], dtype=np.float64)
     deps: list[set[int]] = [set() for _ in range(ds.n_calls)]
-    for sl in ds.trace_slices():
+    files = ds.request_files()
+    for t, sl in enumerate(ds.trace_slices()):
+        if files[t]:  # a file of requests: each request its own session, none waits
+            continue
         idx = range(sl.start, sl.stop)  # the trace's replay order
         last: dict[int, int] = {}
         first: dict[int, int] = {}

@@ -24,15 +24,29 @@ def segment_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return call_of, np.arange(call_of.size, dtype=np.int64) - starts[call_of]
 
 
-def leading_hits(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Per call, the leading run of keys first seen in an earlier call (unbounded cache)."""
+def leading_hits(
+    keys: np.ndarray,
+    lengths: np.ndarray,
+    earlier: np.ndarray | None = None,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Per call, the leading run of keys first seen in an earlier call (unbounded cache).
+
+    `earlier`: per key, whether calls before these (an earlier chunk of the same replay)
+    already put it in the cache. `groups`: (first index, inverse) of the keys as
+    `np.unique` gives them, when the caller has them (`arrays.first_appearances`)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     hits = np.zeros(lengths.size, dtype=np.int64)
     if keys.size == 0:
         return hits
     call_of, pos = segment_positions(lengths)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    if groups is None:
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    else:
+        first, inverse = groups
     seen = call_of[first][inverse] < call_of
+    if earlier is not None:
+        seen |= earlier
     miss_pos = np.where(seen, lengths[call_of], pos)  # a hit never stops the run
     nonempty = lengths > 0
     starts = (np.cumsum(lengths) - lengths)[nonempty]

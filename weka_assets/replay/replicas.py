@@ -3,8 +3,9 @@ router decides which cache a call can hit.
 
 Routings (`route`):
 - `round_robin`: the k-th call on the timeline goes to replica k mod N.
-- `session`: every call of a trace (the parent and its subagents: `Timeline.trace`) goes to one
-  replica, `blake2b(trace id) mod N` (`session_replicas`), as a router's consistent hashing on
+- `session`: every call of a session (a trace: the parent and its subagents; or one request of
+  a file of requests: `Timeline.session`) goes to one replica, `blake2b(session id) mod N`
+  (`session_replicas`), as a router's consistent hashing on
   kv-cache-tester's X-Session-ID keeps a session on one worker. The hash is blake2b of the id's
   UTF-8 bytes (the trace index's decimal text when no ids are given), never Python's `hash()`,
   so the assignment is the same in every process. With a fixed fleet, consistent hashing is a
@@ -100,17 +101,17 @@ def route(
     tl: Timeline, replicas: int, routing: str, trace_ids: Sequence[str] | None = None
 ) -> np.ndarray:
     """int64 [calls]: the replica of every timeline call under `routing` (see the module doc).
-    `trace_ids[t]` is the id of trace index t (`[t["id"] for t in ds.traces]`); without them the
-    session hash runs over the trace index's decimal text."""
+    `trace_ids[s]` is the id of session index s (`Timeline.session_ids`); without them the
+    session hash runs over the session index's decimal text."""
     _check(replicas, routing)
     replicas = int(replicas)
     if routing == "round_robin":
         return np.arange(tl.calls, dtype=np.int64) % replicas
     if routing == "session":
-        traces, inverse = np.unique(np.asarray(tl.trace, dtype=np.int64), return_inverse=True)
+        traces, inverse = np.unique(np.asarray(tl.session, dtype=np.int64), return_inverse=True)
         if trace_ids is not None:
             if traces.size and traces[-1] >= len(trace_ids):
-                raise ValueError(f"trace_ids has {len(trace_ids)} ids, trace {traces[-1]} used")
+                raise ValueError(f"trace_ids has {len(trace_ids)} ids, session {traces[-1]} used")
             ids = [str(trace_ids[t]) for t in traces.tolist()]
         else:
             ids = [str(t) for t in traces.tolist()]
@@ -181,7 +182,7 @@ def fleet_curve(
                 replica=r,
                 calls=int(positions.size),
                 blocks=int(sub.lengths.sum()),
-                traces=int(np.unique(sub.trace).size),
+                traces=int(np.unique(sub.session).size),
             )
         )
     per_replica = np.array([x.blocks for x in load], dtype=np.int64)

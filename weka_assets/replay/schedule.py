@@ -12,11 +12,13 @@ models call durations or queueing; the bounded-cache simulator treats each call 
 instantaneous at its start time, and the live replay measures what a real server does.
 
 A dataset of a format whose call times share one corpus-wide clock (`TraceFormat.corpus_clock`,
-named by the manifest's `corpus_format`: Mooncake, one call per trace, and Bailian, one session
-per trace) is different: its `t_abs` are the requests' recorded timestamps on that clock
-(`corpus_clock`), not times within a trace. Under `recorded` (its default, `arrival_for`) they are used as they are;
-under the other modes each request's time is taken relative to its own trace, so the arrival
-model alone places it (`together`: all at once, `staggered`: one every `interval_s`).
+named by the manifest's `corpus_format`: Mooncake, one trace of requests per file, and
+Bailian, one session per trace) is different: its `t_abs` are the requests' recorded timestamps
+on that clock (`corpus_clock`), not times within a trace. Under `recorded` (its default,
+`arrival_for`) they are used as they are; under the other modes each time is taken relative to
+its own session (`DecodedDataset.sessions`: a trace, or one request of a file of requests), so
+the arrival model alone places it (`together`: all at once, `staggered`: one every
+`interval_s`). What the modes below call a trace is a session.
 
 Arrival modes:
 - `recorded`: no offset; every call at its recorded time counted from the dataset's first call
@@ -96,16 +98,24 @@ def call_start_times(
     the trace's first call on a corpus-wide clock."""
     if not np.isfinite(time_scale) or time_scale <= 0:
         raise ValueError(f"time_scale must be finite and > 0, got {time_scale}")
-    offsets = trace_offsets(len(ds.traces), arrival)
-    trace = np.asarray(ds.calls["trace"], dtype=np.int64)
+    trace, ids = _sessions(ds)
+    offsets = trace_offsets(len(ids), arrival)
     t = np.asarray(ds.calls["t_abs"], dtype=np.float64)
     if t.size and arrival.mode == "recorded":
         t = t - t.min()
     elif t.size and corpus_clock(ds):
-        first = np.full(len(ds.traces), np.inf)
+        first = np.full(len(ids), np.inf)
         np.minimum.at(first, trace, t)
         t = t - first[trace]
     return offsets[trace] + t * time_scale
+
+
+def _sessions(ds) -> tuple[np.ndarray, list]:
+    """What an arrival model places: sessions (`DecodedDataset.sessions`: a trace, or one
+    request of a file of requests, as when each line was a trace of its own)."""
+    if isinstance(ds, DecodedDataset):
+        return ds.sessions()
+    return np.asarray(ds.calls["trace"], dtype=np.int64), list(ds.traces)
 
 
 def global_order(

@@ -212,8 +212,7 @@ def capacity_report(
     if options.replicas > 1:
         from weka_assets.replay.replicas import fleet_curve
 
-        ids = [str(t["id"]) for t in ds.traces]
-        fleet = fleet_curve(tl, options.replicas, options.routing, [*caps, None], ids)
+        fleet = fleet_curve(tl, options.replicas, options.routing, [*caps, None], tl.session_ids)
         report.fleet = fleet.model_dump(mode="json")
     return report
 
@@ -235,14 +234,13 @@ def sized_report(
     config (`tiers.resolve_geometry`), capacities as text ("auto"/None: the default sweep; else
     comma-separated blocks or sizes). Returns (report, traces covered); a ValueError names
     what is wrong in one line."""
-    from weka_assets.replay.capacity import capacity_traces, parse_capacity
+    from weka_assets.replay.capacity import capacity_part, parse_capacity
     from weka_assets.replay.schedule import arrival_for
     from weka_assets.replay.tiers import resolve_geometry
 
     if max_blocks < 0:
         raise ValueError(f"max_blocks must be 0 or more, got {max_blocks}")
-    n = capacity_traces(ds, max_blocks)
-    part = ds.head(n)
+    part, n = capacity_part(ds, max_blocks)
     geometry = resolve_geometry(kv_model, kv_model_revision) if kv_model else None
     sizes = None
     if capacities and capacities != "auto":

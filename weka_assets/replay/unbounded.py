@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from weka_assets.arrays import distinct
+from weka_assets.arrays import distinct, first_appearances
 from weka_assets.decoding.dataset import ROLES, DecodedDataset, RowWalker
 from weka_assets.decoding.prf import MASK, mix64
 from weka_assets.parallel import SHARD_CALLS, ordered_map, workers
@@ -335,6 +335,11 @@ def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
         sl = slices[t]
         if sl.start == sl.stop:
             continue
+        if _request_layout(ds, t, sl):
+            h, th, k = _replay_requests(ds, sl, content, r0)
+            hits[sl.start - a : sl.stop - a], token_hits[sl.start - a : sl.stop - a] = h, th
+            keys.append(k)
+            continue
         calls = np.arange(sl.start, sl.stop)
         shared = c["shared"][calls].astype(np.int64)
         added = (c["n_ids"][calls] - shared).astype(np.int64)
@@ -348,6 +353,54 @@ def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
         token_hits[calls - a] = lead + leading_hits(new, lengths)
         keys.append(distinct(new))
     return _TraceHits(slice(a, b), hits, token_hits, _cat(keys))
+
+
+REQUEST_CHUNK_IDS = 1 << 21  # ids of the calls one step of `_replay_requests` looks at
+
+
+def _request_layout(ds: DecodedDataset, t: int, sl: slice) -> bool:
+    """Whether trace `t` is a file of requests (`decoding.decoder.decode_requests`): a
+    corpus-wide namespace whose calls share nothing stored, so its block rows are its ids."""
+    return ds.traces[t].get("decode_scope") == "corpus" and bool(
+        (np.asarray(ds.calls["prev"][sl]) < 0).all()
+    )
+
+
+def _replay_requests(
+    ds: DecodedDataset, sl: slice, content: np.ndarray, row_offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_replay_traces` of one trace of requests, a chunk of calls at a time, so memory is
+    one chunk's plus what the cache has seen (a flag per block row, the sorted distinct token
+    keys) however many requests the trace holds. Returns (hits, token hits, distinct keys)."""
+    c = ds.calls
+    n_ids = np.asarray(c["n_ids"][sl], dtype=np.int64)
+    rows_start = np.asarray(c["rows_start"][sl], dtype=np.int64)
+    hits = np.zeros(n_ids.size, np.int64)
+    token_hits = np.zeros(n_ids.size, np.int64)
+    seen_rows = np.zeros(content.size, dtype=bool)
+    seen_keys = np.empty(0, np.uint64)
+    ends = np.cumsum(n_ids)
+    i = 0
+    while i < n_ids.size:
+        j = max(int(np.searchsorted(ends, ends[i] - n_ids[i] + REQUEST_CHUNK_IDS)), i + 1)
+        j = min(j, n_ids.size)
+        lengths = n_ids[i:j]
+        # calls without a predecessor: their rows lie one after another in `tail_rows`
+        rows = np.asarray(ds.tail_rows[rows_start[i] : rows_start[i] + int(lengths.sum())])
+        rows = rows - row_offset
+        _, first, inverse = first_appearances(rows)
+        hits[i:j] = leading_hits(rows, lengths, seen_rows[rows], (first, inverse))
+        seen_rows[rows] = True
+        new, added, _ = trace_new_keys(
+            ds, np.arange(sl.start + i, sl.start + j), content, row_offset
+        )
+        uniq, first, inverse = np.unique(new, return_index=True, return_inverse=True)
+        at = np.minimum(np.searchsorted(seen_keys, uniq), max(seen_keys.size - 1, 0))
+        before = seen_keys[at] == uniq if seen_keys.size else np.zeros(uniq.size, bool)
+        token_hits[i:j] = leading_hits(new, added, before[inverse], (first, inverse))
+        seen_keys = np.sort(np.concatenate([seen_keys, uniq[~before]]))
+        i = j
+    return hits, token_hits, seen_keys
 
 
 def context_keys(ids: np.ndarray, conv: np.ndarray) -> np.ndarray:

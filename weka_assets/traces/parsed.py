@@ -212,10 +212,11 @@ class ParsedRecord:
 
 def analyse_and_encode(raw: RawRecord, root: str) -> tuple[AnalysedRecord, bytes | None]:
     """Worker task of a scope pass that keeps its parse: the record's analysis, and its frame
-    (None when it did not parse)."""
+    (None when it did not parse, or is a file of requests: columns that parse at tens of MB/s,
+    never kept)."""
     rec = parse_record(raw)
     frame = None
-    if rec.trace is not None:  # encoded before the analysis, exactly as parsed
+    if isinstance(rec.trace, Trace):  # encoded before the analysis, exactly as parsed
         frame = encode_trace(rec.trace, Path(root))
     return analyse_parsed(rec, raw), frame
 

@@ -289,14 +289,18 @@ class Validated:
     ids: int = 0
     done: int = 0
     total: int = 0
+    more_errors: list[TraceError] = field(default_factory=list)  # a many-request record's rest
 
 
 def validate_record(raw: RawRecord) -> Validated:
     """Parse one raw record (a worker task): only the schema, no scope analysis."""
     rec = parse_record(raw)
     if rec.error is not None:
-        return Validated(rec.error, done=raw.done, total=raw.total)
-    calls = rec.trace.calls
+        return Validated(rec.error, done=raw.done, total=raw.total, more_errors=rec.more_errors)
+    trace = rec.trace
+    if not isinstance(trace, Trace):  # a file of requests, as columns
+        return Validated(None, trace.n_requests, int(trace.ids.size), raw.done, raw.total)
+    calls = trace.calls
     return Validated(None, len(calls), sum(c.ids.size for c in calls), raw.done, raw.total)
 
 

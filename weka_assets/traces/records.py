@@ -7,7 +7,7 @@ so that a format module imports these without importing the reader.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -69,6 +69,9 @@ class Record:
     error: TraceError | None = None
     declared_scope: str | None = None
     null_keys_dropped: int = 0
+    # a record of many requests (a file read as one trace) reports every bad one: `error`
+    # is the first, these the rest
+    more_errors: list[TraceError] = field(default_factory=list)
 
 
 @dataclass(slots=True)

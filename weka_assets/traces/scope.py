@@ -14,10 +14,11 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
-from weka_assets.arrays import distinct
+from weka_assets.arrays import distinct, first_appearances
 from weka_assets.errors import Location, TraceError
 from weka_assets.traces import formats
 from weka_assets.traces.reader import RawRecord, Record, parse_record
+from weka_assets.traces.requests import RequestTable
 from weka_assets.traces.schema import DECLARED_SCOPES, Call, Trace
 from weka_assets.traces.timeline import inner_time_convention
 
@@ -199,8 +200,10 @@ def _convention(base, hashing_style, minting, inner_times) -> str:
     return "other"
 
 
-def analyse_trace(trace: Trace) -> TraceScope:
+def analyse_trace(trace: "Trace | RequestTable") -> TraceScope:
     """Every per-trace definition of the scope contract; raises `TraceError` on a hard error."""
+    if isinstance(trace, RequestTable):
+        return analyse_requests(trace)
     hashing, over, style = _hashing(trace)
     _check_hard_rules(trace, over)
 
@@ -312,6 +315,97 @@ def analyse_trace(trace: Trace) -> TraceScope:
         evidence=layout.evidence,
         first_ids=seq if layout.decode_scope == "corpus" and doc.size else None,
         first_pos=pos[np.sort(first)] if layout.decode_scope == "corpus" and doc.size else None,
+    )
+
+
+def analyse_requests(table: RequestTable) -> TraceScope:
+    """`analyse_trace` of a file of requests read as columns (`traces.requests`), every
+    definition vectorised. Each request is a conversation of its own with no subagents, so
+    the walks are the file order, each request's ids are its tails, and no prefix reaches
+    into an earlier request's partial block."""
+    bs = table.block_size
+    n = table.tokens_in
+    length = table.n_ids
+    floor_n, ceil_n = n // bs, -(-n // bs)
+    over = length > ceil_n
+    floor = ~over & (length == floor_n)
+    ceil = ~over & ~floor & (length == ceil_n)
+    truncated = ~over & ~floor & ~ceil
+    hashing = {
+        "floor": int(floor.sum()),
+        "ceil": int(ceil.sum()),
+        "truncated": int(truncated.sum()),
+        "over": int(over.sum()),
+    }
+    partial = n % bs != 0
+    ceil_seen, floor_seen = bool((ceil & partial).any()), bool((floor & partial).any())
+    style = {(True, True): "mixed", (True, False): "ceil", (False, True): "floor"}.get(
+        (ceil_seen, floor_seen), "undetermined"
+    )
+    if over.any():
+        k = int(np.argmax(over))
+        raise TraceError(
+            "hash_ids_over",
+            f"{int(length[k])} hash ids for in={int(n[k])}: more than ceil(in / block_size) "
+            f"= {int(ceil_n[k])}",
+            table.request_location(k),
+        )
+    doc = table.ids
+    if doc.size == 0:
+        base = max_id = None
+        n_distinct = holes = violations = 0
+        fresh = dict.fromkeys(WALKS, 0)
+        gaps = dict.fromkeys(WALKS, 0)
+        seq = first_pos = None
+    else:
+        pos = np.arange(doc.size, dtype=np.int64) - np.repeat(table.offsets[:-1], length)
+        uniq, first, inverse = first_appearances(doc)
+        base, max_id, n_distinct = int(uniq[0]), int(uniq[-1]), int(uniq.size)
+        holes = max_id - base + 1 - n_distinct
+        moved = pos != pos[first][inverse]
+        violations = int(distinct(inverse[moved]).size)
+        order = np.sort(first)
+        seq, first_pos = doc[order], pos[order]
+        expected = base + np.arange(seq.size, dtype=np.int64)
+        f, g = int((seq < expected).sum()), int((seq > expected).sum())
+        fresh = dict.fromkeys(WALKS, f)
+        gaps = dict.fromkeys(WALKS, g)
+    minting = "document" if fresh["document"] == 0 else "none"
+    perfect = minting != "none" and gaps[minting] == 0 and doc.size > 0
+    verdict = "shared" if minting != "none" else "ambiguous"
+    layout = _layout(
+        table, verdict, minting, gaps, [], base, [(fresh["document"], gaps["document"])]
+    )
+    corpus = layout.decode_scope == "corpus"
+    return TraceScope(
+        trace=table.id,
+        file=table.file,
+        line=None,
+        block_size=bs,
+        calls=table.n_requests,
+        ids=int(doc.size),
+        base=base,
+        max_id=max_id,
+        distinct_ids=n_distinct,
+        fresh_below=fresh,
+        gaps=gaps,
+        minting_order=minting,
+        perfect=bool(perfect),
+        holes=holes,
+        position_violations=violations,
+        hashing=hashing,
+        subagents=[],
+        prefix_declared=False,
+        subagents_before_parent=0,
+        partial_prefix_events=0,
+        convention=_convention(base, style, minting, []),
+        verdict=layout.verdict,
+        declared=table.scope,
+        layouts=layout.layouts,
+        decode_scope=layout.decode_scope,
+        evidence=layout.evidence,
+        first_ids=seq if corpus else None,
+        first_pos=first_pos if corpus else None,
     )
 
 
@@ -591,6 +685,7 @@ class AnalysedRecord:
     error: TraceError | None = None
     done: int = 0
     total: int = 0
+    more_errors: list[TraceError] = field(default_factory=list)  # a many-request record's rest
 
 
 def analyse_record(raw: RawRecord) -> AnalysedRecord:
@@ -610,6 +705,7 @@ def analyse_parsed(rec: Record, raw: RawRecord) -> AnalysedRecord:
     )
     if rec.error is not None:
         out.error = rec.error
+        out.more_errors = rec.more_errors
         return out
     out.trace, out.where = rec.trace.id, rec.trace.location.describe()
     try:
@@ -640,6 +736,7 @@ def build_report(
         nulls += rec.null_keys_dropped
         if rec.trace is None:
             errors.append(rec.error)
+            errors.extend(rec.more_errors)
             continue
         if rec.trace in seen:
             errors.append(

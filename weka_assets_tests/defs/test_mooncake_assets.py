@@ -1,5 +1,6 @@
 """A Mooncake corpus in the registry: its format and block size reach trace_scope and
-decoded_dataset, and replay_benchmark's capacity sweep runs on the recorded timestamps."""
+decoded_dataset (the file one trace of its requests, no parse kept), and replay_benchmark's
+capacity sweep runs on the recorded timestamps."""
 
 import json
 
@@ -43,15 +44,20 @@ def test_registry_format_and_block_size_reach_the_assets(tmp_path):
             assert all(s.success for s in steps), [s for s in steps if not s.success]
             scope = _latest(instance, "trace_scope", corpus)
             assert scope.metadata["format"].value == "mooncake"
-            assert "PASS: 20/20" in scope.metadata["summary"].value
+            # the file is one trace (of 20 requests); a table of requests keeps no parse
+            assert "PASS: 1/1" in scope.metadata["summary"].value
+            assert scope.metadata["dagster/row_count"].value == 1
+            assert "parsed_path" not in scope.metadata
             assert f"mooncake{block_size}" in scope.metadata["report_path"].value
             key = dg.MultiPartitionKey({"corpus": corpus, "tokenizer": "deepseek"})
             dec = _latest(instance, "decoded_dataset", key)
             material = dec.metadata["key_material"].value
             assert material["block_sizes"] == [block_size]
+            assert material["corpus_format"] == "mooncake"  # in the key: the layout changed
             keys[corpus] = dec.metadata["decode_key"].value
             manifest = read_manifest(tmp_path / "store" / "datasets" / keys[corpus])
             assert manifest["corpus_format"] == "mooncake"
+            assert (manifest["traces"], manifest["calls"]) == (1, 20)
             curve = json.loads(
                 (tmp_path / "store" / "replay" / keys[corpus] / "capacity_curve.json").read_text()
             )
@@ -63,3 +69,4 @@ def test_registry_format_and_block_size_reach_the_assets(tmp_path):
             assert bench["headline"].value.startswith("corpus-wide theoretical hit rate")
             assert bench["hit_rates"].value.startswith("**Corpus-wide theoretical hit rate")
         assert keys["mc"] != keys["mc-detected"]  # the block size is in the decode key
+        assert not list((tmp_path / "store").glob("parsed/*"))

@@ -20,7 +20,7 @@ def test_trace_scope_fails_on_a_declared_size_over_its_limit(tmp_path):
     traces[2]["requests"][1]["requests"][0]["in"] = HUGE  # line 3, request 1, inner 0
     weka = write_weka(tmp_path / "weka" / "traces.jsonl", traces)
     reqs = mooncake_requests(5, seed=1)
-    reqs[1]["output_length"] = HUGE  # line 2
+    reqs[1]["output_length"] = HUGE  # line 2: request 1 of the file's one trace
     moon = write_mooncake(tmp_path / "moon" / "mooncake.jsonl", reqs)
     store = tmp_path / "store"
     res = resources(str(store))
@@ -32,7 +32,7 @@ def test_trace_scope_fails_on_a_declared_size_over_its_limit(tmp_path):
             f"in={HUGE} prompt tokens: more than WEKA_ASSETS_MAX_PROMPT_TOKENS=4194304"
         ),
         "moon-big": (
-            "mooncake.jsonl:2, trace 'mooncake.jsonl:2', request 0: [output_too_long] "
+            "mooncake.jsonl:2, trace 'mooncake.jsonl', request 1: [output_too_long] "
             f"output_length={HUGE} output tokens: more than WEKA_ASSETS_MAX_OUTPUT_TOKENS=1048576"
         ),
     }

@@ -51,7 +51,7 @@ def reference_route(tl: Timeline, replicas: int, routing: str, ids) -> list[int]
         if routing == "round_robin":
             r = c % replicas
         elif routing == "session":
-            digest = hashlib.blake2b(ids[tl.trace[c]].encode(), digest_size=8).digest()
+            digest = hashlib.blake2b(ids[tl.session[c]].encode(), digest_size=8).digest()
             r = int.from_bytes(digest, "big") % replicas
         else:
             match = []
@@ -74,7 +74,7 @@ def test_fleet_equals_routing_then_a_direct_lru_per_replica(routing, arrival):
     then each replica's calls replayed by `capacity.lru_hits` at each capacity."""
     ds = _dataset()
     tl = timeline(ds, arrival)
-    assert (tl.role == 1).any() and np.unique(tl.trace).size == 6  # subagents, several traces
+    assert (tl.role == 1).any() and np.unique(tl.session).size == 6  # subagents, several traces
     replicas = 3
     assign = route(tl, replicas, routing, _ids(ds))
     assert assign.tolist() == reference_route(tl, replicas, routing, _ids(ds))
@@ -92,7 +92,7 @@ def test_fleet_equals_routing_then_a_direct_lru_per_replica(routing, arrival):
     for r, load in enumerate(curve.load):
         mine = assign == r
         assert load.calls == int(mine.sum()) and load.blocks == int(tl.lengths[mine].sum())
-        assert load.traces == np.unique(tl.trace[mine]).size
+        assert load.traces == np.unique(tl.session[mine]).size
     assert sum(x.blocks for x in curve.load) == curve.blocks_total
     hits = [p.hits for p in curve.points]
     assert hits == sorted(hits) and hits[0] == 0 and hits[-1] > 0
@@ -129,7 +129,7 @@ def test_unbounded_orderings_on_a_multi_trace_corpus():
     # no key shared across traces
     call_of = np.repeat(np.arange(tl.calls), tl.lengths)
     key_trace = {}
-    for k, t in zip(tl.keys.tolist(), tl.trace[call_of].tolist(), strict=True):
+    for k, t in zip(tl.keys.tolist(), tl.session[call_of].tolist(), strict=True):
         assert key_trace.setdefault(k, t) == t
     for replicas in (2, 4, 7):
         unbounded = {
@@ -163,7 +163,8 @@ def test_prefix_router_ties_and_monotone_match():
         tokens_out=np.zeros(len(calls), dtype=n),
         block_size=np.full(len(calls), 16, dtype=n),
         role=np.zeros(len(calls), dtype=np.int8),
-        trace=np.zeros(len(calls), dtype=n),
+        session=np.zeros(len(calls), dtype=n),
+        session_ids=["t"],
     )
     assert route(tl, 3, "prefix").tolist() == [0, 1, 2, 0, 2, 1, 2]
     assert route(tl, 3, "round_robin").tolist() == [0, 1, 2, 0, 1, 2, 0]
@@ -212,4 +213,4 @@ def test_session_hash_is_the_same_in_every_process():
     tl = timeline(ds)
     ids = _ids(ds)
     by_trace = session_replicas(ids, 5)
-    assert (route(tl, 5, "session", ids) == by_trace[tl.trace]).all()
+    assert (route(tl, 5, "session", ids) == by_trace[tl.session]).all()

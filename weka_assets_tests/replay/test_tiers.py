@@ -301,7 +301,8 @@ def _timeline(keys, lengths, start_s=None, block_size=4):
         tokens_out=zeros,
         block_size=np.full(n, block_size, dtype=np.int64),
         role=np.zeros(n, dtype=np.int8),
-        trace=zeros,
+        session=zeros,
+        session_ids=["0"],
     )
 
 

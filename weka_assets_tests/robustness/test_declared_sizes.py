@@ -91,7 +91,7 @@ def _weka(mutate):
 def _mooncake(mutate, block_size=None):
     def build(folder: Path):
         reqs = mooncake_requests(6, seed=3)
-        mutate(reqs[3])  # line 4
+        mutate(reqs[3])  # line 4: request 3 of the file's one trace
         path = write_mooncake(folder / "mooncake.jsonl", reqs)
         return path, CorpusFormat("mooncake", block_size, " (--format)")
 
@@ -138,22 +138,22 @@ CASES = {
     ),
     "mooncake: the issue's input_length": (
         _mooncake(_set("input_length", HUGE)),
-        (4, "mooncake.jsonl:4", 0, None, "prompt_too_long"),
+        (4, "mooncake.jsonl", 3, None, "prompt_too_long"),
         f"input_length={HUGE} prompt tokens",
     ),
     "mooncake: an output_length one over": (
         _mooncake(_set("output_length", OUTPUT + 1)),
-        (4, "mooncake.jsonl:4", 0, None, "output_too_long"),
+        (4, "mooncake.jsonl", 3, None, "output_too_long"),
         f"output_length={OUTPUT + 1} output tokens",
     ),
     "mooncake: ids x block size past the limit": (
         _mooncake(_set("hash_ids", list(range(10_000, 10_000 + PROMPT // 512 + 1)))),
-        (4, "mooncake.jsonl:4", 0, None, "prompt_too_long"),
+        (4, "mooncake.jsonl", 3, None, "prompt_too_long"),
         f"hash_ids: {PROMPT // 512 + 1} blocks of 512 tokens",
     ),
     "mooncake: a block size past the limit (--block-size)": (
         _mooncake(lambda r: None, block_size=PROMPT + 1),
-        (1, "mooncake.jsonl:1", None, None, "block_size_too_large"),
+        (None, "mooncake.jsonl", None, None, "block_size_too_large"),  # the whole file's
         f"the corpus's block size (registry or --block-size)={PROMPT + 1}",
     ),
 }
@@ -210,18 +210,24 @@ def test_a_size_over_its_limit_is_one_located_error_at_the_gate(case, good, tmp_
     monkeypatch.setenv("WEKA_ASSETS_WORKERS", "1")
     build, where, fragment = CASES[case]
     path, fmt = build(tmp_path / "corpus")
-    # the reader: one record is the error, every other record is read
+    # the reader: one error, and only one (Weka: one record of three; Mooncake: the file is
+    # one record, which reports every bad request: the other five are good)
     recs = list(iter_records(path, fmt))
-    errors = [r.error for r in recs if r.error is not None]
-    if where[-1] == "block_size_too_large" and fmt.format == "mooncake":
-        assert len(errors) == len(recs)  # the corpus's block size: every line
+    errors = [e for r in recs if r.error is not None for e in (r.error, *r.more_errors)]
+    if fmt.format == "mooncake":
+        assert len(recs) == 1 and recs[0].trace is None and recs[0].line is None
     else:
-        assert len(errors) == 1 and len(recs) > 1, [e.as_dict() for e in errors]
+        assert len(recs) == 3 and [r.error is None for r in recs] == [True, False, True]
+    assert len(errors) == 1, [e.as_dict() for e in errors]
     err = errors[0]
     assert located(err) == where and err.location.file == str(path)
     assert fragment in err.message, err.message
     line = str(err)
-    assert "\n" not in line and f"[{where[-1]}]" in line and f"{path}:{where[0]}" in line
+    assert "\n" not in line and f"[{where[-1]}]" in line
+    if where[0] is None:  # the file's own error: no line
+        assert line.startswith(f"{path}, trace {where[1]!r}: [{where[-1]}]"), line
+    else:
+        assert f"{path}:{where[0]}, " in line
     assert f"trace {where[1]!r}" in line
     if where[2] is not None:
         assert f"request {where[2]}" in line
@@ -295,7 +301,7 @@ def test_the_issues_trace_exits_1_with_one_line_not_a_traceback(tmp_path):
     )
     for corpus, rule_line in (
         (path, f"{path}, trace 'big', request 0: [prompt_too_long] in={HUGE} prompt tokens"),
-        (mooncake, f"{mooncake}:1, trace 'm.jsonl:1', request 0: [prompt_too_long] input_length="),
+        (mooncake, f"{mooncake}:1, trace 'm.jsonl', request 0: [prompt_too_long] input_length="),
     ):
         proc = subprocess.run(
             weka_cmd("decode", corpus, "--out", tmp_path / "datasets"),

@@ -211,7 +211,8 @@ def traced(limit_bytes: int):
 
 
 def good_line_fails(fmt: CorpusFormat, limits) -> bool:
-    """A Mooncake corpus's block size is every line's: past the limit, the good line fails too."""
+    """A Mooncake corpus's block size is the whole file's: past the limit, the file is one
+    error of its own (no line), the good line failing with the fuzzed one."""
     return fmt.format == "mooncake" and fmt.block_size > limits[0]
 
 
@@ -220,23 +221,11 @@ def gate(path: Path, fmt: CorpusFormat, raw: dict, case, limits) -> set[str] | N
     Returns the rules the corpus may fail with (None: it passed)."""
     _, fields, n_ids, _ = case
     want = {1: None, 2: expected(fields, n_ids, limits)}
-    if good_line_fails(fmt, limits):
-        want[1] = {"block_size_too_large"}
     recs = list(iter_records(path, fmt))
-    assert [r.line for r in recs] == [1, 2], recs
-    scope_only = {"hash_ids_over"}  # the scope analysis's rule, not the reader's
-    for rec in recs:
-        if rec.error is None:
-            assert want[rec.line] in (None, scope_only), (rec.line, want)
-            continue
-        # the Weka trace's id and request indices are checked against what was written
-        check_error(rec.error, str(path), rec.line, raw if fmt.format == "weka" else BYTES)
-        assert want[rec.line] not in (None, scope_only), (rec.error, want)
-        assert rec.error.rule in want[rec.line], (rec.error, want)
-        if rec.error.rule in ("prompt_too_long", "output_too_long", "block_size_too_large"):
-            assert rec.error.location.trace in ("fuzzed", f"{path.name}:{rec.line}")
-            if rec.error.rule != "block_size_too_large":
-                assert rec.error.location.request is not None, rec.error
+    if fmt.format == "mooncake":
+        mooncake_records(path, fmt, recs, want, limits)
+    else:
+        weka_records(path, recs, raw, want)
     report = scope_report(path, fmt=fmt)
     bad = sorted(line for line, rules in want.items() if rules is not None)
     if not bad:
@@ -244,12 +233,65 @@ def gate(path: Path, fmt: CorpusFormat, raw: dict, case, limits) -> set[str] | N
         event(f"{fmt.format}: passes the gate")
         return None
     assert not report.passed and report.hard_errors, report.failure_reasons
+    if good_line_fails(fmt, limits):  # the file's own error, and nothing else
+        (err,) = report.hard_errors
+        assert (err["rule"], err["line"], err["request"]) == ("block_size_too_large", None, None)
+        assert (err["file"], err["trace"]) == (str(path), path.name), err
+        event("mooncake: block_size_too_large (the file's)")
+        return {"block_size_too_large"}
     assert [e["line"] for e in report.hard_errors] == bad, report.hard_errors
     for err in report.hard_errors:
         assert err["rule"] in want[err["line"]] and err["file"] == str(path), (err, want)
+        if fmt.format == "mooncake":  # request k of the file's one trace, on line k + 1
+            assert (err["trace"], err["request"]) == (path.name, err["line"] - 1), err
     rules = set().union(*(want[line] for line in bad))
     event(f"{fmt.format}: {' or '.join(sorted(rules))}")
     return rules
+
+
+SCOPE_ONLY = {"hash_ids_over"}  # the scope analysis's rule, not the reader's
+
+
+def weka_records(path: Path, recs, raw: dict, want: dict) -> None:
+    """A Weka file: one record per line, each a trace or its first error."""
+    assert [r.line for r in recs] == [1, 2], recs
+    for rec in recs:
+        if rec.error is None:
+            assert want[rec.line] in (None, SCOPE_ONLY), (rec.line, want)
+            continue
+        # the Weka trace's id and request indices are checked against what was written
+        check_error(rec.error, str(path), rec.line, raw)
+        assert want[rec.line] not in (None, SCOPE_ONLY), (rec.error, want)
+        assert rec.error.rule in want[rec.line], (rec.error, want)
+        if rec.error.rule in ("prompt_too_long", "output_too_long", "block_size_too_large"):
+            assert rec.error.location.trace == "fuzzed", rec.error
+            if rec.error.rule != "block_size_too_large":
+                assert rec.error.location.request is not None, rec.error
+
+
+def mooncake_records(path: Path, fmt: CorpusFormat, recs, want: dict, limits) -> None:
+    """A Mooncake file is one trace, one record: a table of its requests, or the errors of its
+    bad lines (each at its line, as request line - 1 of the trace named after the file)."""
+    assert len(recs) == 1 and recs[0].line is None and recs[0].file == str(path), recs
+    rec = recs[0]
+    errors = [] if rec.error is None else [rec.error, *rec.more_errors]
+    assert (rec.trace is None) == bool(errors), rec
+    if good_line_fails(fmt, limits):  # checked before any line is read: no line named
+        assert [(e.rule, e.location.line, e.location.request) for e in errors] == [
+            ("block_size_too_large", None, None)
+        ], errors
+        check_error(errors[0], str(path), None, BYTES)
+        assert errors[0].location.trace == path.name
+        return
+    reader_bad = [n for n, rules in want.items() if rules not in (None, SCOPE_ONLY)]
+    assert [e.location.line for e in errors] == reader_bad, (errors, want)
+    for err in errors:
+        line = err.location.line
+        check_error(err, str(path), line, BYTES)
+        assert err.rule in want[line], (err, want)
+        assert (err.location.trace, err.location.request) == (path.name, line - 1), err
+    if rec.trace is not None:
+        assert rec.trace.n_requests == 2 and rec.trace.line.tolist() == [1, 2]
 
 
 def at(limits, over: int = 0, fmt: str = "weka", inner: bool = False):
@@ -286,9 +328,12 @@ def test_fuzz_declared_sizes_at_the_gate(case, monkeypatch):
             assert rc == 0, err.getvalue()
         else:
             lines = [x for x in err.getvalue().splitlines() if x.startswith(str(path))]
-            bad = [1] if good_line_fails(fmt, DEFAULT) else []
-            bad += [] if expected(case[1], case[2], DEFAULT) == {"hash_ids_over"} else [2]
-            where = [f"{path}:{n}" for n in bad]
+            if good_line_fails(fmt, DEFAULT):  # the file's own error: no line
+                where = [str(path)]
+            elif expected(case[1], case[2], DEFAULT) == {"hash_ids_over"}:
+                where = []
+            else:
+                where = [f"{path}:2"]
             assert rc == 1 and [x.split(",")[0] for x in lines] == where, err.getvalue()
 
 

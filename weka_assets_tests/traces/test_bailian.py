@@ -112,9 +112,11 @@ def test_replay_figures_per_session_and_corpus_wide(corpus, dataset):
     for root, (h, n) in want["per_session"].items():
         blocks, rate = per[f"trace.jsonl:session-{root}"]
         assert blocks == n and rate == pytest.approx(h / n, abs=1e-12)
-    # the same bytes read as Mooncake (one request a trace) decode under another key
+    # the same bytes read as Mooncake (the file one trace of requests) decode under another key
     other = decode_corpus(path, dataset.path.parent, fmt=CorpusFormat("mooncake", 16))
-    assert other.key != dataset.key and other.manifest["traces"] == len(reqs)
+    assert other.key != dataset.key and other.material["corpus_format"] == "mooncake"
+    assert (other.manifest["traces"], other.manifest["calls"]) == (1, len(reqs))
+    assert m["traces"] == len(want["per_session"]) > 1
 
 
 def test_capacity_and_schedule_on_the_recorded_clock(corpus, dataset):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from weka_assets.decoding.settings import DecodeSettings
-from weka_assets.pipeline import Variant, decode_variants, scope_report
+from weka_assets.pipeline import Variant, decode_corpus, decode_variants, scope_report
 from weka_assets.traces.parsed import (
+    analyse_and_encode,
     corpus_root,
     decode_frame,
     encode_trace,
@@ -72,13 +73,28 @@ def test_a_rebuilt_trace_equals_the_parsed_one(corpus):
     assert n > 0
 
 
-def test_a_mooncake_corpus_round_trips(tmp_path):
-    path = write_mooncake(tmp_path / "m.jsonl", mooncake_requests(40))
+def test_a_mooncake_corpus_keeps_no_parse_and_decodes_from_the_json(tmp_path):
+    """A Mooncake file is one table of requests, never encoded: a scope pass that keeps its
+    parse writes nothing for it, and the decode parses the JSON, to the same dataset."""
+    path = write_mooncake(tmp_path / "c" / "m.jsonl", mooncake_requests(40))
     fmt = detect_format(path, CorpusFormat("mooncake", 512))
-    root = corpus_root(path)
-    for raw in iter_raw_records(path, fmt=fmt):
-        trace = parse_record(raw).trace
-        assert_equal(trace, decode_frame(encode_trace(trace, root), root))
+    (raw,) = list(iter_raw_records(path, fmt=fmt))
+    analysed, frame = analyse_and_encode(raw, str(corpus_root(path)))
+    assert frame is None and analysed.done == analysed.total == path.stat().st_size
+    dest = tmp_path / "m.parsed"
+    report, writer, digest, fmt = kept(path, dest, CorpusFormat("mooncake", 512))
+    assert report.passed and report.traces == 1 and report.calls == 40
+    assert not writer.written and not dest.exists() and writer.traces == 0
+    assert not list(tmp_path.glob("*.parsed*"))  # nothing aside left either
+    assert report == scope_report(path, fmt=fmt)  # keeping the parse changes no figure
+    variants = [Variant(DecodeSettings(), False)]
+    (out,) = decode_variants(path, tmp_path / "ds", variants, report, digest=digest, fmt=fmt)
+    assert not out.from_parse and out.manifest["calls"] == 40
+    alone = decode_corpus(path, tmp_path / "alone", fmt=fmt, measure_drift=False)
+    assert alone.key == out.key
+    names = sorted(p.name for p in out.path.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(out.path, alone.path, names, shallow=False)
+    assert match == names and not mismatch and not errors
 
 
 def kept(corpus, dest, fmt=None):

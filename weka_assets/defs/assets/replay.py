@@ -25,7 +25,7 @@ from weka_assets.replay.capacity import (
     KV_PRESETS,
     CapacityCurve,
     capacity_curve,
-    capacity_traces,
+    capacity_part,
     plot_png,
 )
 from weka_assets.replay.schedule import arrival_for
@@ -87,8 +87,7 @@ def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, 
             geometry = resolve_geometry(options.kv_model, options.kv_model_revision or None)
         except ValueError as exc:
             raise dg.Failure(f"kv_model: {exc} (presets: {', '.join(KV_PRESETS)})") from None
-    n = capacity_traces(ds, options.capacity_max_blocks)
-    part = ds.head(n)
+    part, n = capacity_part(ds, options.capacity_max_blocks)
     curve = capacity_curve(
         part,
         None,  # the default sweep of `points` capacities, from the pass's distinct blocks
@@ -239,6 +238,8 @@ def capacity_metadata(store: WekaStore, ref: CapacityRef, options_max: int | Non
     return {
         "capacity_curve": table(curve_rows(curve)),
         "capacity_curve_traces": dg.MetadataValue.text(covered),
+        # a file of requests is one trace: its sweep may cover its leading requests only
+        "capacity_curve_calls": dg.MetadataValue.int(curve.calls),
         "capacity_plot": dg.MetadataValue.md(
             markdown_image(png, "hit rate against KV-cache capacity")
         ),

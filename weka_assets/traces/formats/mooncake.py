@@ -14,7 +14,7 @@ aiperf's alternatives to `input_length` + `hash_ids` (`text_input`, `messages`, 
 carry no block ids and are rejected (`mooncake_no_hash_ids`).
 """
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import PurePath
 from typing import Any
 
@@ -22,8 +22,16 @@ import orjson
 from pydantic import ValidationError
 
 from weka_assets.errors import Location, TraceError
-from weka_assets.traces.formats import TraceFormat, request_object
-from weka_assets.traces.records import RawRecord, Record, SizeLimits, check_sizes, unreadable
+from weka_assets.traces.formats import FileRead, TraceFormat, request_object
+from weka_assets.traces.records import (
+    MAX_PROMPT_TOKENS_ENV,
+    RawRecord,
+    Record,
+    SizeLimits,
+    check_sizes,
+    max_trace_bytes,
+)
+from weka_assets.traces.requests import read_request_table, trace_id
 from weka_assets.traces.schema import (
     Call,
     HashIds,
@@ -114,7 +122,9 @@ def parse_mooncake(
 
 
 class MooncakeFormat(TraceFormat):
-    """One request per line, one trace each, in one corpus-wide namespace and clock."""
+    """One request per line; a file is one trace (one namespace, one clock) read as columns
+    (`traces.requests.RequestTable`): a production trace's millions of requests never become
+    one Python object each."""
 
     name = "mooncake"
     title = "Mooncake"
@@ -125,29 +135,59 @@ class MooncakeFormat(TraceFormat):
     size_fields = MOONCAKE_FIELDS
     schema_rules = ("mooncake_no_hash_ids",)
     sniff_keys = ("timestamp", "input_length", "hash_ids", *TEXT_ALTERNATIVES)
-    key_name = None  # Mooncake datasets' keys predate formats in the key
+    # in the key since a file became one trace (the dataset's layout changed, not its tokens)
+    key_name = "mooncake"
 
     def looks_like(self, keys: Collection[str]) -> bool:
         return looks_like_mooncake({k: True for k in keys})
 
+    def file_records(self, read: FileRead) -> Iterator[RawRecord]:
+        """One record per file: the whole file is one trace; `parse` reads it."""
+        size = read.path.stat().st_size
+        yield RawRecord(
+            str(read.path),
+            None,
+            done=read.base + size,
+            total=read.total,
+            length=size,
+            fmt=read.fmt,
+            limits=read.limits,
+        )
+
     def parse(self, raw: RawRecord, fmt, limits: SizeLimits) -> Record:
-        file, line = raw.file, raw.line
-        try:
-            data = raw.load()
-        except OSError as exc:
-            return unreadable(raw, exc)
-        try:
-            obj = orjson.loads(data)
-        except (orjson.JSONDecodeError, RecursionError) as exc:
-            return Record(
-                file, line, error=TraceError("invalid_json", str(exc), Location(file, line))
-            )
+        file = raw.file
         bs = fmt.block_size or MOONCAKE_BLOCK_SIZE
-        try:
+        if bs > limits.prompt_tokens:
+            err = TraceError(
+                "block_size_too_large",
+                f"{MOONCAKE_FIELDS[2]}={bs}: a block longer than the longest prompt allowed, "
+                f"{MAX_PROMPT_TOKENS_ENV}={limits.prompt_tokens}",
+                Location(file, None, trace_id(file)),
+            )
+            return Record(file, None, error=err, declared_scope=MOONCAKE_SCOPE)
+
+        def parse_line(data: bytes, line: int):
+            try:
+                obj = orjson.loads(data)
+            except (orjson.JSONDecodeError, RecursionError) as exc:
+                raise TraceError("invalid_json", str(exc), Location(file, line)) from None
             trace, dropped = parse_mooncake(obj, file, line, bs, fmt.origin)
             check_sizes(trace, limits, MOONCAKE_FIELDS)
-        except TraceError as exc:
-            return Record(file, line, error=exc, declared_scope=MOONCAKE_SCOPE)
+            c = trace.calls[0]
+            return (c.t, c.tokens_in, c.tokens_out, c.ids), dropped
+
+        table, nulls = read_request_table(
+            file, bs, MOONCAKE_SCOPE, limits, max_trace_bytes(), parse_line
+        )
+        if table.errors:
+            return Record(
+                file,
+                None,
+                error=table.errors[0],
+                more_errors=table.errors[1:],
+                declared_scope=MOONCAKE_SCOPE,
+                null_keys_dropped=nulls,
+            )
         return Record(
-            file, line, trace=trace, declared_scope=MOONCAKE_SCOPE, null_keys_dropped=dropped
+            file, None, trace=table, declared_scope=MOONCAKE_SCOPE, null_keys_dropped=nulls
         )

@@ -1,0 +1,286 @@
+"""A file of one-request-per-line records read as columns: production-scale Mooncake traces.
+
+A production trace holds millions of requests of a few dozen block ids each. Read one Python
+object per request (a `Trace`, its `Call`, a per-trace report row) and the per-request cost is
+the whole cost: about 330 us a request in process, 1.2 GB of report rows at a million. So a
+format whose file is one namespace on one clock (Mooncake) reads the file as one trace whose
+requests are columns: `RequestTable`, a few numpy arrays (the ids of every request in one
+flat array with offsets), built by `read_request_table` a chunk of lines at a time with
+msgspec. The scope analysis (`traces.scope.analyse_requests`) and the decoder
+(`decoding.decoder.decode_requests`) work on the columns, never one request at a time.
+
+Errors lose nothing: a chunk that the typed decoder or a vectorised check rejects is read
+again line by line with the format's own per-line parse, which names file, line, trace,
+request and rule exactly as before. Every error of the file is reported, not only the first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path, PurePath
+
+import msgspec
+import numpy as np
+
+from weka_assets.errors import Location, TraceError
+from weka_assets.traces.records import MAX_TRACE_BYTES_ENV, SizeLimits
+
+CHUNK = 8 << 20  # bytes of lines decoded at once
+
+
+class _Row(msgspec.Struct):
+    """One request as the typed decoder reads it (other keys ignored, as the schema does)."""
+
+    timestamp: float
+    input_length: int
+    output_length: int
+    hash_ids: list[int]
+
+
+_ROWS = msgspec.json.Decoder(list[_Row])
+_LINES = msgspec.json.Decoder(_Row)
+
+
+@dataclass(slots=True)
+class RequestTable:
+    """Every request of one file as columns, in file order (blank lines skipped).
+
+    `request` k is the k-th request of the file, on line `line[k]`; its ids are
+    `ids[offsets[k]:offsets[k + 1]]`. `t` is on the file's clock in seconds."""
+
+    id: str  # the trace id: the file's name
+    file: str
+    block_size: int
+    scope: str  # the declared hash_id_scope every request shares (global)
+    line: np.ndarray  # int64 [m]
+    t: np.ndarray  # float64 [m], seconds
+    tokens_in: np.ndarray  # int64 [m]
+    tokens_out: np.ndarray  # int64 [m]
+    offsets: np.ndarray  # int64 [m + 1]
+    ids: np.ndarray  # int64 [offsets[-1]]
+    errors: list[TraceError] = field(default_factory=list)  # every bad line's, in file order
+
+    @property
+    def line_of_trace(self) -> None:  # a trace of a whole file has no line of its own
+        return None
+
+    @property
+    def location(self) -> Location:
+        return Location(file=self.file, line=None, trace=self.id)
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.t.size)
+
+    @property
+    def n_ids(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def subagents(self) -> list:  # a file of requests has no subagents
+        return []
+
+    def request_location(self, k: int) -> Location:
+        return Location(self.file, int(self.line[k]), self.id, int(k))
+
+
+def trace_id(file: str) -> str:
+    """A file's trace id: its name (unique in a one-file corpus, the same on every machine)."""
+    return PurePath(file).name
+
+
+def _lines_of(path: Path, limit: int) -> Iterator[tuple[int, bytes | None, list[int]]]:
+    """(first line number, bytes of whole lines, their lengths' ends) chunk by chunk; an overlong
+    line comes alone as (its number, None, [])."""
+    opener: Callable = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        carry = b""
+        lineno = 1  # number of the first line in `carry`
+        skipping = False
+        while True:
+            block = fh.read(CHUNK)
+            if not block:
+                break
+            if skipping:  # inside an overlong line: drop up to its end
+                nl = block.find(b"\n")
+                if nl < 0:
+                    continue
+                block, skipping = block[nl + 1 :], False
+                lineno += 1
+            buf = carry + block
+            ends = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+            start = 0
+            if ends.size:
+                lengths = np.diff(np.concatenate([[-1], ends]))
+                if int(lengths.max()) > limit:  # one line too long: split around it
+                    for e in ends.tolist():
+                        if e + 1 - start > limit:
+                            yield lineno, None, []
+                        else:
+                            yield lineno, buf[start : e + 1], [e + 1 - start]
+                        lineno += 1
+                        start = e + 1
+                else:
+                    last = int(ends[-1]) + 1
+                    yield lineno, buf[:last], (ends + 1).tolist()
+                    lineno += int(ends.size)
+                    start = last
+            carry = buf[start:]
+            if len(carry) > limit:
+                yield lineno, None, []
+                carry, skipping = b"", True
+        if carry and not skipping:
+            yield lineno, carry if carry.endswith(b"\n") else carry + b"\n", [len(carry) + 1]
+
+
+def _split(buf: bytes, ends: list[int]) -> list[bytes]:
+    out, start = [], 0
+    for e in ends:
+        out.append(buf[start:e])
+        start = e
+    return out
+
+
+def read_request_table(
+    path: str,
+    block_size: int,
+    scope: str,
+    limits: SizeLimits,
+    max_bytes: int,
+    parse_line: Callable[[bytes, int], tuple[tuple, int]],
+    t_divisor: float = 1000.0,
+) -> tuple[RequestTable, int]:
+    """The file's requests as columns, and the number of null-valued keys dropped.
+
+    `parse_line(bytes, line)` is the format's own per-line parse: it returns the request as
+    (t in seconds, tokens_in, tokens_out, ids array) and its dropped nulls, or raises the
+    `TraceError` of its first broken rule (sizes included); it reads every chunk that the
+    fast decoder does not accept whole, which reads t as `timestamp / t_divisor`."""
+    file = str(path)
+    tid = trace_id(file)
+    lines, ts, tin, tout, counts, id_parts = [], [], [], [], [], []
+    errors: list[TraceError] = []
+    nulls = 0
+    request = 0
+
+    def slow(first: int, chunk: bytes, ends: list[int]) -> None:
+        nonlocal nulls, request
+        rows_t, rows_in, rows_out, rows_n, rows_line, rows_ids = [], [], [], [], [], []
+        for k, data in enumerate(_split(chunk, ends)):
+            if not data.strip():
+                continue
+            try:
+                (t, n_in, n_out, ids), dropped = parse_line(data, first + k)
+            except TraceError as exc:  # located again: the trace is the file, not the line
+                where = Location(file, first + k, tid, request, exc.location.inner)
+                errors.append(TraceError(exc.rule, exc.message, where))
+                request += 1
+                continue
+            nulls += dropped
+            rows_t.append(t)
+            rows_in.append(n_in)
+            rows_out.append(n_out)
+            rows_n.append(ids.size)
+            rows_line.append(first + k)
+            rows_ids.append(ids)
+            request += 1
+        ts.append(np.asarray(rows_t, np.float64))
+        tin.append(np.asarray(rows_in, np.int64))
+        tout.append(np.asarray(rows_out, np.int64))
+        counts.append(np.asarray(rows_n, np.int64))
+        lines.append(np.asarray(rows_line, np.int64))
+        id_parts.extend(rows_ids)
+
+    try:
+        for first, chunk, ends in _lines_of(Path(path), max_bytes):
+            if chunk is None:
+                errors.append(
+                    TraceError(
+                        "trace_too_large",
+                        f"one request may hold {MAX_TRACE_BYTES_ENV}={max_bytes} bytes of "
+                        "JSON; this is a line longer than that",
+                        Location(file, first, tid, request),
+                    )
+                )
+                request += 1
+                continue
+            fast = _fast_chunk(chunk, ends, first, block_size, limits, t_divisor)
+            if fast is None:
+                slow(first, chunk, ends)
+                continue
+            for parts, column in zip((lines, ts, tin, tout, counts, id_parts), fast, strict=True):
+                parts.append(column)
+            request += int(fast[1].size)
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
+        errors.append(
+            TraceError("truncated_file", f"cannot read to the end: {exc}", Location(file))
+        )
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+
+    n_ids = cat(counts, np.int64)
+    offsets = np.zeros(n_ids.size + 1, np.int64)
+    np.cumsum(n_ids, out=offsets[1:])
+    table = RequestTable(
+        id=tid,
+        file=file,
+        block_size=block_size,
+        scope=scope,
+        line=cat(lines, np.int64),
+        t=cat(ts, np.float64),
+        tokens_in=cat(tin, np.int64),
+        tokens_out=cat(tout, np.int64),
+        offsets=offsets,
+        ids=cat(id_parts, np.int64),
+        errors=errors,
+    )
+    return table, nulls
+
+
+def _fast_chunk(
+    chunk: bytes, ends: list[int], first: int, bs: int, limits: SizeLimits, t_divisor: float
+):
+    """A chunk of lines decoded whole, or None when any line needs the per-line parse (a
+    type, a null, a negative or non-finite number, a size over a limit, a blank line in the
+    middle: whatever the per-line parse must name)."""
+    try:
+        rows = _ROWS.decode(b"[" + chunk.rstrip().replace(b"\n", b",") + b"]")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if len(rows) != len(ends):  # blank lines: their numbers are needed
+        return None
+    m = len(rows)
+    try:  # a number past int64 (msgspec reads up to 2**64 - 1): the per-line parse names it
+        t = np.fromiter((r.timestamp for r in rows), np.float64, m)
+        n_in = np.fromiter((r.input_length for r in rows), np.int64, m)
+        n_out = np.fromiter((r.output_length for r in rows), np.int64, m)
+        n = np.fromiter((len(r.hash_ids) for r in rows), np.int64, m)
+        ids = np.fromiter(chain.from_iterable([r.hash_ids for r in rows]), np.int64, int(n.sum()))
+    except OverflowError:
+        return None
+    if m and (
+        (t < 0).any()
+        or not np.isfinite(t).all()
+        or (n_in < 0).any()
+        or (n_out < 0).any()
+        or (ids.size and ids.min() < 0)
+        or _over_limits(n, n_in, n_out, bs, limits).any()
+    ):
+        return None
+    return np.arange(first, first + m, dtype=np.int64), t / t_divisor, n_in, n_out, n, ids
+
+
+def _over_limits(n, n_in, n_out, bs: int, limits: SizeLimits) -> np.ndarray:
+    """Requests over a size limit (`records.check_sizes`' rules, vectorised)."""
+    implied = (n > 0) & ((n - 1) * bs >= limits.prompt_tokens)
+    return (
+        (n > limits.ids_per_call)
+        | (n_in > limits.prompt_tokens)
+        | implied
+        | (n_out > limits.output_tokens)
+    )
