@@ -113,13 +113,16 @@ def corpus_root(path: Path | str) -> Path:
 def fingerprint(fmt: CorpusFormat) -> str:
     """Everything a parse depends on besides the corpus bytes: the parser's code (the reader
     and every format module), its limits, the corpus format (and the block size its traces
-    are read at when they do not state one)."""
+    are read at when they do not state one: None for a format whose traces state their own,
+    Weka's, whatever block size the registry gives, so the scope pass, which reads the corpus
+    with the registry's format, and the decode, which reads it with the gate's, agree)."""
     h = hashlib.sha256(FORMAT.encode())
     modules = [Path(m.__file__) for m in (reader, records, fastparse, schema)]
     modules += sorted(Path(formats.__file__).parent.glob("*.py"))
     for module in modules:
         h.update(module.read_bytes())
-    limits = (records.max_trace_bytes(), *records.SizeLimits.read(), fmt.format, fmt.block_size)
+    block_size = fmt.corpus_block_size if fmt.format is not None else fmt.block_size
+    limits = (records.max_trace_bytes(), *records.SizeLimits.read(), fmt.format, block_size)
     h.update(repr(limits).encode())
     return h.hexdigest()
 

@@ -204,3 +204,20 @@ def test_descriptor_io_manager_round_trip(tmp_path):
     missing = dg.build_input_context(asset_key=AssetKey("replay_benchmark"), partition_key=key)
     with pytest.raises(dg.Failure, match="has not been materialized"):
         io.load_input(missing)
+
+
+def test_a_registry_block_size_still_decodes_from_the_kept_parse(tmp_path):
+    """A registry entry stating `block_size: 64` (as the shipped corpora.yaml does) reads the
+    corpus at that block size in trace_scope; decoded_dataset still reads the parse it kept
+    (issue 27: the block size entered one fingerprint and not the other, so every
+    materialization parsed the JSON again)."""
+    good = synthetic("kv-cache-tester", traces=5, seed=2)
+    registry = tmp_path / "corpora.yaml"
+    registry.write_text(f"corpora:\n  - {{name: tiny, source: {good}, block_size: 64}}\n")
+    res = resources(str(tmp_path / "store"))
+    res["catalog"] = CorpusCatalog(registry_path=str(registry))
+    with dg.instance_for_test() as instance:
+        steps = materialize_corpus("tiny", instance, build_defs(resource_defs=res))
+        assert all(s.success for s in steps)
+        key = dg.MultiPartitionKey({"corpus": "tiny", "tokenizer": "deepseek"})
+        assert latest(instance, "decoded_dataset", key).metadata["decoded_from"].value == "parse"

@@ -221,3 +221,22 @@ def test_decoding_from_the_parse_writes_the_datasets_the_json_gives(kept_sample,
     assert (again[0].path / "block_offsets.npy").read_bytes() == (
         from_json[0].path / "block_offsets.npy"
     ).read_bytes()
+
+
+def test_a_weka_parse_kept_under_the_registrys_block_size_is_the_decodes(tmp_path):
+    """The scope pass reads a Weka corpus with its registry entry's block size (64 by default),
+    the decode with the gate's (None: Weka traces state theirs): the same parse either way, so
+    the decode reads it (issue 27: every Dagster decode parsed the JSON again)."""
+    corpus = synthetic("semianalysis", traces=4, seed=3)
+    digest = corpus_digest(file_digests(corpus))
+    kept = tmp_path / "parsed.bin"
+    scope_fmt = detect_format(corpus, CorpusFormat(None, 64))
+    with keep_parse(kept, digest, scope_fmt) as writer:
+        report = scope_report(corpus, fmt=scope_fmt, keep=writer)
+    assert report.passed and kept.exists()
+    decode_fmt = CorpusFormat("weka", None)  # what decoded_dataset passes (the gate's)
+    assert read_parsed(kept, digest, decode_fmt, corpus) is not None
+    (out,) = decode_variants(
+        corpus, tmp_path / "ds", [Variant(DecodeSettings())], report, fmt=decode_fmt, parsed=kept
+    )
+    assert out.from_parse
