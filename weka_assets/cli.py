@@ -850,12 +850,13 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from weka_assets.definitions import build_defs, resources
-    from weka_assets.instance.materialize import materialize_corpus
+    from weka_assets.instance.materialize import check_compute_log_bucket, materialize_corpus
 
     try:
         with dg.DagsterInstance.get() as instance:
             defs = build_defs(resource_defs=resources(args.store))
             defs.resources["store"].check()  # a missing bucket: one line, before any run
+            check_compute_log_bucket(instance)
             steps = materialize_corpus(args.corpus, instance, defs, args.tokenizer)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -1079,6 +1080,9 @@ def cmd_backfill_stale(args: argparse.Namespace) -> int:
             status = staleness.wait_backfill(url, backfill_id)
             _err(f"backfill {backfill_id}: {status['status']}")
             return 1 if staleness.backfill_failed(status) else 0
+        from weka_assets.instance.materialize import check_compute_log_bucket
+
+        check_compute_log_bucket(instance)
         outcomes = staleness.backfill_in_process(defs, instance, stale)
         for o in outcomes:
             print(f"run {o.run_id} {o.partition} {'ok' if o.success else 'FAILED'}")

@@ -100,6 +100,37 @@ def test_a_missing_bucket_is_one_line_naming_it(s3, monkeypatch, tmp_path):
     assert len(lines) == 1 and "the S3 bucket 'missing-bucket' does not exist" in lines[0]
 
 
+def test_a_missing_compute_log_or_source_bucket_is_one_line_naming_it(s3, tmp_path):
+    """The other buckets an operator names (issue 28): the instance's compute logs (an
+    S3ComputeLogManager, as deploy/dagster.yaml configures) and a corpus source."""
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\ncompute_logs:\n"
+        "  module: dagster_aws.s3.compute_log_manager\n  class: S3ComputeLogManager\n"
+        f"  config:\n    bucket: missing-logs\n    prefix: logs\n"
+        f"    endpoint_url: {s3.env['AWS_ENDPOINT_URL']}\n"
+    )
+    env = {**os.environ, **s3.env, "HF_HUB_OFFLINE": "1", "DAGSTER_HOME": str(home)}
+    store = str(tmp_path / "store")
+    for argv, bucket in (
+        (["materialize", "--corpus", "sample", "--store", store], "missing-logs"),
+        (
+            ["fetch", "s3://missing-source/traces.jsonl", "--out", str(tmp_path / "f")],
+            "missing-source",
+        ),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "weka_assets.cli", *argv],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert run.returncode == 1, run.stdout + run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"'{bucket}'" in lines[0], run.stderr
+        assert "Traceback" not in run.stderr
+    assert not any((tmp_path / "store").rglob("*.*"))  # nothing ran: no file stored
+
+
 def test_a_long_lived_store_sees_what_another_machine_published(bucket, tmp_path):
     a = Store(BASE, cache_dir=tmp_path / "a")
     b = Store(BASE, cache_dir=tmp_path / "b")

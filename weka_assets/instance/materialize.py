@@ -19,6 +19,31 @@ from weka_assets.defs.partitions import (
 CORPUS_ASSETS = ["raw_traces", "trace_scope"]
 
 
+def check_compute_log_bucket(instance: dg.DagsterInstance) -> None:
+    """A `WekaError` naming the bucket when the instance keeps its compute logs in an S3
+    bucket that does not exist (or cannot be reached): one line before any run, where every
+    step of every run would otherwise fail to upload its logs with a stack trace."""
+    from weka_assets.errors import WekaError
+
+    manager = instance.compute_log_manager
+    bucket = getattr(manager, "_s3_bucket", None)  # dagster_aws's S3ComputeLogManager
+    if not isinstance(bucket, str):
+        return
+    try:
+        manager._s3_session.meta.client.head_bucket(Bucket=bucket)
+    except Exception as exc:  # botocore's ClientError, or the endpoint unreachable
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            raise WekaError(
+                f"compute logs ($DAGSTER_HOME/dagster.yaml): the S3 bucket {bucket!r} does not "
+                "exist (create it first)"
+            ) from None
+        raise WekaError(
+            f"compute logs ($DAGSTER_HOME/dagster.yaml): no access to the S3 bucket {bucket!r} "
+            f"({code or type(exc).__name__})"
+        ) from None
+
+
 @dataclass
 class StepOutcome:
     partition: str
