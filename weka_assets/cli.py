@@ -385,6 +385,30 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- replay
 
 
+# replay.schedule.ARRIVAL_MODES, spelled here so that --help imports no numpy (a test keeps
+# the two equal)
+ARRIVAL_MODES = ("together", "staggered", "poisson", "recorded")
+
+
+def _add_timeline(p: argparse.ArgumentParser) -> None:
+    """The options of the shared timeline, one definition for `replay` and `replay-live`."""
+    p.add_argument(
+        "--arrival",
+        choices=ARRIVAL_MODES,
+        default=None,
+        help="how sessions (traces; a Mooncake file's requests) start on the shared timeline "
+        "(default: recorded for a Mooncake or Bailian dataset, every request at its timestamp; "
+        "together otherwise)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="X",
+        help="multiply recorded times by X (0.5: twice as fast); default 1",
+    )
+
+
 def _add_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "dataset", metavar="DATASET", help="a decoded dataset folder (printed by decode)"
@@ -466,20 +490,7 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
         help="how the fleet routes calls: session (a trace and its subagents on one replica, "
         "default), round_robin, prefix (where the longest prefix was sent)",
     )
-    p.add_argument(
-        "--arrival",
-        choices=("together", "staggered", "poisson", "recorded"),
-        default=None,
-        help="how traces start on the shared timeline (default: recorded for a Mooncake "
-        "dataset, every request at its timestamp; together otherwise)",
-    )
-    p.add_argument(
-        "--time-scale",
-        type=float,
-        default=1.0,
-        metavar="X",
-        help="multiply recorded times (0.5: twice as fast)",
-    )
+    _add_timeline(p)
     p.add_argument(
         "--plot", type=Path, metavar="PNG", default=None, help="write the curve as a PNG"
     )
@@ -639,7 +650,7 @@ def _print_rates(result) -> None:
 # --------------------------------------------------------------------------- replay-live
 
 
-def _live_positive_float(text: str) -> float:
+def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -662,25 +673,12 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--concurrency", type=_positive_int, default=4, metavar="N", help="requests in flight"
     )
-    p.add_argument(
-        "--time-scale",
-        type=_live_positive_float,
-        default=1.0,
-        metavar="X",
-        help="multiply recorded times by X (0.01: a hundred times faster); default 1",
-    )
-    p.add_argument(
-        "--arrival",
-        choices=("together", "staggered", "poisson", "recorded"),
-        default=None,
-        help="how traces start on the shared timeline (default: recorded for a Mooncake "
-        "dataset, every request at its timestamp; together otherwise)",
-    )
+    _add_timeline(p)
     p.add_argument(
         "--interval-s", type=float, default=60.0, metavar="S", help="staggered: gap between traces"
     )
     p.add_argument(
-        "--rate-per-s", type=_live_positive_float, default=0.05, metavar="R", help="poisson: rate"
+        "--rate-per-s", type=_positive_float, default=0.05, metavar="R", help="poisson: rate"
     )
     p.add_argument("--arrival-seed", type=_non_negative_int, default=0, metavar="N")
     p.add_argument(
@@ -721,7 +719,7 @@ def _add_replay_live(p: argparse.ArgumentParser) -> None:
         "unbounded cache)",
     )
     p.add_argument(
-        "--timeout-s", type=_live_positive_float, default=120.0, metavar="S", help="per request"
+        "--timeout-s", type=_positive_float, default=120.0, metavar="S", help="per request"
     )
     p.add_argument(
         "--no-reset-cache",

@@ -2,6 +2,7 @@
 console script. Real data: the 30 kv-cache-tester traces (conftest.real_sample); broken corpora
 are built in tmp_path from copies of them, never by touching ../shared."""
 
+import argparse
 import copy
 import io
 import json
@@ -502,3 +503,40 @@ def test_replay_capacity_sweep_with_a_block_budget(decoded, tmp_path):
         cli("replay", dataset, "--json", out, "--capacity", "auto", "--capacity-max-blocks", -1).rc
         == 2
     )
+
+
+def test_replay_and_replay_live_share_one_definition_of_their_common_options():
+    """`--arrival` and `--time-scale` are defined once (issue 27: the two spellings' help texts
+    had drifted apart), and the command line's arrival modes are the schedule's."""
+    from weka_assets import cli
+    from weka_assets.replay.schedule import ARRIVAL_MODES
+
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    replay, live = subs.choices["replay"], subs.choices["replay-live"]
+
+    def option(p, name):
+        a = next(a for a in p._actions if name in a.option_strings)
+        return (a.choices, a.type, a.default, a.help, a.metavar)
+
+    for name in ("--arrival", "--time-scale"):
+        assert option(replay, name) == option(live, name), name
+    assert tuple(cli.ARRIVAL_MODES) == ARRIVAL_MODES
+
+
+def test_the_capacity_asset_and_the_command_line_compute_one_curve(tmp_path):
+    """`capacity_curve`'s figures and `weka-assets replay --capacity auto` are one function
+    (`sizing.sized_report`): the same curve for the same dataset and budget."""
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.defs.assets.replay import capacity_figures
+    from weka_assets.defs.resources import ReplayOptions
+    from weka_assets.pipeline import decode_corpus
+    from weka_assets_tests.corpora import synthetic
+
+    ds_path = decode_corpus(synthetic("semianalysis", traces=6, seed=4), tmp_path / "ds").path
+    options = ReplayOptions(capacity_max_blocks=5000)
+    curve, _, _ = capacity_figures(open_dataset(ds_path), options)
+    out = tmp_path / "r.json"
+    assert main(["replay", str(ds_path), "--json", str(out), "--capacity", "auto",
+                 "--capacity-max-blocks", "5000", "--kv-model", options.kv_model]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["capacity_curve"] == curve.model_dump(mode="json")

@@ -24,14 +24,10 @@ from weka_assets.progress import dagster_progress
 from weka_assets.replay.capacity import (
     KV_PRESETS,
     CapacityCurve,
-    capacity_curve,
-    capacity_part,
     plot_png,
 )
-from weka_assets.replay.schedule import arrival_for
 from weka_assets.replay.sizing import CapacityReport, sized_report
 from weka_assets.replay.sizing import plot_png as sizing_plot_png
-from weka_assets.replay.tiers import resolve_geometry
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, headline
 
 
@@ -80,22 +76,21 @@ def _write_per_call(ds, cf, path) -> None:
 
 def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, int]:
     """The shared-LRU capacity sweep of a dataset (bounded by `capacity_max_blocks`), its plot,
-    and how many traces it covers."""
-    geometry = KV_PRESETS.get(options.kv_model)
-    if options.kv_model and geometry is None:
-        try:
-            geometry = resolve_geometry(options.kv_model, options.kv_model_revision or None)
-        except ValueError as exc:
-            raise dg.Failure(f"kv_model: {exc} (presets: {', '.join(KV_PRESETS)})") from None
-    part, n = capacity_part(ds, options.capacity_max_blocks)
-    curve = capacity_curve(
-        part,
-        None,  # the default sweep of `points` capacities, from the pass's distinct blocks
-        arrival_for(part, options.arrival),
-        options.time_scale,
-        geometry,
-        points=options.points,
-    )
+    and how many traces it covers: `sized_report`, the command line's `replay --capacity`,
+    with the LRU policy alone."""
+    try:
+        report, n = sized_report(
+            ds,
+            max_blocks=options.capacity_max_blocks,
+            arrival_mode=options.arrival,
+            time_scale=options.time_scale,
+            kv_model=options.kv_model or None,
+            kv_model_revision=options.kv_model_revision or None,
+            points=options.points,
+        )
+    except ValueError as exc:
+        raise dg.Failure(f"kv_model: {exc} (presets: {', '.join(KV_PRESETS)})") from None
+    curve = report.curve("lru")
     # drawn here, once the sweep has freed its arrays: the run's process imports matplotlib
     # (0.3 s, about 30 MB) once for this plot and the blast radius's, where a worker of its
     # own imported it again for this one (0.5 s in all)
