@@ -99,7 +99,13 @@ def _hashing(trace: Trace) -> tuple[dict[str, int], np.ndarray, str]:
     """Per-call hashing conventions, the `over` mask, and the trace's style (floor/ceil/...)."""
     n = np.fromiter((c.tokens_in for c in trace.calls), dtype=np.int64, count=len(trace.calls))
     length = np.fromiter((c.ids.size for c in trace.calls), dtype=np.int64, count=len(trace.calls))
-    bs = trace.block_size
+    return hashing_of(n, length, trace.block_size)
+
+
+def hashing_of(
+    n: np.ndarray, length: np.ndarray, bs: int
+) -> tuple[dict[str, int], np.ndarray, str]:
+    """`_hashing` of calls given as arrays: prompt tokens `n`, hash ids `length`."""
     floor_n, ceil_n = n // bs, -(-n // bs)
     over = length > ceil_n
     floor = ~over & (length == floor_n)
@@ -326,28 +332,13 @@ def analyse_requests(table: RequestTable) -> TraceScope:
     bs = table.block_size
     n = table.tokens_in
     length = table.n_ids
-    floor_n, ceil_n = n // bs, -(-n // bs)
-    over = length > ceil_n
-    floor = ~over & (length == floor_n)
-    ceil = ~over & ~floor & (length == ceil_n)
-    truncated = ~over & ~floor & ~ceil
-    hashing = {
-        "floor": int(floor.sum()),
-        "ceil": int(ceil.sum()),
-        "truncated": int(truncated.sum()),
-        "over": int(over.sum()),
-    }
-    partial = n % bs != 0
-    ceil_seen, floor_seen = bool((ceil & partial).any()), bool((floor & partial).any())
-    style = {(True, True): "mixed", (True, False): "ceil", (False, True): "floor"}.get(
-        (ceil_seen, floor_seen), "undetermined"
-    )
+    hashing, over, style = hashing_of(n, length, bs)
     if over.any():
         k = int(np.argmax(over))
         raise TraceError(
             "hash_ids_over",
             f"{int(length[k])} hash ids for in={int(n[k])}: more than ceil(in / block_size) "
-            f"= {int(ceil_n[k])}",
+            f"= {-(-int(n[k]) // bs)}",
             table.request_location(k),
         )
     doc = table.ids
