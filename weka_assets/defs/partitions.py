@@ -37,6 +37,28 @@ corpus_tokenizer_partitions = dg.MultiPartitionsDefinition(
 )
 corpus_mapping = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="corpus")
 
+# The corpus of a run, whatever partitions it covers: the run queue's per-corpus limit
+# (deploy/dagster.yaml) reads this tag. Dagster's own partition tags cannot serve: a run of the
+# corpus-partitioned assets carries only `dagster/partition` (the corpus), a corpus x tokenizer
+# run `dagster/partition` ("corpus|tokenizer") and `dagster/partition/corpus`; no key is common
+# to both. Every run request and backfill this project creates sets it (corpus_tags).
+CORPUS_TAG = "weka-assets/corpus"
+
 
 def multi_key(corpus: str, tokenizer: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"corpus": corpus, "tokenizer": tokenizer})
+
+
+def corpus_of(partition_key: str) -> str:
+    """The corpus of a `corpus` key ("sample") or a corpus x tokenizer key ("sample|deepseek")."""
+    key = str(partition_key)
+    if "|" in key:
+        return corpus_tokenizer_partitions.get_partition_key_from_str(key).keys_by_dimension[
+            "corpus"
+        ]
+    return key
+
+
+def corpus_tags(partition_key: str) -> dict[str, str]:
+    """The tag that puts a run of this partition under its corpus's run limit."""
+    return {CORPUS_TAG: corpus_of(partition_key)}

@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from weka_assets import env
-from weka_assets.defs.partitions import corpus_partitions
+from weka_assets.defs.partitions import corpus_partitions, corpus_tags
 from weka_assets.defs.resources import CorpusCatalog
 from weka_assets.errors import WekaError
 from weka_assets.sources import resolve_revision
@@ -51,7 +51,11 @@ def corpus_discovery_sensor(
                 run_key=f"{name}@{revision}",
                 asset_selection=[RAW],
                 partition_key=name,
-                tags={"weka-assets/revision": revision[:200], "weka-assets/trigger": "discovery"},
+                tags={
+                    "weka-assets/revision": revision[:200],
+                    "weka-assets/trigger": "discovery",
+                    **corpus_tags(name),
+                },
             )
         )
         seen[name] = revision
@@ -75,4 +79,6 @@ def corpus_refresh_schedule(context: dg.ScheduleEvaluationContext, catalog: Corp
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     for name in catalog.names():
         if name in registered:
-            yield dg.RunRequest(run_key=f"refresh-{name}-{day}", partition_key=name)
+            yield dg.RunRequest(
+                run_key=f"refresh-{name}-{day}", partition_key=name, tags=corpus_tags(name)
+            )

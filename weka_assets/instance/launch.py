@@ -2,20 +2,21 @@
 
 The chain spans two partitions definitions (corpus, then corpus x tokenizer), so it is one
 asset backfill: the deployment's daemon orders the runs and its executor (Celery workers, Kubernetes
-jobs) runs the steps, never this process. Backfill runs carry the per-dimension partition tags
-(`dagster/partition/corpus`) that the instance's per-corpus concurrency limit reads.
+jobs) runs the steps, never this process. The backfill carries the corpus's tag
+(`weka-assets/corpus`), which every run of it inherits, whatever partitions the run covers: the
+instance's per-corpus run limit reads it.
 """
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 from weka_assets.defs.jobs import CORPUS_ASSETS, DECODE_ASSETS
-from weka_assets.defs.partitions import validate_key
+from weka_assets.defs.partitions import corpus_of, corpus_tags, validate_key
 from weka_assets.instance.staleness import (
+    LAUNCH,
     StalePartition,
     WebserverError,
     _graphql,
     backfill_failed,
-    launch_backfill,
     wait_backfill,
 )
 
@@ -70,10 +71,76 @@ def chain_partitions(corpus: str, tokenizer: str) -> list[StalePartition]:
     ]
 
 
+def backfill_params(parts: list[StalePartition], title: str, tags: dict[str, str]) -> dict:
+    """`launchPartitionBackfill` parameters: exactly these (asset, partition) pairs; its runs
+    inherit `tags`."""
+    by_asset: dict[str, list[str]] = defaultdict(list)
+    for p in parts:
+        by_asset[p.asset].append(p.partition)
+    return {
+        "partitionsByAssets": [
+            {
+                "assetKey": {"path": asset.split("/")},
+                "partitions": {"ranges": [{"start": k, "end": k} for k in keys]},
+            }
+            for asset, keys in by_asset.items()
+        ],
+        "title": title,
+        "tags": [{"key": k, "value": v} for k, v in tags.items()],
+    }
+
+
+def chain_backfill(corpora: list[str], tokenizer: str) -> dict:
+    """The parameters of the backfill of these corpora's chains. With one corpus (what
+    `weka-assets launch` submits) it carries that corpus's tag, so all its runs (the
+    corpus-only one too) are under the per-corpus run limit; a backfill of several corpora
+    cannot name one corpus for all its runs."""
+    parts = [p for corpus in corpora for p in chain_partitions(corpus, tokenizer)]
+    tags = {
+        "weka-assets/trigger": "launch",
+        **(corpus_tags(corpora[0]) if len(corpora) == 1 else {}),
+    }
+    names = ", ".join(corpora)
+    return backfill_params(parts, f"weka-assets launch: {names} x {tokenizer}", tags)
+
+
+def backfills_by_corpus(parts: list[StalePartition], title: str, trigger: str) -> dict[str, dict]:
+    """Per corpus, the parameters of one backfill of its (asset, partition) pairs, with the
+    corpus's tag: what a backfill over several corpora (backfill-stale) must be split into for
+    the per-corpus run limit to hold for all its runs."""
+    by_corpus: dict[str, list[StalePartition]] = defaultdict(list)
+    for p in parts:
+        by_corpus[corpus_of(p.partition)].append(p)
+    return {
+        corpus: backfill_params(
+            mine, f"{title} ({corpus})", {"weka-assets/trigger": trigger, **corpus_tags(corpus)}
+        )
+        for corpus, mine in sorted(by_corpus.items())
+    }
+
+
+def launch_params(url: str, params: dict) -> str:
+    """Launch one backfill (backfill_params); its id."""
+    data = _graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    if data["__typename"] != "LaunchBackfillSuccess":
+        raise WebserverError(f"{data['__typename']}: {data.get('message') or data}")
+    return data["backfillId"]
+
+
+def launch_by_corpus(
+    url: str,
+    parts: list[StalePartition],
+    title: str = "weka-assets: backfill stale partitions",
+    trigger: str = "backfill-stale",
+) -> dict[str, str]:
+    """One backfill per corpus of these pairs (backfills_by_corpus); corpus -> backfill id."""
+    return {c: launch_params(url, p) for c, p in backfills_by_corpus(parts, title, trigger).items()}
+
+
 def launch_chain(url: str, corpora: list[str], tokenizer: str) -> str:
     """Register the corpus partitions (those that are new) and launch one backfill of their
-    chains; its id."""
-    parts = [p for corpus in corpora for p in chain_partitions(corpus, tokenizer)]
+    chains (chain_backfill); its id."""
+    params = chain_backfill(corpora, tokenizer)
     repo = _repository(url)
     for corpus in corpora:
         added = _graphql(url, ADD_PARTITION, {"repo": repo, "key": corpus})["addDynamicPartition"]
@@ -82,10 +149,7 @@ def launch_chain(url: str, corpora: list[str], tokenizer: str) -> str:
             "DuplicateDynamicPartitionError",
         ):
             raise WebserverError(f"cannot add corpus {corpus!r}: {added.get('message') or added}")
-    names = ", ".join(corpora)
-    return launch_backfill(
-        url, parts, title=f"weka-assets launch: {names} x {tokenizer}", trigger="launch"
-    )
+    return launch_params(url, params)
 
 
 def backfill_summary(url: str, backfill_id: str) -> dict:

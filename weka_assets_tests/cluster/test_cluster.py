@@ -9,7 +9,10 @@ One cluster for the module, in phases (tests in file order):
    decode one decode key at once;
 2. what the store holds afterwards: every dataset complete and verified, byte-identical to a
    single-process `weka-assets decode` of the same corpus, one dataset for the shared key;
-3. a manifest bump (new code deployed: `reload`), then `weka-assets backfill-stale --url`.
+3. the per-corpus run limit: a corpus-only run and a corpus x tokenizer run of one corpus,
+   submitted at once, never overlap, while runs of two corpora do (self-contained: it launches
+   the chains it needs when phase 1 did not run);
+4. a manifest bump (new code deployed: `reload`), then `weka-assets backfill-stale --url`.
 """
 
 import json
@@ -30,6 +33,7 @@ from weka_assets import cluster as wc
 from weka_assets.decoding.dataset import verify_dataset
 from weka_assets.definitions import defs
 from weka_assets.defs.jobs import CORPUS_ASSETS, DECODE_ASSETS
+from weka_assets.defs.partitions import CORPUS_TAG, corpus_of, corpus_tokenizer_partitions
 from weka_assets.synthetic import iter_corpus, write_corpus
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import bump_manifest, copy_project
@@ -269,6 +273,104 @@ def test_the_store_holds_complete_datasets_identical_to_a_single_process_decode(
         assert files == sorted(p.name for p in (local / keys[name]).iterdir())
         for f in files:
             assert (single / f).read_bytes() == (local / keys[name] / f).read_bytes(), (name, f)
+
+
+LAUNCH_RUN = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+RUN_TIMES = """query($ids: [String!]) { runsOrError(filter: {runIds: $ids}) { ... on Runs {
+  results { runId status startTime endTime tags { key value } } } } }"""
+ALL_RUNS = """{ runsOrError { ... on Runs { results { runId tags { key value } } } } }"""
+TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _submit(url: str, job: str, partition: str) -> str:
+    """A run of `job` for one partition, queued as the project's own requests queue it: with
+    Dagster's partition tags and the corpus's tag that every run of ours carries."""
+    if "|" in partition:
+        tags = dict(corpus_tokenizer_partitions.get_tags_for_partition_key(partition))
+    else:
+        tags = {"dagster/partition": partition}
+    tags[CORPUS_TAG] = corpus_of(partition)
+    params = {
+        "selector": {
+            "repositoryLocationName": "weka_assets",
+            "repositoryName": "__repository__",
+            "jobName": job,
+        },
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+    }
+    launched = _graphql(url, LAUNCH_RUN, {"p": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["startTime"] < b["endTime"] and b["startTime"] < a["endTime"]
+
+
+def test_runs_of_one_corpus_never_overlap_whatever_partitions_they_cover(deployment):
+    d = deployment
+    url, corpora = d["url"], ("kvt", "dup-a")
+    if not d["phase1"].get("results"):  # run alone: the chains the decode runs read
+        launches = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "weka_assets.cli",
+                    "launch",
+                    "--corpus",
+                    name,
+                    "--url",
+                    url,
+                    "--wait",
+                ],
+                env=d["env"],
+                cwd=d["project"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for name in corpora
+        ]
+        for proc in launches:
+            out, err = proc.communicate(timeout=900)
+            assert proc.returncode == 0, err[-3000:]
+
+    # per corpus, a corpus-only run (raw_traces, trace_scope) and a corpus x tokenizer run
+    # (the decoding chain), all four submitted at once
+    submitted = {}
+    for corpus in corpora:
+        submitted[(corpus, "scope_job")] = _submit(url, "scope_job", corpus)
+        submitted[(corpus, "decode_job")] = _submit(url, "decode_job", f"{corpus}|deepseek")
+    deadline = time.monotonic() + 900
+    while True:
+        runs = _graphql(url, RUN_TIMES, {"ids": list(submitted.values())})["runsOrError"]
+        by_id = {r["runId"]: r for r in runs["results"]}
+        if all(r["status"] in TERMINAL_RUN for r in by_id.values()):
+            break
+        assert time.monotonic() < deadline, {k: by_id[v]["status"] for k, v in submitted.items()}
+        time.sleep(2)
+    run = {key: by_id[run_id] for key, run_id in submitted.items()}
+    assert {r["status"] for r in run.values()} == {"SUCCESS"}, run
+    t0 = min(r["startTime"] for r in run.values())
+    for (corpus, job), r in sorted(run.items(), key=lambda kv: kv[1]["startTime"]):
+        print(f"{corpus:6} {job:11} {r['startTime'] - t0:6.1f} s .. {r['endTime'] - t0:6.1f} s")
+    for corpus in corpora:
+        scope, decode = run[(corpus, "scope_job")], run[(corpus, "decode_job")]
+        assert not _overlap(scope, decode), (corpus, scope, decode)
+    assert any(
+        _overlap(run[(corpora[0], a)], run[(corpora[1], b)])
+        for a in ("scope_job", "decode_job")
+        for b in ("scope_job", "decode_job")
+    ), run
+
+    # and every run this deployment has run so far (the launch backfills' too) carries the
+    # corpus tag of its partition, the corpus-only ones included
+    for r in _graphql(url, ALL_RUNS)["runsOrError"]["results"]:
+        tags = {t["key"]: t["value"] for t in r["tags"]}
+        if "dagster/partition" in tags:
+            assert tags.get(CORPUS_TAG) == corpus_of(tags["dagster/partition"]), tags
 
 
 def test_a_manifest_bump_is_backfilled_through_the_cluster(deployment):

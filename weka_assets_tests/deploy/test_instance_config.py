@@ -17,6 +17,7 @@ from dagster._core.instance.config import dagster_instance_config, dagster_insta
 from dagster._serdes.config_class import ConfigurableClassData
 
 from weka_assets.cluster import free_port
+from weka_assets.defs.partitions import CORPUS_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"
@@ -75,8 +76,11 @@ def test_deploy_instance_config_is_valid_and_resolves_the_environment(env, tmp_p
         "params": {},
     }
     runs = config["concurrency"]["runs"]
+    # one run per corpus: the tag every run of ours carries, and Dagster's of hand-launched ones
+    per_value = {"applyLimitPerUniqueValue": True}
     assert runs["tag_concurrency_limits"] == [
-        {"key": "dagster/partition/corpus", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        {"key": CORPUS_TAG, "value": per_value, "limit": 1},
+        {"key": "dagster/partition/corpus", "value": per_value, "limit": 1},
     ]
     assert runs["max_concurrent_runs"] >= 1
     assert config["run_retries"]["enabled"] and config["run_retries"]["max_retries"] == 1
