@@ -1068,16 +1068,22 @@ def cmd_backfill_stale(args: argparse.Namespace) -> int:
         ):
             url = staleness.DEFAULT_WEBSERVER
         if url:
-            try:
-                backfill_id = staleness.launch_backfill(url, stale)
+            from weka_assets.instance.launch import launch_by_corpus
+
+            try:  # one backfill per corpus: its runs carry the corpus's tag (the run limit's)
+                backfills = launch_by_corpus(url, stale)
             except (staleness.WebserverError, OSError) as exc:
                 raise UsageError(f"cannot launch a backfill through {url}: {exc}") from None
-            print(f"backfill {backfill_id}")
+            for backfill_id in backfills.values():
+                print(f"backfill {backfill_id}")
             if not args.wait:
                 return 0
-            status = staleness.wait_backfill(url, backfill_id)
-            _err(f"backfill {backfill_id}: {status['status']}")
-            return 1 if staleness.backfill_failed(status) else 0
+            failed = False
+            for corpus, backfill_id in backfills.items():
+                status = staleness.wait_backfill(url, backfill_id)
+                _err(f"backfill {backfill_id} ({corpus}): {status['status']}")
+                failed |= staleness.backfill_failed(status)
+            return 1 if failed else 0
         from weka_assets.instance.materialize import check_compute_log_bucket
 
         check_compute_log_bucket(instance)
@@ -1201,7 +1207,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         cmd_stale,
     ),
     "backfill-stale": Subcommand(
-        "launch one backfill of every stale partition (webserver, or in process)",
+        "launch a backfill of every stale partition, one per corpus (webserver, or in process)",
         _add_backfill_stale,
         cmd_backfill_stale,
     ),

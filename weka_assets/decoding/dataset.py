@@ -369,15 +369,18 @@ class DecodedDataset:
         if not files.any():
             return trace, [str(t["id"]) for t in self.traces]
         request = np.asarray(self.column("request"), dtype=np.int64)
+        session = np.empty(trace.size, np.int64)
         ids: list[str] = []
-        base = np.zeros(len(self.traces), np.int64)
         for k, (t, sl) in enumerate(zip(self.traces, self.trace_slices(), strict=True)):
-            base[k] = len(ids)
-            if files[k]:
-                ids.extend(f"{t['id']}#{r}" for r in range(sl.stop - sl.start))
+            if files[k]:  # numbered in file order (the calls are in time order)
+                mine = request[sl]
+                order = np.argsort(mine, kind="stable")
+                session[sl.start + order] = len(ids) + np.arange(order.size)
+                ids.extend(f"{t['id']}#{r}" for r in mine[order].tolist())
             else:
+                session[sl] = len(ids)
                 ids.append(str(t["id"]))
-        return base[trace] + np.where(files[trace], request, 0), ids
+        return session, ids
 
     def role_mask(self, role: str) -> np.ndarray:
         return self.column("role") == ROLES.index(role)

@@ -132,33 +132,6 @@ def webserver_reachable(url: str) -> bool:
         return False
 
 
-def launch_backfill(
-    url: str,
-    stale: list[StalePartition],
-    title: str = "weka-assets: backfill stale partitions",
-    trigger: str = "backfill-stale",
-) -> str:
-    """One asset backfill covering exactly the given (asset, partition) pairs; its id."""
-    by_asset: dict[str, list[str]] = defaultdict(list)
-    for s in stale:
-        by_asset[s.asset].append(s.partition)
-    params = {
-        "partitionsByAssets": [
-            {
-                "assetKey": {"path": asset.split("/")},
-                "partitions": {"ranges": [{"start": p, "end": p} for p in parts]},
-            }
-            for asset, parts in by_asset.items()
-        ],
-        "title": title,
-        "tags": [{"key": "weka-assets/trigger", "value": trigger}],
-    }
-    data = _graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
-    if data["__typename"] != "LaunchBackfillSuccess":
-        raise WebserverError(f"{data['__typename']}: {data.get('message') or data}")
-    return data["backfillId"]
-
-
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "FAILING"}
 
 

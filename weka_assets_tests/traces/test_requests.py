@@ -173,8 +173,12 @@ def test_the_columnar_analysis_matches_the_general_one(tmp_path):
     assert np.array_equal(got.first_pos, want.first_pos)
 
 
-def _request_dataset(tmp_path, n=80) -> DecodedDataset:
-    path = write_mooncake(tmp_path / "mc.jsonl", mooncake_requests(n, seed=9))
+def _request_dataset(tmp_path, n=80, shuffled=False) -> DecodedDataset:
+    reqs = mooncake_requests(n, seed=9)
+    if shuffled:  # file order is not time order: the leading requests in time are scattered
+        for k, r in enumerate(reqs):
+            r["timestamp"] = (k * 7919) % 1000
+    path = write_mooncake(tmp_path / "mc.jsonl", reqs)
     filler = _filler()
     piece = decode_requests(_table(path), _settings(), filler.size)
     return concat_pieces([piece], filler.tokens, {"corpus_format": "mooncake"})
@@ -192,10 +196,12 @@ def test_the_chunked_replay_of_a_file_equals_the_whole_trace_replay(tmp_path, mo
     assert np.array_equal(chunked.keys, np.sort(whole.keys))
 
 
-def test_a_bounded_sweep_covers_the_leading_requests_of_a_file(tmp_path):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_bounded_sweep_covers_the_leading_requests_of_a_file(tmp_path, shuffled):
     from weka_assets.replay.capacity import capacity_curve, capacity_part
+    from weka_assets.replay.schedule import Arrival
 
-    ds = _request_dataset(tmp_path)
+    ds = _request_dataset(tmp_path, shuffled=shuffled)
     blocks = ds.calls["tokens_in"] // ds.calls["block_size"]
     budget = int(blocks.sum()) // 3
     part, traces = capacity_part(ds, budget)
@@ -203,8 +209,13 @@ def test_a_bounded_sweep_covers_the_leading_requests_of_a_file(tmp_path):
     assert traces == 1 and 0 < k < ds.n_calls
     assert blocks[:k].sum() <= budget < blocks[: k + 1].sum()
     assert part.tail_rows.size == int(ds.calls["rows_start"][k])
-    curve = capacity_curve(part)
+    curve = capacity_curve(part, arrival=Arrival("recorded"))
     assert curve.calls == k and curve.blocks_total == int(blocks[:k].sum())
+    session, ids = part.sessions()  # the leading requests' own sessions, in file order
+    assert sorted(session.tolist()) == list(range(k))
+    requests = sorted(part.calls["request"].tolist())
+    assert ids == [f"mc.jsonl#{r}" for r in requests]
+    assert capacity_curve(part, arrival=Arrival("staggered")).calls == k
     assert capacity_part(ds, 0)[0] is ds
 
 
