@@ -60,3 +60,20 @@ def dense_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     for a in range(0, n, RANK_CHUNK):
         out[a : a + RANK_CHUNK] = rank[values[a : a + RANK_CHUNK] - lo]
     return np.flatnonzero(present) + lo, out
+
+
+def dense_first(values: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(lo, the index of each value's first appearance for every value in lo..max, the
+    array's size where a value is absent) of dense values, a chunk at a time (no temporary
+    the size of `values`); None when they are sparse."""
+    n = values.size
+    if n == 0:
+        return None
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo + 1 > 4 * n + 1024:
+        return None
+    first = np.full(hi - lo + 1, n, dtype=np.int64)
+    for a in range(0, n, RANK_CHUNK):
+        b = min(a + RANK_CHUNK, n)
+        np.minimum.at(first, values[a:b] - lo, np.arange(a, b, dtype=np.int64))
+    return lo, first

@@ -894,14 +894,16 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from weka_assets.parallel import ordered_map
     from weka_assets.progress import cli_progress
-    from weka_assets.traces.reader import iter_raw_records, validate_record
+    from weka_assets.traces import formats
+    from weka_assets.traces.reader import detect_format, iter_raw_records, validate_record
 
     path = corpus_path(args.path)
     traces = calls = ids = 0
     errors = []
     with cli_progress() as progress:
-        records = iter_raw_records(path, lazy=True, fmt=_corpus_format(args))
-        for v in ordered_map(validate_record, records):
+        fmt = detect_format(path, _corpus_format(args))
+        records = iter_raw_records(path, lazy=True, fmt=fmt)
+        for v in ordered_map(validate_record, records, formats.record_workers(fmt.format)):
             if v.error is not None:
                 errors.extend(e.as_dict() for e in (v.error, *v.more_errors))
             else:

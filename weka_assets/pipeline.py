@@ -36,6 +36,7 @@ from weka_assets.env import host_name
 from weka_assets.errors import CorpusRejected, TraceError
 from weka_assets.parallel import in_worker, ordered_map
 from weka_assets.replay.unbounded import CallFigures, ReplayResult, replay_unbounded
+from weka_assets.traces import formats
 from weka_assets.traces.parsed import ParsedWriter, analyse_and_encode, corpus_root, read_parsed
 from weka_assets.traces.reader import (
     CorpusFormat,
@@ -77,12 +78,14 @@ def scope_report(
 ) -> ScopeReport:
     """The corpus report; `fmt` names the corpus format (None: detected, see `CorpusFormat`).
     `keep`: a `keep_parse` writer that keeps what this pass parsed, for the decodes after it."""
+    fmt = detect_format(path, fmt)
     records = iter_raw_records(path, lazy=True, fmt=fmt)
+    n = formats.record_workers(fmt.format)
     if keep is None:
-        analysed = ordered_map(analyse_record, records)
+        analysed = ordered_map(analyse_record, records, n)
     else:
         task = partial(analyse_and_encode, root=str(corpus_root(path)))
-        analysed = keep.tee(ordered_map(task, records))
+        analysed = keep.tee(ordered_map(task, records, n))
     report, _ = build_report(_ticking(analysed, "scope", progress, path), policy)
     return report
 
@@ -177,7 +180,8 @@ def decode_corpus(
     with build.writing(root):
         task = partial(scope_and_decode_record, settings=settings, n=build.filler.size)
         analysed = []
-        for rec, piece in _ticking(ordered_map(task, run.records()), "decode", progress, run.path):
+        mapped = ordered_map(task, run.records(), formats.record_workers(run.fmt.format))
+        for rec, piece in _ticking(mapped, "decode", progress, run.path):
             analysed.append(rec)
             keep = rec.scope is not None and (policy == "fail" or rec.scope.verdict == "shared")
             if piece is not None and keep:  # a duplicate id fails the gate below
@@ -256,7 +260,8 @@ def decode_variants(
                 excluded=frozenset(report.excluded_traces),
             )
             records = run.records(parsed)
-            pieces = _ticking(ordered_map(task, records), "decode", progress, run.path)
+            mapped = ordered_map(task, records, formats.record_workers(run.fmt.format))
+            pieces = _ticking(mapped, "decode", progress, run.path)
             for decoded in pieces:
                 if isinstance(decoded, TraceError):
                     raise decoded

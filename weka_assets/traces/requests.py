@@ -19,6 +19,7 @@ request and rule exactly as before. Every error of the file is reported, not onl
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import zlib
 from collections.abc import Callable, Iterator
@@ -197,6 +198,7 @@ def read_request_table(
                 request += 1
                 continue
             fast = _fast_chunk(chunk, ends, first, block_size, limits, t_divisor)
+            _release_arrow_memory()
             if fast is None:
                 slow(first, chunk, ends)
                 continue
@@ -209,7 +211,9 @@ def read_request_table(
         )
 
     def cat(parts, dtype):
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+        out = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+        parts.clear()
+        return out
 
     n_ids = cat(counts, np.int64)
     offsets = np.zeros(n_ids.size + 1, np.int64)
@@ -227,6 +231,7 @@ def read_request_table(
         ids=cat(id_parts, np.int64),
         errors=errors,
     )
+    _trim_heap()
     return table, nulls
 
 
@@ -251,12 +256,13 @@ def _fast_chunk(
     values = hash_ids.flatten()
     if values.null_count:
         return None
-    offsets = hash_ids.offsets.to_numpy()
-    n = np.diff(offsets).astype(np.int64)
-    ids = values.to_numpy().astype(np.int64, copy=False)
-    t = table.column("timestamp").to_numpy().astype(np.float64, copy=False)
-    n_in = table.column("input_length").to_numpy().astype(np.int64, copy=False)
-    n_out = table.column("output_length").to_numpy().astype(np.int64, copy=False)
+    # copies, so that Arrow's memory is given back after each chunk (`_release_arrow_memory`)
+    n = np.diff(hash_ids.offsets.to_numpy()).astype(np.int64)
+    ids = np.array(values.to_numpy(), dtype=np.int64)
+    t = np.array(table.column("timestamp").to_numpy(), dtype=np.float64)
+    n_in = np.array(table.column("input_length").to_numpy(), dtype=np.int64)
+    n_out = np.array(table.column("output_length").to_numpy(), dtype=np.int64)
+    del table, hash_ids, values
     if m and (
         (t < 0).any()
         or not np.isfinite(t).all()
@@ -270,6 +276,25 @@ def _fast_chunk(
 
 
 _OPTIONS: dict = {}
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`): the chunks'
+    arrays, freed once joined, stay in the heap otherwise (260 MB of RSS after reading the
+    286 MB benchmark trace, measured). Nothing where the C library has no such call."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_arrow_memory() -> None:
+    """Give back what Arrow's allocator keeps after a chunk: its arrays are copied out or freed,
+    but the allocator holds their pages (270 MB of the 286 MB benchmark trace's read, which
+    peaked at 699 MB RSS without this, measured)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _read():

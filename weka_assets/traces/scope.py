@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
-from weka_assets.arrays import distinct, first_appearances
+from weka_assets.arrays import RANK_CHUNK, dense_first, distinct
 from weka_assets.errors import Location, TraceError
 from weka_assets.traces import formats
 from weka_assets.traces.reader import RawRecord, Record, parse_record
@@ -349,14 +349,10 @@ def analyse_requests(table: RequestTable) -> TraceScope:
         gaps = dict.fromkeys(WALKS, 0)
         seq = first_pos = None
     else:
-        pos = np.arange(doc.size, dtype=np.int64) - np.repeat(table.offsets[:-1], length)
-        uniq, first, inverse = first_appearances(doc)
+        uniq, first, seq, first_pos, moved = _request_walk(table)
         base, max_id, n_distinct = int(uniq[0]), int(uniq[-1]), int(uniq.size)
         holes = max_id - base + 1 - n_distinct
-        moved = pos != pos[first][inverse]
-        violations = int(distinct(inverse[moved]).size)
-        order = np.sort(first)
-        seq, first_pos = doc[order], pos[order]
+        violations = int(moved)
         expected = base + np.arange(seq.size, dtype=np.int64)
         f, g = int((seq < expected).sum()), int((seq > expected).sum())
         fresh = dict.fromkeys(WALKS, f)
@@ -398,6 +394,43 @@ def analyse_requests(table: RequestTable) -> TraceScope:
         first_ids=seq if corpus else None,
         first_pos=first_pos if corpus else None,
     )
+
+
+def _request_walk(table: RequestTable):
+    """The document walk of a file of requests: (distinct ids, index of each one's first
+    appearance, the first-appearance sequence, the block index of each first appearance, how
+    many ids sit at another block index than where they first appeared). Dense ids (minted in
+    sequence) take a chunked pass with no temporary the size of the file's ids; others take
+    `np.unique`."""
+    doc, offsets = table.ids, table.offsets
+    found = dense_first(doc)
+    if found is None:
+        pos = np.arange(doc.size, dtype=np.int64) - np.repeat(offsets[:-1], table.n_ids)
+        uniq, first, inverse = np.unique(doc, return_index=True, return_inverse=True)
+        moved = distinct(inverse[pos != pos[first][inverse]]).size
+        order = np.sort(first)
+        return uniq, first, doc[order], pos[order], moved
+    lo, first_of = found
+    present = first_of < doc.size
+    uniq = np.flatnonzero(present) + lo
+    first = first_of[present]
+    # the block index where each value first appears, looked up by value
+    at = first_of.copy()
+    at[present] = first - offsets[np.searchsorted(offsets, first, side="right") - 1]
+    moved = []
+    n_ids = table.n_ids
+    ends = offsets[1:]
+    i = 0
+    while i < n_ids.size:  # a chunk of whole requests at a time
+        j = min(max(int(np.searchsorted(ends, offsets[i] + RANK_CHUNK)), i + 1), n_ids.size)
+        a, b = int(offsets[i]), int(offsets[j])
+        pos = np.arange(a, b, dtype=np.int64) - np.repeat(offsets[i:j], n_ids[i:j])
+        ids = doc[a:b]
+        moved.append(ids[pos != at[ids - lo]])
+        i = j
+    order = np.sort(first)
+    first_pos = order - offsets[np.searchsorted(offsets, order, side="right") - 1]
+    return uniq, first, doc[order], first_pos, distinct(np.concatenate(moved)).size
 
 
 def trace_decode_scope(trace: Trace) -> str | None:

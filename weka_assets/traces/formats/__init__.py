@@ -65,9 +65,12 @@ class TraceFormat:
     size_fields: ClassVar[tuple[str, str, str]] = ("in", "out", "block_size")
     schema_rules: ClassVar[tuple[str, ...]] = ()
     sniff_keys: ClassVar[tuple[str, ...]] = ()  # keys detection reads (and mismatches name)
-    # the name in a decoded dataset's key material (None: left out, as for the formats whose
-    # keys predate it, Weka and Mooncake; a corpus readable in two formats needs it)
+    # the name in a decoded dataset's key material (None: left out, as for the format whose
+    # keys predate it, Weka; a corpus readable in two formats, or a changed layout, needs it)
     key_name: ClassVar[str | None] = None
+    # a record is a whole file read as columns (Mooncake): nothing to spread over worker
+    # processes, whose results would be pickled back whole; its records are read in process
+    whole_files: ClassVar[bool] = False
 
     @property
     def declared_scope(self) -> str | None:
@@ -189,6 +192,13 @@ def detect(keys: Collection[str]) -> str:
 def schema_rules() -> tuple[str, ...]:
     """Every registered format's own rule names."""
     return tuple(dict.fromkeys(r for f in all_formats() for r in f.schema_rules))
+
+
+def record_workers(name: str | None) -> int | None:
+    """Worker processes for a corpus of format `name`: 1 (in process) when its records are
+    whole files read as columns, else None (the default, `parallel.workers()`)."""
+    fmt = find(name)
+    return 1 if fmt is not None and fmt.whole_files else None
 
 
 def corpus_clock(name: str | None) -> bool:

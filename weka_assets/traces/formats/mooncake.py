@@ -137,6 +137,7 @@ class MooncakeFormat(TraceFormat):
     sniff_keys = ("timestamp", "input_length", "hash_ids", *TEXT_ALTERNATIVES)
     # in the key since a file became one trace (the dataset's layout changed, not its tokens)
     key_name = "mooncake"
+    whole_files = True
 
     def looks_like(self, keys: Collection[str]) -> bool:
         return looks_like_mooncake({k: True for k in keys})
