@@ -38,8 +38,14 @@ def _cause(c) -> str:
 
 
 def stale_partitions(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[StalePartition]:
-    """Every materialized partition that Dagster considers stale, in graph order."""
-    graph = defs.resolve_asset_graph()
+    """Every materialized partition that Dagster considers stale, in graph order. The
+    definitions are resolved against this instance's state storage: Dagster otherwise reads it
+    from a process-wide context variable, which in a long-lived process can still name an
+    instance already gone (seen once in CI: a test's materialization left it so)."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(instance.defs_state_storage):
+        graph = defs.resolve_asset_graph()
     view = AssetGraphView(
         temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
         instance=instance,

@@ -284,13 +284,12 @@ TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def _submit(url: str, job: str, partition: str) -> str:
-    """A run of `job` for one partition, queued as the project's own requests queue it: with
-    Dagster's partition tags and the corpus's tag that every run of ours carries."""
+    """A run of `job` for one partition, launched by hand as the UI's Materialize launches it:
+    with Dagster's partition tags only, no corpus tag (the run coordinator adds it)."""
     if "|" in partition:
         tags = dict(corpus_tokenizer_partitions.get_tags_for_partition_key(partition))
     else:
         tags = {"dagster/partition": partition}
-    tags[CORPUS_TAG] = corpus_of(partition)
     params = {
         "selector": {
             "repositoryLocationName": "weka_assets",
@@ -338,7 +337,7 @@ def test_runs_of_one_corpus_never_overlap_whatever_partitions_they_cover(deploym
             assert proc.returncode == 0, err[-3000:]
 
     # per corpus, a corpus-only run (raw_traces, trace_scope) and a corpus x tokenizer run
-    # (the decoding chain), all four submitted at once
+    # (the decoding chain), all four submitted at once, by hand (no corpus tag: the UI's)
     submitted = {}
     for corpus in corpora:
         submitted[(corpus, "scope_job")] = _submit(url, "scope_job", corpus)

@@ -36,7 +36,9 @@ VALUES = ROOT / "deploy" / "values.yaml"
 _RESOURCES = [f"{kind}.{res}" for kind in ("requests", "limits") for res in ("cpu", "memory")]
 _DEPLOYMENT = "dagster-user-deployments.deployments[]"
 _K8S_LAUNCHER = "runLauncher.config.k8sRunLauncher"
-_QUEUED = "dagsterDaemon.runCoordinator.config.queuedRunCoordinator"
+# customRunCoordinator's module, class and config (passed as the class's config, as written):
+# helm/dagster/templates/helpers/instance/_run-coordinator.tpl of the same chart
+_CUSTOM = "dagsterDaemon.runCoordinator.config.customRunCoordinator"
 VERIFIED_CHART_PATHS = {
     "global.postgresqlSecretName",
     "generatePostgresqlPasswordSecret",
@@ -72,10 +74,12 @@ VERIFIED_CHART_PATHS = {
     "dagsterDaemon.envSecrets[].name",
     "dagsterDaemon.runCoordinator.enabled",
     "dagsterDaemon.runCoordinator.type",
-    f"{_QUEUED}.maxConcurrentRuns",
-    f"{_QUEUED}.tagConcurrencyLimits[].key",
-    f"{_QUEUED}.tagConcurrencyLimits[].value.applyLimitPerUniqueValue",
-    f"{_QUEUED}.tagConcurrencyLimits[].limit",
+    f"{_CUSTOM}.module",
+    f"{_CUSTOM}.class",
+    f"{_CUSTOM}.config.max_concurrent_runs",
+    f"{_CUSTOM}.config.tag_concurrency_limits[].key",
+    f"{_CUSTOM}.config.tag_concurrency_limits[].value.applyLimitPerUniqueValue",
+    f"{_CUSTOM}.config.tag_concurrency_limits[].limit",
     "dagsterDaemon.runRetries.enabled",
     "dagsterDaemon.runRetries.maxRetries",
     "dagsterDaemon.runMonitoring.enabled",
@@ -181,11 +185,13 @@ def test_runs_and_steps_get_the_same_secrets(values):
 
 def test_the_concurrency_limits_match_deploy_dagster_yaml(values):
     instance = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
-    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    assert (
-        queued["tagConcurrencyLimits"] == instance["concurrency"]["runs"]["tag_concurrency_limits"]
-    )
-    assert queued["maxConcurrentRuns"] == instance["concurrency"]["runs"]["max_concurrent_runs"]
+    custom = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]
+    coordinator = instance["run_coordinator"]
+    assert (custom["module"], custom["class"]) == (coordinator["module"], coordinator["class"])
+    queued = custom["config"]
+    runs = instance["concurrency"]["runs"]
+    assert queued["tag_concurrency_limits"] == runs["tag_concurrency_limits"]
+    assert queued["max_concurrent_runs"] == runs["max_concurrent_runs"]
     retries = values["dagsterDaemon"]["runRetries"]
     assert retries == {
         "enabled": instance["run_retries"]["enabled"],

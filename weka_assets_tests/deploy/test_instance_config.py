@@ -87,10 +87,11 @@ def test_deploy_instance_config_is_valid_and_resolves_the_environment(env, tmp_p
     assert config["run_monitoring"]["enabled"] is True
     assert config["telemetry"]["enabled"] is False
 
-    from dagster._core.run_coordinator import QueuedRunCoordinator
     from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 
-    assert isinstance(component(config, "run_coordinator"), QueuedRunCoordinator)
+    from weka_assets.instance.coordinator import CorpusRunCoordinator
+
+    assert isinstance(component(config, "run_coordinator"), CorpusRunCoordinator)
     logs = component(config, "compute_logs")
     assert isinstance(logs, S3ComputeLogManager)
     assert logs._s3_bucket == "dagster-logs"
