@@ -167,27 +167,7 @@ def test_corpora_launched_at_once_run_on_both_workers_and_survive_a_killed_worke
         target=_kill_the_decoding_worker, args=(d, "big|deepseek", killed, stop), daemon=True
     )
     killer.start()
-    launches = {
-        name: subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "weka_assets.cli",
-                "launch",
-                "--corpus",
-                name,
-                "--url",
-                d["url"],
-                "--wait",
-            ],
-            env=d["env"],
-            cwd=d["project"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for name in CORPORA
-    }
+    launches = {name: _launch(d, name) for name in CORPORA}
     results = {}
     try:
         for name, proc in launches.items():
@@ -283,6 +263,16 @@ ALL_RUNS = """{ runsOrError { ... on Runs { results { runId tags { key value } }
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
+def _launch(d: dict, corpus: str) -> subprocess.Popen:
+    """`weka-assets launch --corpus CORPUS --url URL --wait` against the deployment, started."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "weka_assets.cli", "launch", "--corpus", corpus,
+         "--url", d["url"], "--wait"],
+        env=d["env"], cwd=d["project"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
 def _submit(url: str, job: str, partition: str) -> str:
     """A run of `job` for one partition, launched by hand as the UI's Materialize launches it:
     with Dagster's partition tags only, no corpus tag (the run coordinator adds it)."""
@@ -311,27 +301,7 @@ def test_runs_of_one_corpus_never_overlap_whatever_partitions_they_cover(deploym
     d = deployment
     url, corpora = d["url"], ("kvt", "dup-a")
     if not d["phase1"].get("results"):  # run alone: the chains the decode runs read
-        launches = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "weka_assets.cli",
-                    "launch",
-                    "--corpus",
-                    name,
-                    "--url",
-                    url,
-                    "--wait",
-                ],
-                env=d["env"],
-                cwd=d["project"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-            for name in corpora
-        ]
+        launches = [_launch(d, name) for name in corpora]
         for proc in launches:
             out, err = proc.communicate(timeout=900)
             assert proc.returncode == 0, err[-3000:]
