@@ -1,4 +1,5 @@
-"""A production-size Mooncake trace through the chain, at 1x, 8x and 80x, beside aiperf.
+"""A production-size Mooncake (or Bailian) trace through the chain, at 1x, 8x and 80x, beside
+aiperf.
 
 The base trace is `weka_assets.synthetic.mooncake` (12,000 requests, the shape of Mooncake's
 published conversation trace, about 2.7 MB); 8x and 80x are that many copies with disjoint ids
@@ -11,6 +12,9 @@ runs as its own command line, as a user would, measured on its whole process tre
 - the chain a user runs, `decode` then that replay, in one shell (from an empty store);
 - `aiperf analyze-trace FILE --block-size 512` (aiperf 0.13.0, the cached install the tests
   use), and whether its `cache_hit_rate` equals our `aiperf_analyze_trace_hit_rate`.
+`--format bailian` writes the same conversations as Bailian lines instead
+(`synthetic.mooncake.iter_bailian_lines`: sessions linked by `parent_chat_id`, 16-token
+blocks), and aiperf reads them with `--block-size 16`.
 `--weka CORPUS` also runs `scope-report` and `decode` on a Weka corpus (the 391-trace
 benchmark corpus) for the per-byte comparison.
 
@@ -19,6 +23,7 @@ benchmarks/results/mooncake_scale.jsonl.
 
     .venv/bin/python benchmarks/mooncake_scale.py                  # 1x, 8x, 80x
     .venv/bin/python benchmarks/mooncake_scale.py --scales 1,8 --no-aiperf
+    .venv/bin/python benchmarks/mooncake_scale.py --format bailian
     .venv/bin/python benchmarks/mooncake_scale.py --weka ~/.cache/weka-assets/bench/semianalysis-full-391.jsonl
 """
 
@@ -33,7 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chain import BIN, ROOT, machine, measure  # noqa: E402
 
-from weka_assets.synthetic.mooncake import write_mooncake_trace  # noqa: E402
+from weka_assets.synthetic.mooncake import write_bailian_trace, write_mooncake_trace  # noqa: E402
+
+WRITERS = {"mooncake": (write_mooncake_trace, 512), "bailian": (write_bailian_trace, 16)}
 
 AIPERF = Path.home() / ".cache" / "weka-assets" / "aiperf" / "venv" / "bin" / "aiperf"
 BUDGET = 8_000_000  # capacity_curve's default capacity_max_blocks
@@ -43,14 +50,15 @@ def _mb_s(nbytes: int, seconds: float) -> float:
     return nbytes / 2**20 / seconds
 
 
-def one_scale(work: Path, copies: int, aiperf: bool) -> dict:
-    trace = work / f"mooncake-x{copies}.jsonl"
+def one_scale(work: Path, copies: int, aiperf: bool, fmt: str = "mooncake") -> dict:
+    write, block = WRITERS[fmt]
+    trace = work / f"{fmt}-x{copies}.jsonl"
     if not trace.exists():
-        write_mooncake_trace(trace, copies=copies)
+        write(trace, copies=copies)
     size = trace.stat().st_size
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
-    out: dict = {"copies": copies, "bytes": size}
+    out: dict = {"format": fmt, "copies": copies, "bytes": size}
     stages = {}
     stages["scope-report"] = measure(
         [str(BIN), "scope-report", str(trace), "--json", str(work / "scope.json")], pss=False
@@ -74,7 +82,7 @@ def one_scale(work: Path, copies: int, aiperf: bool) -> dict:
     )
     if aiperf and AIPERF.exists():
         report = work / "aiperf.json"
-        cmd = [str(AIPERF), "analyze-trace", str(trace), "--block-size", "512"]
+        cmd = [str(AIPERF), "analyze-trace", str(trace), "--block-size", str(block)]
         stages["aiperf analyze-trace"] = measure(cmd + ["--output-file", str(report)], pss=False)
         theirs = json.loads(report.read_text())
         out["aiperf_cache_hit_rate"] = theirs.get("cache_hit_rate")
@@ -90,6 +98,7 @@ def one_scale(work: Path, copies: int, aiperf: bool) -> dict:
     out["corpus_wide_theoretical_hit_rate"] = ours["corpus_wide_theoretical_hit_rate"]
     out["aiperf_analyze_trace_hit_rate"] = ours["aiperf_analyze_trace_hit_rate"]
     out["sweep_calls"] = ours["capacity_curve"]["calls"]
+    out["per_trace_rows"] = len(ours["per_trace"])  # Bailian: a row per session
     out["dataset_bytes"] = sum(p.stat().st_size for p in dataset.parent.rglob("*") if p.is_file())
     return out
 
@@ -116,6 +125,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scales", default="1,8,80", help="copies of the base trace, e.g. 1,8,80")
     ap.add_argument("--no-aiperf", action="store_true", help="skip aiperf analyze-trace")
+    ap.add_argument("--format", choices=sorted(WRITERS), default="mooncake")
     ap.add_argument("--weka", type=Path, help="a Weka corpus for the per-byte comparison")
     ap.add_argument("--work", type=Path, help="where the traces are kept (default: a temp dir)")
     args = ap.parse_args()
@@ -123,9 +133,10 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     run = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "scales": []}
     for copies in [int(x) for x in args.scales.split(",")]:
-        r = one_scale(work, copies, not args.no_aiperf)
+        r = one_scale(work, copies, not args.no_aiperf, args.format)
         run["scales"].append(r)
-        print(f"\n{copies}x: {r['requests']:,} requests, {r['bytes'] / 2**20:.1f} MiB, "
+        print(f"\n{args.format} {copies}x: {r['requests']:,} requests, "
+              f"{r['per_trace_rows']:,} per-trace rows, {r['bytes'] / 2**20:.1f} MiB, "
               f"{r['block_accesses']:,} block accesses, {r['distinct_blocks_stored']:,} "
               f"distinct blocks stored, sweep over {r['sweep_calls']:,} calls")  # fmt: skip
         for name, s in r["stages"].items():

@@ -898,7 +898,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from weka_assets.traces.reader import detect_format, iter_raw_records, validate_record
 
     path = corpus_path(args.path)
-    traces = calls = ids = 0
+    traces = calls = ids = sessions = 0
     errors = []
     with cli_progress() as progress:
         fmt = detect_format(path, _corpus_format(args))
@@ -908,9 +908,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 errors.extend(e.as_dict() for e in (v.error, *v.more_errors))
             else:
                 traces, calls, ids = traces + 1, calls + v.calls, ids + v.ids
+                sessions += v.sessions
             progress("read", v.done, v.total, "bytes")
     _print_capped(_problem_lines(errors))
-    print(f"{traces} valid trace(s), {calls} calls, {ids} hash ids; {len(errors)} hard error(s)")
+    within = f" ({sessions} sessions)" if sessions else ""
+    print(
+        f"{traces} valid trace(s){within}, {calls} calls, {ids} hash ids; "
+        f"{len(errors)} hard error(s)"
+    )
     return 1 if errors else 0
 
 

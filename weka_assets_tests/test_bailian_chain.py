@@ -23,12 +23,12 @@ def test_the_chain_through_the_command_line(corpus, tmp_path, given):
     sessions = len(want["per_session"])
     run = cli("validate", path, *given)
     assert run.rc == 0, run.err
-    assert f"{sessions} valid trace(s), {len(reqs)} calls" in run.out
+    assert f"1 valid trace(s) ({sessions} sessions), {len(reqs)} calls" in run.out
     run = cli("scope-report", path, "--json", tmp_path / "report.json", *given)
     assert run.rc == 0, run.err
     report = json.loads((tmp_path / "report.json").read_text())
-    assert (report["traces"], report["calls"]) == (sessions, len(reqs))
-    assert report["block_sizes"] == {"16": sessions}
+    assert (report["traces"], report["calls"]) == (1, len(reqs))  # the file is one trace
+    assert report["block_sizes"] == {"16": 1}
     run = cli("decode", path, "--out", tmp_path / "ds", *given)
     assert run.rc == 0, run.err
     dataset = run.last
@@ -56,9 +56,7 @@ def test_block_size_and_a_broken_link(corpus, tmp_path):
     # 16-token ids read as 8-token blocks: fewer ids than blocks, a finding, not an error
     run = cli("scope-report", path, "--json", tmp_path / "r.json", "--block-size", "8")
     assert run.rc == 0, run.err
-    assert json.loads((tmp_path / "r.json").read_text())["block_sizes"] == {
-        "8": len(expected_figures(reqs)["per_session"])
-    }
+    assert json.loads((tmp_path / "r.json").read_text())["block_sizes"] == {"8": 1}
     broken = [dict(r) for r in reqs]
     child = next(i for i, r in enumerate(broken) if r["parent_chat_id"] != -1)
     broken[child]["parent_chat_id"] = 7

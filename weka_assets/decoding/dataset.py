@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 
 from weka_assets.errors import DecodeError
+from weka_assets.traces.requests import session_name
 
 CALL_COLUMNS = {
     # name: dtype. Calls are stored grouped by trace, in replay order within each trace.
@@ -356,14 +357,15 @@ class DecodedDataset:
 
     def request_files(self) -> np.ndarray:
         """bool [traces]: which traces are files of requests (`decoder.decode_requests`):
-        each of their calls is a session of its own, sharing no conversation."""
+        their calls share no stored conversation (each request's rows are all its ids)."""
         return np.array([t.get("layout") == REQUESTS for t in self.traces], dtype=bool)
 
     def sessions(self) -> tuple[np.ndarray, list[str]]:
         """(session index of every call, each session's id): what a router keeps on one
         replica and an arrival model places. A trace is one session (the parent and its
-        subagents); a file of requests is one per request, `<trace id>#<request>`, numbered
-        in file order."""
+        subagents); a file of requests with sessions (Bailian) has its own, in `conv`, named
+        `<trace id>:session-<root chat_id>`; one without (Mooncake) is one per request,
+        `<trace id>#<request>`, numbered in file order."""
         trace = np.asarray(self.column("trace"), dtype=np.int64)
         files = self.request_files()
         if not files.any():
@@ -372,7 +374,11 @@ class DecodedDataset:
         session = np.empty(trace.size, np.int64)
         ids: list[str] = []
         for k, (t, sl) in enumerate(zip(self.traces, self.trace_slices(), strict=True)):
-            if files[k]:  # numbered in file order (the calls are in time order)
+            roots = t.get("session_roots")
+            if files[k] and roots is not None:
+                session[sl] = len(ids) + np.asarray(self.column("conv")[sl], dtype=np.int64)
+                ids.extend(session_name(str(t["id"]), int(r)) for r in roots)
+            elif files[k]:  # numbered in file order (the calls are in time order)
                 mine = request[sl]
                 order = np.argsort(mine, kind="stable")
                 session[sl.start + order] = len(ids) + np.arange(order.size)

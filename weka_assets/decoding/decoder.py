@@ -226,13 +226,21 @@ def decode_requests(
     name = PurePath(table.file).name
     lines = table.line[order]
     tail_offsets = np.zeros(m, np.int64)
-    for k in np.flatnonzero(tail).tolist():
-        tail_offsets[k] = tail_offset(seed, f"{name}:{int(lines[k])}", 0, 0, n)
+    sessions = table.session is not None
+    if sessions:  # a session's k-th request: tail scope and ordinal as its own trace had
+        conv, inner = table.session[order], table.position[order]
+        for k in np.flatnonzero(tail).tolist():
+            scope = table.session_name(int(conv[k]))
+            tail_offsets[k] = tail_offset(seed, scope, 0, int(inner[k]), n)
+    else:  # each request was a trace of its own, `<file name>:<line>`
+        conv, inner = np.zeros(m), np.full(m, -1)
+        for k in np.flatnonzero(tail).tolist():
+            tail_offsets[k] = tail_offset(seed, f"{name}:{int(lines[k])}", 0, 0, n)
     cols = {
         "trace": np.zeros(m),
-        "conv": np.zeros(m),
+        "conv": conv,
         "request": order,
-        "inner": np.full(m, -1),
+        "inner": inner,
         "role": np.zeros(m),
         "t_abs": table.t[order],
         "tokens_in": tokens_in,
@@ -257,6 +265,7 @@ def decode_requests(
             "decode_scope": decode_scope,
             "calls": m,
             "layout": REQUESTS,
+            **({"session_roots": table.session_roots.tolist()} if sessions else {}),
         },
         block_id=uniq,
         block_offsets=offsets,

@@ -10,7 +10,9 @@ the final usage chunk gives `usage.prompt_tokens_details.cached_tokens` (vLLM re
 Schedule: every call has its start on the shared timeline (`schedule.call_start_times`, scaled
 by `time_scale`, shifted so the first kept call starts at 0) and, on top of it, dependencies
 that a compressed timeline would otherwise break (`call_dependencies`):
-- a call waits for the previous call of its own conversation to finish;
+- a call waits for the previous call of its own conversation to finish (in a file of
+  requests, its session's previous request in turn order: Bailian; a Mooncake request is a
+  session of its own and waits for none);
 - a parent call waits for the last call of every blocking subagent entry before it to finish.
   The calls table has no status column: an entry's status is read from the trace's own file
   when it is still readable (`async_launched` = background), otherwise judged from the
@@ -323,6 +325,16 @@ def subagent_status(
     return out
 
 
+def _session_chains(deps: list[set[int]], conv: np.ndarray, inner: np.ndarray, a: int) -> None:
+    """Each call of a trace of sessions waits for its session's previous one (`inner` order)
+    where that one comes earlier in replay order (no cycle whatever the recorded times); the
+    trace's calls start at index `a`."""
+    walk = np.lexsort((inner, conv))
+    same = (conv[walk[1:]] == conv[walk[:-1]]) & (walk[:-1] < walk[1:])
+    for i, p in zip((walk[1:][same] + a).tolist(), (walk[:-1][same] + a).tolist(), strict=True):
+        deps[i].add(p)
+
+
 def call_dependencies(
     ds: DecodedDataset, background: dict[tuple[int, int], bool] | None = None
 ) -> list[tuple[int, ...]]:
@@ -346,7 +358,10 @@ def _dependencies(
     deps: list[set[int]] = [set() for _ in range(ds.n_calls)]
     files = ds.request_files()
     for t, sl in enumerate(ds.trace_slices()):
-        if files[t]:  # a file of requests: each request its own session, none waits
+        if files[t]:  # a file of requests: a session's requests one after another (turn
+            # order), each request its own session where the file has none (Mooncake)
+            if "session_roots" in ds.traces[t]:
+                _session_chains(deps, np.asarray(conv[sl]), np.asarray(c["inner"][sl]), sl.start)
             continue
         idx = range(sl.start, sl.stop)  # the trace's replay order
         last: dict[int, int] = {}

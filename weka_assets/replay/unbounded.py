@@ -140,6 +140,35 @@ def figures(cf: CallFigures, mask: np.ndarray | slice = slice(None)) -> HitFigur
     )
 
 
+def _session_rows(cf: CallFigures, sl: slice, session: np.ndarray, ids: list[str]) -> list[dict]:
+    """`figures` of every session of one trace (its calls `sl`, their session indices), as
+    per-trace table rows, in session order: summed with `bincount`, not one pass each."""
+    first = int(session.min()) if session.size else 0
+    local = session - first
+    n = int(local.max()) + 1 if local.size else 0
+
+    def total(values) -> list[int]:
+        return np.bincount(local, weights=values[sl], minlength=n).astype(np.int64).tolist()
+
+    calls = np.bincount(local, minlength=n).tolist()
+    blocks, hits = total(cf.total), total(cf.hits)
+    full, full_hits = total(cf.full_total), total(cf.full_hits)
+    tok, tok_hits = total(cf.token_total), total(cf.token_hits)
+    mismatched = total(cf.mismatched().astype(np.int64))
+    return [
+        {
+            "trace": ids[first + k],
+            "calls": calls[k],
+            "blocks": blocks[k],
+            "theoretical_hit_rate": _rate(hits[k], blocks[k]),
+            "theoretical_full_block_hit_rate": _rate(full_hits[k], full[k]),
+            "token_replay_hit_rate": _rate(tok_hits[k], tok[k]),
+            "fidelity_mismatched_calls": mismatched[k],
+        }
+        for k in range(n)
+    ]
+
+
 def row_content_hashes(ds: DecodedDataset, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Content hash of the tokens of block rows [start, stop) (each distinct block once):
     `token_block_hash` of each block's tokens, evaluated from its filler offsets."""
@@ -336,7 +365,8 @@ def _replay_traces(ds: DecodedDataset, first: int, last: int) -> _TraceHits:
         if sl.start == sl.stop:
             continue
         if _request_layout(ds, t, sl):
-            h, th, k = _replay_requests(ds, sl, content, r0)
+            replay = _replay_sessions if "session_roots" in ds.traces[t] else _replay_requests
+            h, th, k = replay(ds, sl, content, r0)
             hits[sl.start - a : sl.stop - a], token_hits[sl.start - a : sl.stop - a] = h, th
             keys.append(k)
             continue
@@ -401,6 +431,43 @@ def _replay_requests(
         seen_keys = np.sort(np.concatenate([seen_keys, uniq[~before]]))
         i = j
     return hits, token_hits, seen_keys
+
+
+def _replay_sessions(
+    ds: DecodedDataset, sl: slice, content: np.ndarray, row_offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_replay_requests` of a trace of requests with sessions (Bailian): each call against its
+    own session's earlier calls (turn order: `inner`), as a Weka trace's calls are against
+    their trace's, a chunk of whole sessions at a time. Returns (hits, token hits, each
+    session's distinct keys)."""
+    c = ds.calls
+    conv = np.asarray(c["conv"][sl], dtype=np.int64)
+    walk = np.lexsort((np.asarray(c["inner"][sl], dtype=np.int64), conv))
+    conv = conv[walk]
+    n_ids = np.asarray(c["n_ids"][sl], dtype=np.int64)[walk]
+    rows_start = np.asarray(c["rows_start"][sl], dtype=np.int64)[walk]
+    hits = np.zeros(walk.size, np.int64)
+    token_hits = np.zeros(walk.size, np.int64)
+    keys = []
+    ends = np.cumsum(n_ids)
+    i = 0
+    while i < walk.size:
+        j = max(int(np.searchsorted(ends, ends[i] - n_ids[i] + REQUEST_CHUNK_IDS)), i + 1)
+        j = int(np.searchsorted(conv, conv[min(j, walk.size) - 1], side="right"))  # whole
+        lengths = n_ids[i:j]
+        at = np.repeat(rows_start[i:j], lengths) + segment_positions(lengths)[1]
+        rows = np.asarray(ds.tail_rows)[at] - row_offset
+        session = conv[i:j] - conv[i]
+        # (session, row) as one key: the same block in two sessions is two keys
+        hits[walk[i:j]] = leading_hits(np.repeat(session, lengths) * content.size + rows, lengths)
+        new, added, _ = trace_new_keys(ds, sl.start + walk[i:j], content, row_offset)
+        uniq, inverse = np.unique(new, return_inverse=True)
+        pairs = np.repeat(session, added) * max(uniq.size, 1) + inverse.reshape(-1)
+        _, first, pair_inverse = np.unique(pairs, return_index=True, return_inverse=True)
+        token_hits[walk[i:j]] = leading_hits(pairs, added, None, (first, pair_inverse))
+        keys.append(new[first])
+        i = j
+    return hits, token_hits, _cat(keys)
 
 
 def context_keys(ids: np.ndarray, conv: np.ndarray) -> np.ndarray:
@@ -514,8 +581,13 @@ def replay_unbounded(ds: DecodedDataset, progress=None) -> tuple[ReplayResult, C
     overall = figures(cf)
     per_role = {role: figures(cf, ds.role_mask(role)) for role in ROLES}
     per_trace = []
+    has_sessions = any("session_roots" in t for t in ds.traces)
+    session, session_ids = ds.sessions() if has_sessions else (None, [])
     for t, sl in zip(ds.traces, ds.trace_slices(), strict=True):
-        per_trace.append({"trace": t["id"], **headline(figures(cf, sl))})
+        if "session_roots" in t:  # a file of sessions: a row per session, as a trace's
+            per_trace += _session_rows(cf, sl, session[sl], session_ids)
+        else:
+            per_trace.append({"trace": t["id"], **headline(figures(cf, sl))})
     result = ReplayResult(
         **overall.model_dump(),
         per_role=per_role,

@@ -290,6 +290,7 @@ class Validated:
     done: int = 0
     total: int = 0
     more_errors: list[TraceError] = field(default_factory=list)  # a many-request record's rest
+    sessions: int = 0  # the sessions of a file of requests that has them (Bailian)
 
 
 def validate_record(raw: RawRecord) -> Validated:
@@ -299,7 +300,10 @@ def validate_record(raw: RawRecord) -> Validated:
         return Validated(rec.error, done=raw.done, total=raw.total, more_errors=rec.more_errors)
     trace = rec.trace
     if not isinstance(trace, Trace):  # a file of requests, as columns
-        return Validated(None, trace.n_requests, int(trace.ids.size), raw.done, raw.total)
+        sessions = 0 if trace.session_roots is None else int(trace.session_roots.size)
+        return Validated(
+            None, trace.n_requests, int(trace.ids.size), raw.done, raw.total, sessions=sessions
+        )
     calls = trace.calls
     return Validated(None, len(calls), sum(c.ids.size for c in calls), raw.done, raw.total)
 

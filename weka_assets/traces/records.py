@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
-
 from weka_assets import env
 from weka_assets.errors import Location, TraceError
 from weka_assets.traces.schema import Trace
@@ -78,10 +76,7 @@ class Record:
 class RawRecord:
     """One record's bytes as read (or the error that stopped reading), before parsing.
 
-    `done` and `total` are bytes of the corpus read so far and in all (for progress).
-    A record of a format that groups lines into one trace (a Bailian session) has `spans`:
-    one row (line, offset, length) per line, in the trace's order; the offsets are into
-    `data` when it is loaded, else into `file`. Its `line` is the first line of the group."""
+    `done` and `total` are bytes of the corpus read so far and in all (for progress)."""
 
     file: str
     line: int | None
@@ -95,7 +90,6 @@ class RawRecord:
     # `SizeLimits` read when the corpus was, as a plain tuple (it travels to a worker with
     # every record); None: read when the record is parsed
     limits: tuple[int, int, int] | None = None
-    spans: np.ndarray | None = None  # int64 [n, 3]: (line, offset, length) of a group's lines
 
     def load(self) -> bytes:
         """The record's bytes (read from `file` on first use when the record is lazy)."""
@@ -105,21 +99,6 @@ class RawRecord:
             if len(self.data) != self.length:
                 raise OSError(f"read {len(self.data)} of {self.length} bytes (file changed?)")
         return self.data
-
-    def lines(self) -> list[tuple[int, bytes]]:
-        """(line, bytes) of every line of a grouped record, in its order (read from `file`
-        when the record is lazy: one read per line, never the whole file)."""
-        rows = self.spans.tolist() if self.spans is not None else []
-        if self.data is not None:
-            return [(line, self.data[off : off + n]) for line, off, n in rows]
-        out = []
-        with open(self.file, "rb") as fh:
-            for line, off, n in rows:
-                data = os.pread(fh.fileno(), n, off)
-                if len(data) != n:
-                    raise OSError(f"read {len(data)} of {n} bytes (file changed?)")
-                out.append((line, data))
-        return out
 
     def limits_or_read(self) -> SizeLimits:
         return SizeLimits.read() if self.limits is None else SizeLimits(*self.limits)

@@ -29,7 +29,13 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from weka_assets.errors import Location, TraceError
-from weka_assets.traces.records import MAX_TRACE_BYTES_ENV, SizeLimits
+from weka_assets.traces.records import (
+    MAX_PROMPT_TOKENS_ENV,
+    MAX_TRACE_BYTES_ENV,
+    RawRecord,
+    Record,
+    SizeLimits,
+)
 
 CHUNK = 8 << 20  # bytes of lines decoded at once
 
@@ -52,6 +58,13 @@ class RequestTable:
     offsets: np.ndarray  # int64 [m + 1]
     ids: np.ndarray  # int64 [offsets[-1]]
     errors: list[TraceError] = field(default_factory=list)  # every bad line's, in file order
+    # sessions (Bailian: requests linked into conversations), None where each request is a
+    # conversation of its own (Mooncake): request k is call `position[k]` (turn order, from 0)
+    # of session `session[k]`; sessions are numbered in the order of their first line, and
+    # `session_roots[s]` is session s's first request's chat_id, which names it
+    session: np.ndarray | None = None  # int64 [m]
+    position: np.ndarray | None = None  # int64 [m]
+    session_roots: np.ndarray | None = None  # int64 [sessions]
 
     @property
     def line_of_trace(self) -> None:  # a trace of a whole file has no line of its own
@@ -76,10 +89,64 @@ class RequestTable:
     def request_location(self, k: int) -> Location:
         return Location(self.file, int(self.line[k]), self.id, int(k))
 
+    def session_name(self, s: int) -> str:
+        """Session `s`'s id: `<file name>:session-<root chat_id>` (unique in the corpus, the
+        same on every machine)."""
+        return session_name(self.id, int(self.session_roots[s]))
+
+
+def session_name(trace: str, root: int) -> str:
+    """The id of the session whose first request has chat_id `root`, in the file `trace`."""
+    return f"{trace}:session-{root}"
+
 
 def trace_id(file: str) -> str:
     """A file's trace id: its name (unique in a one-file corpus, the same on every machine)."""
     return PurePath(file).name
+
+
+def whole_file_record(read) -> Iterator[RawRecord]:
+    """A `TraceFormat.file_records` of formats whose file is one trace read as columns: one
+    record per file (`read` is a `formats.FileRead`); the format's `parse` reads it."""
+    size = read.path.stat().st_size
+    yield RawRecord(
+        str(read.path),
+        None,
+        done=read.base + size,
+        total=read.total,
+        length=size,
+        fmt=read.fmt,
+        limits=read.limits,
+    )
+
+
+def block_size_error(file: str, bs: int, limits: SizeLimits, field: str) -> TraceError | None:
+    """The error of a corpus block size longer than the longest prompt allowed (every id would
+    claim more tokens than a prompt may hold), or None. `field` names the block size."""
+    if bs <= limits.prompt_tokens:
+        return None
+    return TraceError(
+        "block_size_too_large",
+        f"{field}={bs}: a block longer than the longest prompt allowed, "
+        f"{MAX_PROMPT_TOKENS_ENV}={limits.prompt_tokens}",
+        Location(file, None, trace_id(file)),
+    )
+
+
+def table_record(table: RequestTable, nulls: int) -> Record:
+    """The record of a file read as columns: the table, or its first error and the rest."""
+    if table.errors:
+        return Record(
+            table.file,
+            None,
+            error=table.errors[0],
+            more_errors=table.errors[1:],
+            declared_scope=table.scope,
+            null_keys_dropped=nulls,
+        )
+    return Record(
+        table.file, None, trace=table, declared_scope=table.scope, null_keys_dropped=nulls
+    )
 
 
 def _lines_of(path: Path, limit: int) -> Iterator[tuple[int, bytes | None, list[int]]]:
@@ -142,16 +209,26 @@ def read_request_table(
     max_bytes: int,
     parse_line: Callable[[bytes, int], tuple[tuple, int]],
     t_divisor: float = 1000.0,
-) -> tuple[RequestTable, int]:
-    """The file's requests as columns, and the number of null-valued keys dropped.
+    extra: tuple[tuple[str, int], ...] = (),
+    salvage: Callable[[bytes], tuple[int, ...] | None] | None = None,
+) -> tuple[RequestTable, int, dict[str, np.ndarray]]:
+    """The file's requests as columns, the number of null-valued keys dropped, and the
+    `extra` integer fields' columns.
 
     `parse_line(bytes, line)` is the format's own per-line parse: it returns the request as
-    (t in seconds, tokens_in, tokens_out, ids array) and its dropped nulls, or raises the
-    `TraceError` of its first broken rule (sizes included); it reads every chunk that the
-    fast decoder does not accept whole, which reads t as `timestamp / t_divisor`."""
+    (t in seconds, tokens_in, tokens_out, ids array, *extra fields) and its dropped nulls, or
+    raises the `TraceError` of its first broken rule (sizes included); it reads every chunk
+    that the fast decoder does not accept whole, which reads t as `timestamp / t_divisor`.
+    `extra`: (field, least value) of further 64-bit integer fields (Bailian's links); a chunk
+    with a value below its least goes to `parse_line`. `salvage(bytes)` reads the `extra`
+    fields of a line `parse_line` rejected, where they read (None where not): they come back
+    as `salvaged`, int64 [k, 1 + len(extra)] of (line, *fields), so that a bad line's links
+    still count (its children are not reported as orphans)."""
     file = str(path)
     tid = trace_id(file)
     lines, ts, tin, tout, counts, id_parts = [], [], [], [], [], []
+    extras: list[list[np.ndarray]] = [[] for _ in extra]
+    salvaged: list[tuple[int, ...]] = []
     errors: list[TraceError] = []
     nulls = 0
     request = 0
@@ -159,15 +236,19 @@ def read_request_table(
     def slow(first: int, chunk: bytes, ends: list[int]) -> None:
         nonlocal nulls, request
         rows_t, rows_in, rows_out, rows_n, rows_line, rows_ids = [], [], [], [], [], []
+        rows_extra: list[list[int]] = [[] for _ in extra]
         for k, data in enumerate(_split(chunk, ends)):
             if not data.strip():
                 continue
             try:
-                (t, n_in, n_out, ids), dropped = parse_line(data, first + k)
+                (t, n_in, n_out, ids, *more), dropped = parse_line(data, first + k)
             except TraceError as exc:  # located again: the trace is the file, not the line
                 where = Location(file, first + k, tid, request, exc.location.inner)
                 errors.append(TraceError(exc.rule, exc.message, where))
                 request += 1
+                kept = salvage(data) if salvage is not None else None
+                if kept is not None:
+                    salvaged.append((first + k, *kept))
                 continue
             nulls += dropped
             rows_t.append(t)
@@ -176,7 +257,11 @@ def read_request_table(
             rows_n.append(ids.size)
             rows_line.append(first + k)
             rows_ids.append(ids)
+            for column, v in zip(rows_extra, more, strict=True):
+                column.append(v)
             request += 1
+        for parts, column in zip(extras, rows_extra, strict=True):
+            parts.append(np.asarray(column, np.int64))
         ts.append(np.asarray(rows_t, np.float64))
         tin.append(np.asarray(rows_in, np.int64))
         tout.append(np.asarray(rows_out, np.int64))
@@ -197,12 +282,13 @@ def read_request_table(
                 )
                 request += 1
                 continue
-            fast = _fast_chunk(chunk, ends, first, block_size, limits, t_divisor)
+            fast = _fast_chunk(chunk, ends, first, block_size, limits, t_divisor, extra)
             _release_arrow_memory()
             if fast is None:
                 slow(first, chunk, ends)
                 continue
-            for parts, column in zip((lines, ts, tin, tout, counts, id_parts), fast, strict=True):
+            every = (lines, ts, tin, tout, counts, id_parts, *extras)
+            for parts, column in zip(every, fast, strict=True):
                 parts.append(column)
             request += int(fast[1].size)
     except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
@@ -231,12 +317,21 @@ def read_request_table(
         ids=cat(id_parts, np.int64),
         errors=errors,
     )
+    more = {name: cat(parts, np.int64) for (name, _), parts in zip(extra, extras, strict=True)}
+    if extra:
+        more["salvaged"] = np.array(salvaged, np.int64).reshape(-1, 1 + len(extra))
     _trim_heap()
-    return table, nulls
+    return table, nulls, more
 
 
 def _fast_chunk(
-    chunk: bytes, ends: list[int], first: int, bs: int, limits: SizeLimits, t_divisor: float
+    chunk: bytes,
+    ends: list[int],
+    first: int,
+    bs: int,
+    limits: SizeLimits,
+    t_divisor: float,
+    extra: tuple[tuple[str, int], ...] = (),
 ):
     """A chunk of lines decoded whole into columns by Arrow's JSON reader (C++, no Python
     object per request or id), or None when any line needs the per-line parse: a type, a
@@ -246,7 +341,9 @@ def _fast_chunk(
     import pyarrow.json as pj
 
     try:
-        table = pj.read_json(pa.BufferReader(chunk), read_options=_read(), parse_options=_parse())
+        table = pj.read_json(
+            pa.BufferReader(chunk), read_options=_read(), parse_options=_parse(extra)
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     m = table.num_rows
@@ -262,6 +359,7 @@ def _fast_chunk(
     t = np.array(table.column("timestamp").to_numpy(), dtype=np.float64)
     n_in = np.array(table.column("input_length").to_numpy(), dtype=np.int64)
     n_out = np.array(table.column("output_length").to_numpy(), dtype=np.int64)
+    more = [np.array(table.column(name).to_numpy(), dtype=np.int64) for name, _ in extra]
     del table, hash_ids, values
     if m and (
         (t < 0).any()
@@ -270,9 +368,10 @@ def _fast_chunk(
         or (n_out < 0).any()
         or (ids.size and ids.min() < 0)
         or _over_limits(n, n_in, n_out, bs, limits).any()
+        or any((v < least).any() for v, (_, least) in zip(more, extra, strict=True))
     ):
         return None
-    return np.arange(first, first + m, dtype=np.int64), t / t_divisor, n_in, n_out, n, ids
+    return (np.arange(first, first + m, dtype=np.int64), t / t_divisor, n_in, n_out, n, ids, *more)
 
 
 _OPTIONS: dict = {}
@@ -306,10 +405,11 @@ def _read():
     return _OPTIONS["read"]
 
 
-def _parse():
-    """The four fields, typed as the schema types them; other keys ignored (as the per-line
-    parse ignores them)."""
-    if "parse" not in _OPTIONS:
+def _parse(extra: tuple[tuple[str, int], ...] = ()):
+    """The four fields (and `extra`'s integers), typed as the schema types them; other keys
+    ignored (as the per-line parse ignores them)."""
+    key = ("parse", tuple(name for name, _ in extra))
+    if key not in _OPTIONS:
         import pyarrow as pa
         import pyarrow.json as pj
 
@@ -319,12 +419,11 @@ def _parse():
                 ("input_length", pa.int64()),
                 ("output_length", pa.int64()),
                 ("hash_ids", pa.list_(pa.int64())),
+                *((name, pa.int64()) for name, _ in extra),
             ]
         )
-        _OPTIONS["parse"] = pj.ParseOptions(
-            explicit_schema=schema, unexpected_field_behavior="ignore"
-        )
-    return _OPTIONS["parse"]
+        _OPTIONS[key] = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    return _OPTIONS[key]
 
 
 def _over_limits(n, n_in, n_out, bs: int, limits: SizeLimits) -> np.ndarray:

@@ -1,6 +1,6 @@
 """A Bailian corpus in the registry (`format: bailian`): its format and 16-token blocks reach
-trace_scope and decoded_dataset, the sessions are the traces, and replay_benchmark's
-capacity sweep runs on the recorded timestamps."""
+trace_scope and decoded_dataset, the file is one trace whose sessions are replay_benchmark's
+per-trace rows, and its capacity sweep runs on the recorded timestamps."""
 
 import json
 
@@ -32,18 +32,19 @@ def test_registry_format_bailian_reaches_the_assets(tmp_path):
         assert all(s.success for s in steps), [s for s in steps if not s.success]
         scope = _latest(instance, "trace_scope", "bl")
         assert scope.metadata["format"].value == "bailian"
-        assert f"PASS: {sessions}/{sessions}" in scope.metadata["summary"].value
+        assert "PASS: 1/1" in scope.metadata["summary"].value  # the file is one trace
         assert "bailian16" in scope.metadata["report_path"].value
         key = dg.MultiPartitionKey({"corpus": "bl", "tokenizer": "deepseek"})
         dec = _latest(instance, "decoded_dataset", key)
         material = dec.metadata["key_material"].value
-        assert material["block_sizes"] == [16] and material["corpus_format"] == "bailian"
+        assert material["block_sizes"] == [16] and material["corpus_format"] == "bailian/requests"
         decode_key = dec.metadata["decode_key"].value
         manifest = read_manifest(tmp_path / "store" / "datasets" / decode_key)
-        assert manifest["corpus_format"] == "bailian" and manifest["traces"] == sessions
+        assert manifest["corpus_format"] == "bailian" and manifest["traces"] == 1
         replay_dir = tmp_path / "store" / "replay" / decode_key
         result = json.loads((replay_dir / "result.json").read_text())
         assert (result["hits"], result["blocks"]) == (want["hits"], want["blocks"])
         assert result["corpus_wide_theoretical_hit_rate"] == want["corpus_wide_rate"]
+        assert len(result["per_trace"]) == sessions  # a row per session
         curve = json.loads((replay_dir / "capacity_curve.json").read_text())
         assert curve["arrival"]["mode"] == "recorded" and curve["calls"] == len(reqs)

@@ -45,54 +45,55 @@ def test_detected_before_mooncake(corpus, tmp_path):
     assert detect_format(path, CorpusFormat("mooncake")).format == "mooncake"  # as given
 
 
-def test_each_session_is_one_trace_in_turn_order(corpus):
+def _table(path, fmt=None):
+    (rec,) = list(iter_records(path, fmt))
+    assert rec.error is None, rec.error
+    return rec.trace
+
+
+def test_the_file_is_one_trace_whose_sessions_are_in_turn_order(corpus):
     path, reqs = corpus
     sessions = sessions_of(reqs)
-    by_root = {}
-    for rec in iter_records(path):
-        assert rec.error is None, rec.error
-        by_root[rec.trace.id] = rec.trace
-    assert set(by_root) == {f"trace.jsonl:session-{root}" for root in sessions}
+    table = _table(path)
+    assert (table.id, table.scope, table.block_size) == ("trace.jsonl", "global", 16)
+    assert table.n_requests == len(reqs) and not table.subagents
+    names = [table.session_name(s) for s in range(table.session_roots.size)]
+    assert set(names) == {f"trace.jsonl:session-{root}" for root in sessions}
     line_of = {r["chat_id"]: i + 1 for i, r in enumerate(reqs)}
-    for root, ix in sessions.items():
-        trace = by_root[f"trace.jsonl:session-{root}"]
-        assert trace.line == line_of[root] and trace.scope == "global"
-        assert trace.block_size == 16 and not trace.subagents
-        assert [c.t for c in trace.calls] == [reqs[i]["timestamp"] for i in ix]  # seconds
-        assert [c.tokens_in for c in trace.calls] == [reqs[i]["input_length"] for i in ix]
-        for c, i in zip(trace.calls, ix, strict=True):
-            assert c.ids.tolist() == reqs[i]["hash_ids"]
-    assert sum(len(ix) for ix in sessions.values()) == len(reqs)
+    # sessions numbered in the order of their first line
+    assert [line_of[int(r)] for r in table.session_roots] == sorted(
+        line_of[root] for root in sessions
+    )
+    for s, root in enumerate(table.session_roots.tolist()):
+        mine = np.flatnonzero(table.session == s)
+        mine = mine[np.argsort(table.position[mine])]
+        assert table.position[mine].tolist() == list(range(mine.size))
+        ix = sessions[root]
+        assert (table.line[mine] - 1).tolist() == ix  # request k is on line k + 1
+        assert table.t[mine].tolist() == [reqs[i]["timestamp"] for i in ix]  # seconds
+        assert table.tokens_in[mine].tolist() == [reqs[i]["input_length"] for i in ix]
+        for k, i in zip(mine.tolist(), ix, strict=True):
+            ids = table.ids[table.offsets[k] : table.offsets[k + 1]]
+            assert ids.tolist() == reqs[i]["hash_ids"]
     assert len(sessions) > 1 and max(len(ix) for ix in sessions.values()) > 2
 
 
-def test_records_come_in_the_order_of_their_first_line(corpus):
-    path, _ = corpus
-    lines = [rec.line for rec in iter_records(path)]
-    assert lines == sorted(lines)
-
-
-def test_gzip_gives_the_same_traces(corpus, tmp_path):
+def test_gzip_gives_the_same_table(corpus, tmp_path):
     path, _ = corpus
     gz = tmp_path / "trace.jsonl.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
-
-    def traces(p):
-        return [
-            (r.trace.id.split(":")[1], r.line, [c.ids.tolist() for c in r.trace.calls])
-            for r in iter_records(p)
-        ]
-
-    assert traces(gz) == traces(path)
+    a, b = _table(path), _table(gz)
+    for col in ("line", "t", "tokens_in", "ids", "session", "position", "session_roots"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
 
 
 def test_scope_report_per_session(corpus):
     path, reqs = corpus
     report = scope_report(path)
     assert report.passed, report.failure_reasons
-    assert report.traces == len(sessions_of(reqs)) and report.calls == len(reqs)
-    assert report.declared_scope == {"global": report.traces}
-    assert report.block_sizes == {"16": report.traces}
+    assert report.traces == 1 and report.calls == len(reqs)
+    assert report.declared_scope == {"global": 1}
+    assert report.block_sizes == {"16": 1}
     assert report.layout == "corpus"
 
 
@@ -101,7 +102,7 @@ def test_replay_figures_per_session_and_corpus_wide(corpus, dataset):
     want = expected_figures(reqs)
     m = dataset.manifest
     assert m["corpus_format"] == "bailian" and m["calls"] == len(reqs)
-    assert dataset.material["corpus_format"] == "bailian"
+    assert dataset.material["corpus_format"] == "bailian/requests"  # the layout changed
     result, _ = replay(dataset.path)
     assert result.fidelity_mismatched_calls == 0
     assert (result.hits, result.blocks) == (want["hits"], want["blocks"])
@@ -116,7 +117,7 @@ def test_replay_figures_per_session_and_corpus_wide(corpus, dataset):
     other = decode_corpus(path, dataset.path.parent, fmt=CorpusFormat("mooncake", 16))
     assert other.key != dataset.key and other.material["corpus_format"] == "mooncake"
     assert (other.manifest["traces"], other.manifest["calls"]) == (1, len(reqs))
-    assert m["traces"] == len(want["per_session"]) > 1
+    assert m["traces"] == 1 and len(result.per_trace) == len(want["per_session"]) > 1
 
 
 def test_capacity_and_schedule_on_the_recorded_clock(corpus, dataset):
@@ -147,8 +148,14 @@ def _write(tmp_path, reqs, name="b.jsonl"):
     return write_bailian(tmp_path / name, reqs)
 
 
-def _errors(path):
-    return [rec.error for rec in iter_records(path) if rec.error is not None]
+def _errors(path, fmt=None):
+    """Every error of the file (its record's first and the rest), in line order."""
+    return [
+        e
+        for rec in iter_records(path, fmt)
+        if rec.error is not None
+        for e in (rec.error, *rec.more_errors)
+    ]
 
 
 def _two_sessions():
@@ -192,8 +199,6 @@ def test_missing_parent_is_one_located_error(tmp_path):
     errs = _errors(path)
     assert [(e.rule, e.location.line) for e in errs] == [("bailian_missing_parent", 2)]
     assert "parent_chat_id 99" in errs[0].message and "1 after it" in errs[0].message
-    good = [rec.trace.id for rec in iter_records(path) if rec.trace is not None]
-    assert good == ["b.jsonl:session-10", "b.jsonl:session-20"]  # 10 is its first turn only
     report = scope_report(path)
     assert not report.passed
     assert report.hard_errors[0]["rule"] == "bailian_missing_parent"
@@ -242,8 +247,9 @@ def test_schema_errors_name_their_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     errs = sorted(_errors(path), key=lambda e: e.location.line)
     got = [(e.rule, e.location.line, e.location.request) for e in errs]
-    assert got == [("negative_number", 3, 2), ("invalid_json", 4, None), ("missing_field", 6, None)]
-    assert errs[0].location.trace == "b.jsonl:session-10"
+    # request k is the file's k-th; a bad line's links still count (line 5 is no orphan)
+    assert got == [("negative_number", 3, 2), ("invalid_json", 4, 3), ("missing_field", 6, 5)]
+    assert errs[0].location.trace == "b.jsonl"
 
 
 def test_sizes_are_checked_at_the_request_line(tmp_path, monkeypatch):
@@ -252,7 +258,7 @@ def test_sizes_are_checked_at_the_request_line(tmp_path, monkeypatch):
     reqs[4]["output_length"] = 101
     errs = _errors(_write(tmp_path, reqs))
     assert [(e.rule, e.location.line, e.location.request) for e in errs] == [
-        ("output_too_long", 5, 1)
+        ("output_too_long", 5, 4)
     ]
     assert "output_length=101" in errs[0].message
 
@@ -271,24 +277,18 @@ def test_a_weka_trace_in_a_bailian_corpus(tmp_path):
 
 
 def _errors_as(path, fmt):
-    return [r.error for r in iter_records(path, CorpusFormat(fmt)) if r.error is not None]
+    return _errors(path, CorpusFormat(fmt))
 
 
-def test_the_fast_path_builds_what_the_strict_one_does(corpus, monkeypatch):
-    """Sessions are read like the Weka fast path reads a conversation (ids parsed past what
-    the previous request shares); the strict path, which names errors, builds the same."""
-    from weka_assets.traces.formats import bailian
+def test_the_fast_path_reads_what_the_per_line_parse_does(corpus, monkeypatch):
+    """Chunks are read whole by Arrow's reader; the per-line parse, which names errors,
+    builds the same table."""
+    from weka_assets.traces import requests
 
     path, _ = corpus
-
-    def calls(records):
-        return [
-            (r.trace.id, r.line, [(c.request, c.t, c.tokens_in, c.tokens_out, c.shared,
-                                   c.doc_index, c.ids.tolist()) for c in r.trace.calls])
-            for r in records
-        ]  # fmt: skip
-
-    fast = calls(iter_records(path))
-    monkeypatch.setattr(bailian, "_fast_calls", lambda lines, file: None)
-    assert calls(iter_records(path)) == fast
-    assert any(c[4] for t in fast for c in t[2])  # calls share ids with their previous
+    fast = _table(path)
+    monkeypatch.setattr(requests, "_fast_chunk", lambda *a, **k: None)
+    slow = _table(path)
+    for col in ("line", "t", "tokens_in", "tokens_out", "offsets", "ids", "session", "position"):
+        np.testing.assert_array_equal(getattr(fast, col), getattr(slow, col))
+    np.testing.assert_array_equal(fast.session_roots, slow.session_roots)

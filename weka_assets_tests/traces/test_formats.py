@@ -146,7 +146,7 @@ def test_the_builtin_formats():
     # Weka's keys are unchanged; Mooncake's name is in its keys since a file became one trace
     # (another dataset layout), as Bailian's is (its bytes are valid Mooncake)
     assert weka.key_name is None
-    assert (mooncake.key_name, bailian.key_name) == ("mooncake", "bailian")
+    assert (mooncake.key_name, bailian.key_name) == ("mooncake", "bailian/requests")
     keys = {"chat_id", "parent_chat_id", "turn", "timestamp", "input_length", "hash_ids"}
     assert formats.detect(keys) == "bailian"
     assert formats.detect(keys - {"chat_id"}) == "mooncake"

@@ -3,17 +3,23 @@
 `{"chat_id": 159, "parent_chat_id": 55, "timestamp": 61.114, "input_length": 521,
 "output_length": 132, "type": "text", "turn": 2, "hash_ids": [...]}`.
 
-Requests of one conversation are spread over the file, interleaved with other sessions';
-`parent_chat_id` links each to the request before it (-1 for a session's first). Each
-session becomes one `Trace`, so the per-trace figures are per-session figures:
+A file is one namespace (scope `global`) on one clock, so it is read as Mooncake is: one trace
+of requests held as columns (`traces.requests.RequestTable`, a chunk of lines at a time with
+Arrow's JSON reader), never one Python object per request. What Bailian adds is sessions:
+requests of one conversation are spread over the file, interleaved with other sessions', and
+`parent_chat_id` links each to the request before it (-1 for a session's first). The links are
+resolved with numpy (sorts and pointer jumping: O(n log n), no Python loop per request), and
+the table records each request's session and its position there:
 - a session is identified by the root of its parent chain (the request whose
-  `parent_chat_id` is -1): trace id `<file name>:session-<root chat_id>`, its line the root's;
-- its requests are its parent calls, in `turn` order (file order within a turn, where a
-  request was branched twice), `t` = `timestamp` in seconds on the file's clock (one clock
-  for the whole corpus, like Mooncake's, whose timestamps are ms);
-- one hash-id namespace for the whole file (scope `global`), 16 tokens per block unless the
-  registry or `--block-size` says otherwise; `hash_ids` cover the whole input, history
-  included (cumulative).
+  `parent_chat_id` is -1): `<file name>:session-<root chat_id>`; sessions are numbered in the
+  order of their first line;
+- its requests are in `turn` order (file order within a turn, where a request was branched
+  twice); `t` = `timestamp` in seconds on the file's clock;
+- 16 tokens per block unless the registry or `--block-size` says otherwise; `hash_ids`
+  cover the whole input, history included (cumulative).
+Per-session figures come from that structure: the replay's per-trace rows of a Bailian file
+are its sessions, each against its own earlier requests (`replay.unbounded`), and the live
+replay sends a session's requests one after another.
 
 The links are checked at the gate, each a hard error naming file, line and rule:
 - `bailian_duplicate_chat_id`: a chat_id used by an earlier line (the later line is the
@@ -26,32 +32,14 @@ The links are checked at the gate, each a hard error naming file, line and rule:
   first request): the session's order would be wrong (one error per session, at its first
   such line).
 A line whose `chat_id`, `parent_chat_id` or `turn` is missing or not an integer in range is a
-schema error of its own (`missing_field`, `schema`, `negative_number`, `not_positive`).
-
-Memory: sessions interleave, so grouping needs every line's links, never its hash ids. A
-first pass reads each line's `chat_id`, `parent_chat_id` and `turn` with msgspec (the rest of
-the line is skipped, not built) into int64 arrays with its line number, offset and length
-(48 bytes a request, a few times that while the links are resolved); the links are resolved
-with numpy (sorts and pointer jumping: O(n log n), no Python loop per request). Then each
-session is one record holding the (line, offset, length) of its lines, which a worker reads
-(`RawRecord.lines`) and parses: one session's requests at a time, each request's ids parsed
-only past what it shares with the previous one (`_fast_calls`). Measured on a Bailian-shaped
-file of 174 MB (180,000 requests, 44,622 sessions): the first pass and grouping take 1.8 s and
-about 40 MB. A `.jsonl.gz` file is
-decompressed once into an unnamed temporary file (its uncompressed size on disk, gone when the
-read ends), and its sessions' bytes are read from there.
+schema error of its own (`missing_field`, `schema`, `negative_number`, `not_positive`); a line
+with another schema error still takes part in the links where they read, so its children are
+not reported as orphans. Every error of the file is reported, in line order.
 """
 
-import gzip
-import heapq
-import os
-import tempfile
-import zlib
-from array import array
 from collections.abc import Collection, Iterator
-from contextlib import nullcontext
 from pathlib import PurePath
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import numpy as np
@@ -59,15 +47,21 @@ import orjson
 from pydantic import Field, ValidationError
 
 from weka_assets.errors import Location, TraceError
-from weka_assets.traces.fastparse import _Conversation, _Unparsable
 from weka_assets.traces.formats import FileRead, TraceFormat, request_object
 from weka_assets.traces.records import (
-    MAX_TRACE_BYTES_ENV,
     RawRecord,
     Record,
     SizeLimits,
     check_sizes,
-    unreadable,
+    max_trace_bytes,
+)
+from weka_assets.traces.requests import (
+    RequestTable,
+    block_size_error,
+    read_request_table,
+    session_name,
+    table_record,
+    whole_file_record,
 )
 from weka_assets.traces.schema import (
     INT64_MAX,
@@ -77,7 +71,6 @@ from weka_assets.traces.schema import (
     NonNegInt,
     PositiveInt,
     Trace,
-    _shared,
     _Strict,
     _validation_error,
 )
@@ -120,7 +113,10 @@ _LINK = msgspec.json.Decoder(_Link)
 
 def session_id(file: str, root_chat_id: int) -> str:
     """`<file name>:session-<root chat_id>`: unique in the corpus, the same on every machine."""
-    return f"{PurePath(file).name}:session-{root_chat_id}"
+    return session_name(PurePath(file).name, root_chat_id)
+
+
+LINKS = (("chat_id", 0), ("parent_chat_id", -1), ("turn", 1))  # (field, least value)
 
 
 class BailianFormat(TraceFormat):
@@ -133,7 +129,10 @@ class BailianFormat(TraceFormat):
     size_fields = BAILIAN_FIELDS
     schema_rules = RULES
     sniff_keys = ("chat_id", "parent_chat_id", "turn", "hash_ids")
-    key_name = "bailian"  # a Bailian file also reads as Mooncake: keep their keys apart
+    # a Bailian file also reads as Mooncake: keep their keys apart; "/requests" since a file
+    # became one trace of requests with sessions (the layout changed, not the tokens)
+    key_name = "bailian/requests"
+    whole_files = True
 
     def looks_like(self, keys: Collection[str]) -> bool:
         return (
@@ -144,73 +143,11 @@ class BailianFormat(TraceFormat):
         )
 
     def file_records(self, read: FileRead) -> Iterator[RawRecord]:
-        return _file_records(read)
+        """One record per file: the whole file is one trace; `parse` reads it."""
+        return whole_file_record(read)
 
     def parse(self, raw: RawRecord, fmt, limits: SizeLimits) -> Record:
-        if raw.spans is None:
-            return _parse_loose(raw, fmt)
-        return _parse_session(raw, fmt, limits)
-
-
-# --------------------------------------------------------------------------- first pass
-
-
-class _Index:
-    """Every line of one file as the first pass found it (int64 arrays, file order)."""
-
-    def __init__(self):
-        self.linked = [array("q") for _ in range(6)]  # line, offset, length, chat, parent, turn
-        self.loose = array("q")  # line, offset, length: a line whose links did not read
-        self.errors: list[tuple[int, TraceError]] = []  # (line, error): too long, truncated
-
-    def add(self, lineno: int, offset: int, data: bytes) -> None:
-        try:
-            link = _LINK.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            self.loose.extend((lineno, offset, len(data)))
-            return
-        for a, v in zip(
-            self.linked,
-            (lineno, offset, len(data), link.chat_id, link.parent_chat_id, link.turn),
-            strict=True,
-        ):
-            a.append(v)
-
-    def arrays(self) -> list[np.ndarray]:
-        return [
-            np.frombuffer(a, np.int64) if len(a) else np.empty(0, np.int64) for a in self.linked
-        ]
-
-
-def _scan(fh, index: _Index, name: str, limit: int, sink=None) -> None:
-    """Read every line of `fh` into `index`; with `sink` (a decompressed .gz), each line is
-    also written there and offsets are `sink`'s."""
-    lineno = pos = 0
-    while True:
-        data = fh.readline(limit + 1)
-        if not data:
-            return
-        lineno += 1
-        if len(data) > limit and not data.endswith(b"\n"):  # skipped in chunks, never held
-            skipped = len(data)
-            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
-                skipped += len(rest)
-            skipped += len(rest)
-            err = TraceError(
-                "trace_too_large",
-                f"one line may hold {MAX_TRACE_BYTES_ENV}={limit} bytes of JSON; "
-                "this is a line longer than that",
-                Location(name, lineno),
-            )
-            index.errors.append((lineno, err))
-            if sink is None:
-                pos += skipped
-            continue
-        if sink is not None:
-            sink.write(data)
-        if data.strip():
-            index.add(lineno, pos, data)
-        pos += len(data)
+        return _parse_file(raw.file, fmt, limits)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -356,217 +293,74 @@ def _cycles(nodes: np.ndarray, pidx, line, chat, name: str) -> list[tuple[int, T
     return out
 
 
-# --------------------------------------------------------------------------- records
+# --------------------------------------------------------------------------- the file
 
 
-def _file_records(read: FileRead) -> Iterator[RawRecord]:
-    f, name = read.path, str(read.path)
-    index = _Index()
-    truncated = None
-    gz = f.name.endswith(".gz")
-    with tempfile.TemporaryFile() if gz else nullcontext() as sink:
-        try:
-            if gz:
-                with open(f, "rb") as compressed, gzip.open(compressed, "rb") as fh:
-                    _scan(fh, index, name, read.max_bytes, sink)
-                sink.flush()
-            else:
-                with open(f, "rb") as fh:
-                    _scan(fh, index, name, read.max_bytes)
-        except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
-            truncated = TraceError(
-                "truncated_file", f"cannot read to the end: {exc}", Location(name)
-            )
-        yield from _records(read, index, name, sink if gz else None, truncated)
-
-
-def _records(read: FileRead, index: _Index, name: str, sink, truncated) -> Iterator[RawRecord]:
-    line, offset, length, chat, parent, turn = index.arrays()
-    (order, starts), errors = _group(line, chat, parent, turn, name)
-    errors += index.errors
-    loose = np.frombuffer(index.loose, np.int64).reshape(-1, 3) if len(index.loose) else None
-    # every record in the order of its first line: sessions by their first request's line
-    # (already in that order), merged with the few others
-    others: list[tuple[int, int, object]] = [(ln, 0, err) for ln, err in errors]
-    if loose is not None:
-        others += [(int(r[0]), 1, r) for r in loose]
-    others.sort(key=lambda x: (x[0], x[1]))
-    bounds = np.append(starts, order.size)
-    firsts = line[order[starts]]
-
-    def sessions():
-        for k in range(starts.size):
-            yield int(firsts[k]), 2, k
-
-    done = read.base
-    common = dict(total=read.total, fmt=read.fmt, limits=read.limits)
-    for first, kind, item in heapq.merge(others, sessions(), key=lambda x: (x[0], x[1])):
-        if kind == 0:
-            yield RawRecord(name, first, error=item, done=done, **common)
-            continue
-        if kind == 1:
-            spans = None
-            rows = np.asarray(item).reshape(1, 3)
-        else:
-            sel = order[bounds[item] : bounds[item + 1]]
-            rows = np.stack((line[sel], offset[sel], length[sel]), axis=1)
-            spans = rows
-        done += int(rows[:, 2].sum())
-        rec = RawRecord(name, first, done=done, **common)
-        if kind == 1:
-            rec.offset, rec.length = int(rows[0, 1]), int(rows[0, 2])
-        rec.spans = spans
-        if sink is not None or not read.lazy:
-            _load(rec, rows, sink)
-        yield rec
-    if truncated is not None:
-        yield RawRecord(name, None, error=truncated, done=done, **common)
-
-
-def _load(rec: RawRecord, rows: np.ndarray, sink) -> None:
-    """Read a record's lines into `data` (from `sink`, a decompressed .gz, or its file);
-    a grouped record's offsets then index `data`."""
-    if sink is not None:
-        fd, fh = sink.fileno(), None
-    else:
-        fh = open(rec.file, "rb")
-        fd = fh.fileno()
-    try:
-        pieces = [os.pread(fd, int(n), int(off)) for _, off, n in rows.tolist()]
-    finally:
-        if fh is not None:
-            fh.close()
-    rec.data = b"".join(pieces)
-    if rec.spans is not None:
-        starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])
-        rec.spans = np.stack((rows[:, 0], starts, rows[:, 2]), axis=1)
-    else:
-        rec.offset, rec.length = 0, len(rec.data)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _request(data: bytes, file: str, line: int, where: Location, fmt) -> tuple[Any, int]:
+def _request(data: bytes, file: str, line: int, fmt) -> tuple[BailianRequestModel, int]:
     """One line validated: (its model, how many null-valued keys were dropped)."""
+    where = Location(file, line)
     try:
         obj = orjson.loads(data)
     except (orjson.JSONDecodeError, RecursionError) as exc:
-        raise TraceError("invalid_json", str(exc), Location(file, line)) from None
+        raise TraceError("invalid_json", str(exc), where) from None
     nulls = request_object(obj, "Bailian", file, line, fmt.origin if fmt is not None else "")
     try:
         return BailianRequestModel.model_validate(obj), nulls
     except ValidationError as exc:
-        err = _validation_error(exc, where, obj)
-        raise TraceError(err.rule, err.message, where) from None
+        raise _validation_error(exc, where, obj) from None
 
 
-def _parse_loose(raw: RawRecord, fmt) -> Record:
-    """A line whose links the first pass could not read: its schema error."""
-    file, line = raw.file, raw.line
+def _salvage(data: bytes) -> tuple[int, int, int] | None:
+    """A rejected line's links, where they read (so its children are no orphans)."""
     try:
-        data = raw.load()
-    except OSError as exc:
-        return unreadable(raw, exc)
-    try:
-        _request(data, file, line, Location(file, line), fmt)
-    except TraceError as exc:
-        return Record(file, line, error=exc, declared_scope=BAILIAN_SCOPE)
-    err = TraceError(
-        "schema",
-        "chat_id, parent_chat_id and turn must be 64-bit integers (chat_id >= 0, "
-        "parent_chat_id >= -1, turn >= 1)",
-        Location(file, line),
-    )
-    return Record(file, line, error=err, declared_scope=BAILIAN_SCOPE)
-
-
-class _FastRequest(msgspec.Struct):
-    """One line as the fast path reads it: typed scalars, the ids as raw JSON text."""
-
-    chat_id: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-    timestamp: Annotated[float, msgspec.Meta(ge=0)]
-    input_length: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-    output_length: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-    hash_ids: msgspec.Raw
-
-
-_FAST = msgspec.json.Decoder(_FastRequest)
-
-
-def _fast_calls(lines: list[tuple[int, bytes]], file: str) -> tuple[list[Call], str] | None:
-    """A session's calls read as the Weka fast path reads a conversation (`fastparse`): each
-    request's ids parsed only past what it shares with the previous request's, the scalars
-    typed by msgspec. None when anything is off (a null, a type, a bound): the strict path
-    then names the line and the rule. The links were read by the first pass."""
-    conv = _Conversation()
-    calls = []
-    try:
-        for k, (_, data) in enumerate(lines):
-            r = _FAST.decode(data)
-            ids = conv.parse(bytes(r.hash_ids))
-            if not np.isfinite(r.timestamp):
-                return None
-            c = Call(0, k, -1, r.timestamp, r.input_length, r.output_length, ids, False, k)
-            c.shared = conv.shared
-            calls.append(c)
-            if k == 0:
-                root = r.chat_id
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _Unparsable):
+        link = _LINK.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    return calls, session_id(file, root) if calls else None
+    return link.chat_id, link.parent_chat_id, link.turn
 
 
-def _parse_session(raw: RawRecord, fmt, limits: SizeLimits) -> Record:
-    file, line = raw.file, raw.line
-    try:
-        lines = raw.lines()
-    except OSError as exc:
-        return unreadable(raw, exc)
-    fast = _fast_calls(lines, file)
-    calls, trace_id = fast if fast is not None else ([], None)
-    dropped = 0
-    try:
-        for k, (ln, data) in enumerate(lines if fast is None else ()):
-            where = Location(file, ln, trace_id, k)
-            model, nulls = _request(data, file, ln, where, fmt)
-            dropped += nulls
-            if k == 0:
-                trace_id = session_id(file, model.chat_id)
-            c = Call(
-                0,
-                k,
-                -1,
-                model.timestamp,
-                model.input_length,
-                model.output_length,
-                model.hash_ids,
-                False,
-            )
-            c.doc_index = k
-            calls.append(c)
-        if fast is None:
-            _shared(calls, {})
-        trace = Trace(
-            id=trace_id,
-            file=file,
-            line=line,
-            block_size=fmt.block_size or BAILIAN_BLOCK_SIZE,
-            scope=BAILIAN_SCOPE,
-            models=[],
-            tool_tokens=0,
-            system_tokens=0,
-            parent_calls=list(calls),
-            subagents=[],
-            calls=calls,
+def _parse_file(file: str, fmt, limits: SizeLimits) -> Record:
+    bs = fmt.block_size or BAILIAN_BLOCK_SIZE
+    err = block_size_error(file, bs, limits, BAILIAN_FIELDS[2])
+    if err is not None:
+        return Record(file, None, error=err, declared_scope=BAILIAN_SCOPE)
+
+    def parse_line(data: bytes, line: int):
+        model, dropped = _request(data, file, line, fmt)
+        call = Call(0, 0, -1, model.timestamp, model.input_length, model.output_length,
+                    model.hash_ids, False)  # fmt: skip
+        one = Trace(id=PurePath(file).name, file=file, line=line, block_size=bs,
+                    scope=BAILIAN_SCOPE, models=[], tool_tokens=0, system_tokens=0,
+                    parent_calls=[call], subagents=[], calls=[call])  # fmt: skip
+        check_sizes(one, limits, BAILIAN_FIELDS)
+        row = (model.timestamp, model.input_length, model.output_length, model.hash_ids)
+        return (*row, model.chat_id, model.parent_chat_id, model.turn), dropped
+
+    table, nulls, links = read_request_table(
+        file, bs, BAILIAN_SCOPE, limits, max_trace_bytes(), parse_line, 1.0, LINKS, _salvage
+    )
+    _sessions(table, links)
+    return table_record(table, nulls)
+
+
+def _sessions(table: RequestTable, links: dict[str, np.ndarray]) -> None:
+    """Resolve the links of the file's requests into `table`'s sessions, or add their errors
+    to `table.errors` (in line order with the rest)."""
+    bad = links["salvaged"]
+    line = np.concatenate([table.line, bad[:, 0]])
+    chat, parent, turn = (
+        np.concatenate([links[name], bad[:, k + 1]]) for k, (name, _) in enumerate(LINKS)
+    )
+    (order, starts), errors = _group(line, chat, parent, turn, table.file)
+    if errors or table.errors:
+        table.errors = sorted(
+            table.errors + [e for _, e in errors], key=lambda e: e.location.line or 0
         )
-        try:
-            check_sizes(trace, limits, BAILIAN_FIELDS)
-        except TraceError as exc:  # named at the request's own line
-            loc = exc.location
-            if loc.request is not None:
-                loc = Location(file, lines[loc.request][0], trace_id, loc.request)
-            raise TraceError(exc.rule, exc.message, loc) from None
-    except TraceError as exc:
-        return Record(file, line, error=exc, declared_scope=BAILIAN_SCOPE)
-    return Record(file, line, trace=trace, declared_scope=BAILIAN_SCOPE, null_keys_dropped=dropped)
+        return
+    m = table.n_requests
+    sizes = np.diff(np.append(starts, order.size))
+    table.session = np.empty(m, np.int64)
+    table.session[order] = np.repeat(np.arange(starts.size, dtype=np.int64), sizes)
+    table.position = np.empty(m, np.int64)
+    table.position[order] = np.arange(m, dtype=np.int64) - np.repeat(starts, sizes)
+    table.session_roots = chat[order[starts]]

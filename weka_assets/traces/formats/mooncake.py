@@ -24,14 +24,18 @@ from pydantic import ValidationError
 from weka_assets.errors import Location, TraceError
 from weka_assets.traces.formats import FileRead, TraceFormat, request_object
 from weka_assets.traces.records import (
-    MAX_PROMPT_TOKENS_ENV,
     RawRecord,
     Record,
     SizeLimits,
     check_sizes,
     max_trace_bytes,
 )
-from weka_assets.traces.requests import read_request_table, trace_id
+from weka_assets.traces.requests import (
+    block_size_error,
+    read_request_table,
+    table_record,
+    whole_file_record,
+)
 from weka_assets.traces.schema import (
     Call,
     HashIds,
@@ -144,27 +148,13 @@ class MooncakeFormat(TraceFormat):
 
     def file_records(self, read: FileRead) -> Iterator[RawRecord]:
         """One record per file: the whole file is one trace; `parse` reads it."""
-        size = read.path.stat().st_size
-        yield RawRecord(
-            str(read.path),
-            None,
-            done=read.base + size,
-            total=read.total,
-            length=size,
-            fmt=read.fmt,
-            limits=read.limits,
-        )
+        return whole_file_record(read)
 
     def parse(self, raw: RawRecord, fmt, limits: SizeLimits) -> Record:
         file = raw.file
         bs = fmt.block_size or MOONCAKE_BLOCK_SIZE
-        if bs > limits.prompt_tokens:
-            err = TraceError(
-                "block_size_too_large",
-                f"{MOONCAKE_FIELDS[2]}={bs}: a block longer than the longest prompt allowed, "
-                f"{MAX_PROMPT_TOKENS_ENV}={limits.prompt_tokens}",
-                Location(file, None, trace_id(file)),
-            )
+        err = block_size_error(file, bs, limits, MOONCAKE_FIELDS[2])
+        if err is not None:
             return Record(file, None, error=err, declared_scope=MOONCAKE_SCOPE)
 
         def parse_line(data: bytes, line: int):
@@ -177,18 +167,7 @@ class MooncakeFormat(TraceFormat):
             c = trace.calls[0]
             return (c.t, c.tokens_in, c.tokens_out, c.ids), dropped
 
-        table, nulls = read_request_table(
+        table, nulls, _ = read_request_table(
             file, bs, MOONCAKE_SCOPE, limits, max_trace_bytes(), parse_line
         )
-        if table.errors:
-            return Record(
-                file,
-                None,
-                error=table.errors[0],
-                more_errors=table.errors[1:],
-                declared_scope=MOONCAKE_SCOPE,
-                null_keys_dropped=nulls,
-            )
-        return Record(
-            file, None, trace=table, declared_scope=MOONCAKE_SCOPE, null_keys_dropped=nulls
-        )
+        return table_record(table, nulls)
