@@ -37,6 +37,7 @@ from weka_assets.traces.reader import (
     max_output_tokens,
     max_prompt_tokens,
 )
+from weka_assets_tests.bailian import bailian_requests, write_bailian
 from weka_assets_tests.mooncake import mooncake_requests, write_mooncake
 from weka_assets_tests.robustness.faults import child_env, weka_cmd
 
@@ -98,6 +99,16 @@ def _mooncake(mutate, block_size=None):
     return build
 
 
+def _bailian(mutate, block_size=None):
+    def build(folder: Path):
+        reqs = bailian_requests(3, turns=(2, 3), seed=3)
+        mutate(reqs[3])  # line 4: request 3 of the file's one trace
+        path = write_bailian(folder / "bailian.jsonl", reqs)
+        return path, CorpusFormat("bailian", block_size, " (--format)")
+
+    return build
+
+
 def _set(*keys_and_value):
     *keys, value = keys_and_value
 
@@ -150,6 +161,21 @@ CASES = {
         _mooncake(_set("hash_ids", list(range(10_000, 10_000 + PROMPT // 512 + 1)))),
         (4, "mooncake.jsonl", 3, None, "prompt_too_long"),
         f"hash_ids: {PROMPT // 512 + 1} blocks of 512 tokens",
+    ),
+    "bailian: the issue's input_length": (
+        _bailian(_set("input_length", HUGE)),
+        (4, "bailian.jsonl", 3, None, "prompt_too_long"),
+        f"input_length={HUGE} prompt tokens",
+    ),
+    "bailian: an output_length one over": (
+        _bailian(_set("output_length", OUTPUT + 1)),
+        (4, "bailian.jsonl", 3, None, "output_too_long"),
+        f"output_length={OUTPUT + 1} output tokens",
+    ),
+    "bailian: a block size past the limit (--block-size)": (
+        _bailian(lambda r: None, block_size=PROMPT + 1),
+        (None, "bailian.jsonl", None, None, "block_size_too_large"),
+        f"the corpus's block size (registry or --block-size)={PROMPT + 1}",
     ),
     "mooncake: a block size past the limit (--block-size)": (
         _mooncake(lambda r: None, block_size=PROMPT + 1),
@@ -210,11 +236,11 @@ def test_a_size_over_its_limit_is_one_located_error_at_the_gate(case, good, tmp_
     monkeypatch.setenv("WEKA_ASSETS_WORKERS", "1")
     build, where, fragment = CASES[case]
     path, fmt = build(tmp_path / "corpus")
-    # the reader: one error, and only one (Weka: one record of three; Mooncake: the file is
-    # one record, which reports every bad request: the other five are good)
+    # the reader: one error, and only one (Weka: one record of three; Mooncake, Bailian: the
+    # file is one record, which reports every bad request: the others are good)
     recs = list(iter_records(path, fmt))
     errors = [e for r in recs if r.error is not None for e in (r.error, *r.more_errors)]
-    if fmt.format == "mooncake":
+    if fmt.format in ("mooncake", "bailian"):
         assert len(recs) == 1 and recs[0].trace is None and recs[0].line is None
     else:
         assert len(recs) == 3 and [r.error is None for r in recs] == [True, False, True]
@@ -254,14 +280,19 @@ def cli_run(*argv) -> tuple[int, list[str], list[str]]:
 
 
 @pytest.mark.parametrize(
-    "case", ["weka: a subagent call's prompt one over", "mooncake: the issue's input_length"]
+    "case",
+    [
+        "weka: a subagent call's prompt one over",
+        "mooncake: the issue's input_length",
+        "bailian: an output_length one over",
+    ],
 )
 def test_the_command_line_prints_one_line_per_problem(case, good, tmp_path, monkeypatch):
     monkeypatch.setenv("WEKA_ASSETS_WORKERS", "1")
     build, where, _ = CASES[case]
     path, fmt = build(tmp_path / "corpus")
     problem = str(next(r.error for r in iter_records(path, fmt) if r.error is not None))
-    fmt_args = ["--format", "mooncake"] if fmt.format == "mooncake" else []
+    fmt_args = ["--format", fmt.format] if fmt.format in ("mooncake", "bailian") else []
     before = tree(good["root"])
     for argv in (
         ["validate", path, *fmt_args],

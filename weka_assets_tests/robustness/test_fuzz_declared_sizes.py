@@ -1,5 +1,5 @@
-"""Fuzzing the declared sizes: a call's prompt and output lengths and the block size, in both
-formats, drawn around and far beyond their limits (0, the limit, one over, 2**31, 2**63 - 1,
+"""Fuzzing the declared sizes: a call's prompt and output lengths and the block size, in every
+format (Weka, Mooncake, Bailian), drawn around and far beyond their limits (0, the limit, one over, 2**31, 2**63 - 1,
 past int64, negative, floats, strings, booleans, nulls, lists).
 
 Whatever is drawn, the outcome is a clean located error naming the rule the values call for
@@ -155,6 +155,18 @@ def mooncake_corpus(folder: Path, fields: dict, n_ids: int) -> tuple[Path, dict]
 
 # one id: whatever the block size, it claims no more than the prompt
 GOOD_MOONCAKE = {"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [0]}
+REQUEST_FORMATS = ("mooncake", "bailian")  # a file is one trace of requests, one record
+
+
+def bailian_corpus(folder: Path, fields: dict, n_ids: int) -> tuple[Path, dict]:
+    """Two sessions of one request each; the second's holds the values."""
+    links = {"parent_chat_id": -1, "type": "text", "turn": 1}
+    good = {**GOOD_MOONCAKE, "chat_id": 1, **links}
+    bad = {"chat_id": 2, **links, "timestamp": 10, "input_length": fields["prompt"]}
+    bad |= {"output_length": fields["output"], "hash_ids": list(range(1000, 1000 + n_ids))}
+    path = folder / "bailian.jsonl"
+    path.write_bytes(dumps(good) + b"\n" + dumps(bad) + b"\n")
+    return path, bad
 
 
 def dumps(obj) -> bytes:
@@ -171,7 +183,7 @@ def cases(draw, limits: tuple[int, int]):
     one, two or all three) get a hostile value; the others a benign one (at most the limit),
     so that every rule, and success, are drawn often."""
     prompt, output = limits
-    fmt = draw(st.sampled_from(["weka", "mooncake"]))
+    fmt = draw(st.sampled_from(["weka", *REQUEST_FORMATS]))
     hostile = {
         "prompt": sizes(prompt),
         "output": sizes(output),
@@ -194,8 +206,9 @@ def write(root: Path, case) -> tuple[Path, CorpusFormat, dict]:
     if fmt == "weka":
         path, raw = weka_corpus(root, fields, n_ids, inner)
         return path, CorpusFormat("weka"), raw
-    path, raw = mooncake_corpus(root, fields, n_ids)
-    return path, CorpusFormat("mooncake", fields["block"], " (--format)"), raw
+    corpus = mooncake_corpus if fmt == "mooncake" else bailian_corpus
+    path, raw = corpus(root, fields, n_ids)
+    return path, CorpusFormat(fmt, fields["block"], " (--format)"), raw
 
 
 @contextlib.contextmanager
@@ -211,9 +224,9 @@ def traced(limit_bytes: int):
 
 
 def good_line_fails(fmt: CorpusFormat, limits) -> bool:
-    """A Mooncake corpus's block size is the whole file's: past the limit, the file is one
-    error of its own (no line), the good line failing with the fuzzed one."""
-    return fmt.format == "mooncake" and fmt.block_size > limits[0]
+    """A Mooncake or Bailian corpus's block size is the whole file's: past the limit, the file
+    is one error of its own (no line), the good line failing with the fuzzed one."""
+    return fmt.format in REQUEST_FORMATS and fmt.block_size > limits[0]
 
 
 def gate(path: Path, fmt: CorpusFormat, raw: dict, case, limits) -> set[str] | None:
@@ -222,8 +235,8 @@ def gate(path: Path, fmt: CorpusFormat, raw: dict, case, limits) -> set[str] | N
     _, fields, n_ids, _ = case
     want = {1: None, 2: expected(fields, n_ids, limits)}
     recs = list(iter_records(path, fmt))
-    if fmt.format == "mooncake":
-        mooncake_records(path, fmt, recs, want, limits)
+    if fmt.format in REQUEST_FORMATS:
+        request_records(path, fmt, recs, want, limits)
     else:
         weka_records(path, recs, raw, want)
     report = scope_report(path, fmt=fmt)
@@ -237,12 +250,12 @@ def gate(path: Path, fmt: CorpusFormat, raw: dict, case, limits) -> set[str] | N
         (err,) = report.hard_errors
         assert (err["rule"], err["line"], err["request"]) == ("block_size_too_large", None, None)
         assert (err["file"], err["trace"]) == (str(path), path.name), err
-        event("mooncake: block_size_too_large (the file's)")
+        event(f"{fmt.format}: block_size_too_large (the file's)")
         return {"block_size_too_large"}
     assert [e["line"] for e in report.hard_errors] == bad, report.hard_errors
     for err in report.hard_errors:
         assert err["rule"] in want[err["line"]] and err["file"] == str(path), (err, want)
-        if fmt.format == "mooncake":  # request k of the file's one trace, on line k + 1
+        if fmt.format in REQUEST_FORMATS:  # request k of the file's one trace, on line k + 1
             assert (err["trace"], err["request"]) == (path.name, err["line"] - 1), err
     rules = set().union(*(want[line] for line in bad))
     event(f"{fmt.format}: {' or '.join(sorted(rules))}")
@@ -269,8 +282,8 @@ def weka_records(path: Path, recs, raw: dict, want: dict) -> None:
                 assert rec.error.location.request is not None, rec.error
 
 
-def mooncake_records(path: Path, fmt: CorpusFormat, recs, want: dict, limits) -> None:
-    """A Mooncake file is one trace, one record: a table of its requests, or the errors of its
+def request_records(path: Path, fmt: CorpusFormat, recs, want: dict, limits) -> None:
+    """A Mooncake or Bailian file is one trace, one record: a table of its requests, or the errors of its
     bad lines (each at its line, as request line - 1 of the trace named after the file)."""
     assert len(recs) == 1 and recs[0].line is None and recs[0].file == str(path), recs
     rec = recs[0]
@@ -305,6 +318,7 @@ def at(limits, over: int = 0, fmt: str = "weka", inner: bool = False):
 @given(case=cases(DEFAULT))
 @example(case=at(DEFAULT))
 @example(case=at(DEFAULT, 1, "mooncake"))
+@example(case=at(DEFAULT, 1, "bailian"))
 @example(case=("weka", {"prompt": 100_000_000_000, "output": 10, "block": 64}, 2, False))
 def test_fuzz_declared_sizes_at_the_gate(case, monkeypatch):
     """Under the default limits: the gate's verdict, as a report and on the command line,
@@ -318,7 +332,7 @@ def test_fuzz_declared_sizes_at_the_gate(case, monkeypatch):
         with traced(32 * MiB):
             want = gate(path, fmt, raw, case, DEFAULT)
         args = ["validate", str(path), "--format", fmt.format]
-        if fmt.format == "mooncake":
+        if fmt.format in REQUEST_FORMATS:
             args += ["--block-size", str(fmt.block_size)]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -372,6 +386,7 @@ def chain(path: Path, fmt: CorpusFormat, root: Path) -> None:
 @given(case=cases(SMALL))
 @example(case=at(SMALL))
 @example(case=at(SMALL, fmt="mooncake"))
+@example(case=at(SMALL, fmt="bailian"))
 @example(case=at(SMALL, inner=True))
 @example(case=at(SMALL, 1, inner=True))
 def test_fuzz_declared_sizes_through_the_chain(case, datasets, monkeypatch):
