@@ -26,9 +26,9 @@ def measure(dataset: str, repeat: int) -> dict:
     """In this process: time the pass and the curve on one decoded dataset."""
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.replay.capacity import (
-        _reorder_segments,
         call_block_keys,
         capacity_curve,
+        reorder_segments,
         start_depths,
     )
     from weka_assets.replay.schedule import global_order
@@ -41,7 +41,7 @@ def measure(dataset: str, repeat: int) -> dict:
         curve_s.append(time.perf_counter() - start)
     keys, lengths = call_block_keys(ds)
     order = global_order(ds)
-    flat, lens = _reorder_segments(keys, lengths, order), lengths[order]
+    flat, lens = reorder_segments(keys, lengths, order), lengths[order]
     for _ in range(repeat):
         start = time.perf_counter()
         start_depths(flat, lens)

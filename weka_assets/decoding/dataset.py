@@ -128,7 +128,7 @@ class DecodedDataset:
             if self.records is None:
                 bounds = self._bounds([self.calls["trace"]])
             else:
-                bounds = self._bounds(c["trace"] for c in _chunks(self.records))
+                bounds = self._bounds(c["trace"] for c in row_chunks(self.records))
             self._trace_slices = [
                 slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
             ]
@@ -137,7 +137,7 @@ class DecodedDataset:
     def trace_rows(self) -> np.ndarray:
         """Block row bounds of each trace: trace t's rows are [b[t], b[t + 1])."""
         if self._trace_rows is None:
-            self._trace_rows = self._bounds(_chunks(self.block_trace))
+            self._trace_rows = self._bounds(row_chunks(self.block_trace))
         return self._trace_rows
 
     def _bounds(self, chunks) -> np.ndarray:
@@ -154,7 +154,7 @@ class DecodedDataset:
         so the rest of the table never becomes resident)."""
         if self.records is None:
             return np.asarray(self.calls[name])
-        parts = [c[name] for c in _chunks(self.records)]
+        parts = [c[name] for c in row_chunks(self.records)]
         return np.concatenate(parts) if parts else np.empty(0, CALLS_DTYPE[name])
 
     def calls_range(self, a: int, b: int) -> dict[str, np.ndarray]:
@@ -411,7 +411,7 @@ CHUNK_ROWS = 1 << 20
 LAYOUTS_KEPT = 4  # block sizes whose layout a dataset keeps (`DecodedDataset._layout`)
 
 
-def _chunks(arr: np.ndarray, rows: int | None = None):
+def row_chunks(arr: np.ndarray, rows: int | None = None):
     """An array's rows, `rows` (default CHUNK_ROWS) at a time, as copies (file reads when
     stored)."""
     rows = rows or CHUNK_ROWS
@@ -585,7 +585,7 @@ class DatasetWriter:
         schema = pa.schema([(k, pa.from_numpy_dtype(v)) for k, v in CALL_COLUMNS.items()])
         records = np.load(self.tmp / "calls.npy", mmap_mode="r")
         with pq.ParquetWriter(self.tmp / "calls.parquet", schema) as out:
-            for rows in _chunks(records, min(CHUNK_ROWS, 1 << 16)):
+            for rows in row_chunks(records, min(CHUNK_ROWS, 1 << 16)):
                 columns = [pa.array(np.ascontiguousarray(rows[k])) for k in CALL_COLUMNS]
                 out.write_table(pa.Table.from_arrays(columns, schema=schema))
             if not len(records):

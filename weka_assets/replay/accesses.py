@@ -66,11 +66,11 @@ class Timeline:
 
 def timeline(ds: DecodedDataset, arrival: Arrival = Arrival(), time_scale: float = 1.0) -> Timeline:
     """The dataset's calls on the shared timeline (`schedule.global_order`) with their keys."""
-    from weka_assets.replay.capacity import _reorder_segments, call_block_keys
+    from weka_assets.replay.capacity import call_block_keys, reorder_segments
 
     keys, lengths = call_block_keys(ds)
     order = global_order(ds, arrival, time_scale)
-    flat = _reorder_segments(keys, lengths, order)
+    flat = reorder_segments(keys, lengths, order)
     c = ds.calls
     session, session_ids = ds.sessions()
     return Timeline(

@@ -160,7 +160,7 @@ def call_block_keys(ds: DecodedDataset) -> tuple[np.ndarray, np.ndarray]:
     return token_block_keys(ds)
 
 
-def _reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
+def reorder_segments(values: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Concatenate the segments of `values` (segment lengths `lengths`) in `order`.
 
     Gathered about SPREAD_CHUNK values at a time, so the peak is the input and the result."""
@@ -256,7 +256,7 @@ def reuse_profile(
     else:
         keys, lengths = call_block_keys(ds)
         order = global_order(ds, arrival, time_scale)
-        flat = [_reorder_segments(keys, lengths, order)]
+        flat = [reorder_segments(keys, lengths, order)]
         del keys
         depth, distinct = start_depths(flat, lengths[order])  # takes the keys (frees them early)
     role = np.repeat(np.asarray(ds.calls["role"], dtype=np.int8)[order], lengths[order])
@@ -266,14 +266,14 @@ def reuse_profile(
         order=order,
         lengths=lengths,
         depth=depth,
-        run_max=_segmented_cummax(depth, lengths[order], never),
+        run_max=segmented_cummax(depth, lengths[order], never),
         role=role,
         distinct_blocks=distinct,
         never=never,
     )
 
 
-def _segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np.ndarray:
+def segmented_cummax(values: np.ndarray, lengths: np.ndarray, bound: int) -> np.ndarray:
     """Running maximum within each segment, for values in [0, bound] (in `values`' dtype)."""
     out = np.empty_like(values)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -544,7 +544,7 @@ def simulate_lru(
     keys, lengths = call_block_keys(ds)
     order = global_order(ds, arrival, time_scale)
     out = np.zeros(ds.n_calls, dtype=np.int64)
-    out[order] = lru_hits(_reorder_segments(keys, lengths, order), lengths[order], capacity)
+    out[order] = lru_hits(reorder_segments(keys, lengths, order), lengths[order], capacity)
     return out
 
 
@@ -622,10 +622,10 @@ def default_capacities(ds: DecodedDataset, points: int = 12) -> list[int]:
     """A log-spaced sweep of `points` capacities (blocks) up to the number of distinct blocks."""
     keys = np.sort(call_block_keys(ds)[0])
     distinct = int(keys.size > 0) + int(np.count_nonzero(keys[1:] != keys[:-1]))
-    return _sweep(distinct, points)
+    return sweep_capacities(distinct, points)
 
 
-def _sweep(distinct: int, points: int) -> list[int]:
+def sweep_capacities(distinct: int, points: int) -> list[int]:
     if distinct <= 0:
         return [0]
     lo = max(1, distinct // 1024)
@@ -649,7 +649,7 @@ def capacity_curve(
     """
     prof = profile if profile is not None else reuse_profile(ds, arrival, time_scale)
     caps = (
-        _sweep(prof.distinct_blocks, points)
+        sweep_capacities(prof.distinct_blocks, points)
         if capacities is None
         else sorted({int(c) for c in capacities})
     )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weka_assets.decoding.dataset import DecodedDataset, _chunks
+from weka_assets.decoding.dataset import DecodedDataset, row_chunks
 from weka_assets.decoding.prf import mix64
 from weka_assets.replay.prefix import segment_positions
 
@@ -58,9 +58,9 @@ def block_classes(ds: DecodedDataset) -> tuple[np.ndarray, int]:
     rows = int(ds.block_id.size)
     if rows == 0:
         return np.empty(0, np.int64), 0
-    offsets = np.concatenate(list(_chunks(ds.block_offsets))).reshape(rows, -1)
+    offsets = np.concatenate(list(row_chunks(ds.block_offsets))).reshape(rows, -1)
     bs_of_trace = np.array([int(t["block_size"]) for t in ds.traces], dtype=np.int64)
-    bs = bs_of_trace[np.concatenate(list(_chunks(ds.block_trace)))]
+    bs = bs_of_trace[np.concatenate(list(row_chunks(ds.block_trace)))]
     # one sort of a 64-bit hash of the row, then a check that rows with equal hashes are equal
     # in full; only if not (about n^2 / 2^65 odds), the full lexicographic sort
     key = np.zeros(rows, dtype=np.uint64)

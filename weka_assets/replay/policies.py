@@ -56,8 +56,8 @@ import numpy as np
 from weka_assets.replay.accesses import Timeline
 from weka_assets.replay.capacity import (
     ReuseProfile,
-    _segmented_cummax,
     previous_touch,
+    segmented_cummax,
     start_depths,
 )
 
@@ -299,7 +299,7 @@ def ttl_profile(
         depth, _ = start_depths(keys, lengths)
         never = n + 1
         depth[depth < 0] = never
-        run_max_depth = _segmented_cummax(depth, lengths, never)
+        run_max_depth = segmented_cummax(depth, lengths, never)
         del depth
 
     idx_type = np.int32 if max(n, calls) < 2**31 - 2 else np.int64
@@ -324,7 +324,7 @@ def ttl_profile(
     rev = np.full(n, calls, dtype=idx_type)
     rev[seen] = calls - 1 - call_of[last[seen]]
     del last, seen
-    run = _segmented_cummax(rev, lengths, calls)
+    run = segmented_cummax(rev, lengths, calls)
     del rev
     earliest = calls - 1 - run.astype(np.int64)  # -1: a key never seen before
     run_max_age = np.full(n, np.inf)

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from weka_assets.replay.accesses import Timeline
-from weka_assets.replay.capacity import _segmented_cummax, start_depths
+from weka_assets.replay.capacity import segmented_cummax, start_depths
 
 ROUTINGS = ("round_robin", "session", "prefix")
 
@@ -172,7 +172,7 @@ def fleet_curve(
         depth, _ = start_depths(np.asarray(sub.keys), sub.lengths)
         never = int(depth.size) + 1
         depth[depth < 0] = never
-        run_max = _segmented_cummax(depth, sub.lengths, never)
+        run_max = segmented_cummax(depth, sub.lengths, never)
         run_max.sort()
         for i, c in enumerate(caps):
             limit = run_max.dtype.type(never if c is None else min(c, never))

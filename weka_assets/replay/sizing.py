@@ -28,10 +28,10 @@ from weka_assets.replay.capacity import (
     CapacityPoint,
     KVGeometry,
     RolePoint,
-    _sweep,
     capacity_curve,
     previous_touch,
     reuse_profile,
+    sweep_capacities,
 )
 from weka_assets.replay.schedule import Arrival
 
@@ -175,13 +175,13 @@ def capacity_report(
             tl = timeline(ds, arrival, time_scale)
             prev = previous_touch(tl.keys)
             if caps is None:
-                caps = _sweep(int(np.count_nonzero(prev < 0)), points)
+                caps = sweep_capacities(int(np.count_nonzero(prev < 0)), points)
             pending = {
                 p: beside.submit(_simulated_hits, p, tl, caps, prev, options) for p in simulated
             }
         prof = reuse_profile(ds, arrival, time_scale, timeline=tl, prev=prev)
         if caps is None:
-            caps = _sweep(prof.distinct_blocks, points)
+            caps = sweep_capacities(prof.distinct_blocks, points)
         lru = capacity_curve(ds, caps, arrival, time_scale, geometry, profile=prof)
         curves: dict[str, CapacityCurve] = {"lru": lru}
         if "ttl" in policies:  # totals per role straight from the profile: one sort per role

@@ -50,8 +50,8 @@ from weka_assets.replay.capacity import (
     KV_PRESETS,
     KVGeometry,
     ReuseProfile,
-    _segmented_cummax,
     parse_size,
+    segmented_cummax,
     start_depths,
 )
 
@@ -461,7 +461,7 @@ def timeline_profile(tl: Timeline) -> ReuseProfile:
         order=np.arange(lengths.size, dtype=np.int64),
         lengths=lengths,
         depth=depth,
-        run_max=_segmented_cummax(depth, lengths, never),
+        run_max=segmented_cummax(depth, lengths, never),
         role=np.repeat(np.asarray(tl.role, dtype=np.int8), lengths),
         distinct_blocks=distinct,
         never=never,

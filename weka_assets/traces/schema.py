@@ -52,11 +52,11 @@ def hash_id_array(value: Any) -> np.ndarray:
 HashIds = Annotated[np.ndarray, PlainValidator(hash_id_array)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", arbitrary_types_allowed=True)
 
 
-class ModelCallModel(_Strict):
+class ModelCallModel(StrictModel):
     type: Literal["n", "s"]
     t: NonNegFloat
     model: str
@@ -69,7 +69,7 @@ class ModelCallModel(_Strict):
     ttft: NonNegFloat | None = None
 
 
-class SubagentModel(_Strict):
+class SubagentModel(StrictModel):
     type: Literal["subagent"]
     t: NonNegFloat
     agent_id: NonEmptyStr
@@ -87,7 +87,7 @@ class SubagentModel(_Strict):
 RequestModel = Annotated[ModelCallModel | SubagentModel, Field(discriminator="type")]
 
 
-class TraceModel(_Strict):
+class TraceModel(StrictModel):
     id: NonEmptyStr
     models: list[str]
     block_size: PositiveInt
@@ -192,7 +192,7 @@ def _locate(loc: tuple, base: Location, raw: dict | None) -> tuple[Location, str
     return location, ".".join(names) or "requests"
 
 
-def _validation_error(exc: ValidationError, base: Location, raw: Any) -> TraceError:
+def validation_error(exc: ValidationError, base: Location, raw: Any) -> TraceError:
     err = exc.errors(include_url=False)[0]
     location, field_name = _locate(err["loc"], base, raw if isinstance(raw, dict) else None)
     rule = _RULE_BY_PYDANTIC_TYPE.get(err["type"], "schema")
@@ -278,7 +278,7 @@ def parse_trace(
     try:
         model = TraceModel.model_validate(raw)
     except ValidationError as exc:
-        raise _validation_error(exc, base, raw) from None
+        raise validation_error(exc, base, raw) from None
     where = Location(file, line, model.id)
     if model.hash_id_scope not in DECLARED_SCOPES:
         known = ", ".join(repr(k) for k in DECLARED_SCOPES if k)

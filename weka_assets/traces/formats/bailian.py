@@ -70,9 +70,9 @@ from weka_assets.traces.schema import (
     NonNegFloat,
     NonNegInt,
     PositiveInt,
+    StrictModel,
     Trace,
-    _Strict,
-    _validation_error,
+    validation_error,
 )
 
 BAILIAN_BLOCK_SIZE = 16  # tokens per block (salted SipHash blocks of 16 tokens)
@@ -90,7 +90,7 @@ RULES = (
 )
 
 
-class BailianRequestModel(_Strict):
+class BailianRequestModel(StrictModel):
     chat_id: NonNegInt
     parent_chat_id: Annotated[int, Field(ge=-1, le=INT64_MAX)]  # -1: a session's first
     timestamp: NonNegFloat  # seconds
@@ -307,7 +307,7 @@ def _request(data: bytes, file: str, line: int, fmt) -> tuple[BailianRequestMode
     try:
         return BailianRequestModel.model_validate(obj), nulls
     except ValidationError as exc:
-        raise _validation_error(exc, where, obj) from None
+        raise validation_error(exc, where, obj) from None
 
 
 def _salvage(data: bytes) -> tuple[int, int, int] | None:

@@ -41,9 +41,9 @@ from weka_assets.traces.schema import (
     HashIds,
     NonNegFloat,
     NonNegInt,
+    StrictModel,
     Trace,
-    _Strict,
-    _validation_error,
+    validation_error,
 )
 
 MOONCAKE_BLOCK_SIZE = 512  # tokens per block when the corpus does not say otherwise
@@ -57,7 +57,7 @@ MOONCAKE_FIELDS = (
 )
 
 
-class MooncakeRequestModel(_Strict):
+class MooncakeRequestModel(StrictModel):
     timestamp: NonNegFloat  # milliseconds
     input_length: NonNegInt
     output_length: NonNegInt
@@ -98,7 +98,7 @@ def parse_mooncake(
     try:
         model = MooncakeRequestModel.model_validate(raw)
     except ValidationError as exc:
-        raise _validation_error(exc, where, raw) from None
+        raise validation_error(exc, where, raw) from None
     call = Call(
         0,
         0,
