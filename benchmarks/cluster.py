@@ -19,10 +19,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from weka_assets import cluster as wc  # noqa: E402
 from weka_assets.instance.launch import backfill_summary, launch_chain  # noqa: E402
 from weka_assets.instance.staleness import _graphql, backfill_failed, wait_backfill  # noqa: E402
 from weka_assets.synthetic import iter_corpus, write_corpus  # noqa: E402
+from weka_assets_tests.cluster import harness as wc  # noqa: E402
 
 RUN_TIMES = """query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime
   stepStats { stepKey startTime endTime } } } }"""

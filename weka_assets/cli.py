@@ -868,16 +868,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         gate = step.outputs.get("trace_scope")
         if gate is not None:
             from weka_assets.defs.assets.scope import report_markdown
-            from weka_assets.traces.scope import ScopeReport
+            from weka_assets.store_chain import read_scope_report
 
-            report = ScopeReport.model_validate_json(store.read_bytes(gate.report_key))
+            report = read_scope_report(store, gate.report_key)
             print(f"{step.partition}: scope report ({store.url(gate.report_key)})")
             print(report_markdown(report).replace("**", ""))
         ref = step.outputs.get("replay_benchmark")
         if ref is not None:
-            from weka_assets.replay.unbounded import ReplayResult
+            from weka_assets.store_chain import read_replay_result
 
-            result = ReplayResult.model_validate_json(store.read_bytes(ref.result_key))
+            result = read_replay_result(store, ref.result_key)
             print(f"{step.partition}: dataset {ref.decode_key}")
             _print_rates(result)
     return 0 if ok else 1

@@ -4,26 +4,10 @@ import gc
 
 import dagster as dg
 
-from weka_assets.defs.assets.blast_radius import build_manifest_blast_radius
-from weka_assets.defs.assets.decoded import build_decoded_datasets
-from weka_assets.defs.assets.exports import build_export_assets
-from weka_assets.defs.assets.live import build_live_replay
-from weka_assets.defs.assets.raw import raw_traces
-from weka_assets.defs.assets.replay import (
-    build_capacity_curve,
-    build_legacy_scope_replay,
-    build_replay_benchmark,
-)
-from weka_assets.defs.assets.scope import trace_scope
+from weka_assets.defs.assets import build_assets
 from weka_assets.defs.automation import automation_sensor
 from weka_assets.defs.io_manager import DescriptorIOManager
-from weka_assets.defs.jobs import (
-    decode_job,
-    export_job,
-    live_replay_job,
-    scope_job,
-    text_export_job,
-)
+from weka_assets.defs.jobs import build_jobs
 from weka_assets.defs.resources import (
     CorpusCatalog,
     DecodeOptions,
@@ -34,21 +18,6 @@ from weka_assets.defs.resources import (
 from weka_assets.defs.sensors import corpus_discovery_sensor, corpus_refresh_schedule
 from weka_assets.executors import executor_from_env
 from weka_assets.versions import MANIFEST_VERSION
-
-
-def build_assets(manifest_version: int = MANIFEST_VERSION) -> list[dg.AssetsDefinition]:
-    """The asset graph; the manifest version is injected into every asset that depends on it."""
-    return [
-        raw_traces,
-        trace_scope,
-        build_decoded_datasets(manifest_version),
-        build_legacy_scope_replay(manifest_version),
-        build_capacity_curve(manifest_version),
-        build_replay_benchmark(manifest_version),
-        build_manifest_blast_radius(manifest_version),
-        build_live_replay(manifest_version),
-        *build_export_assets(manifest_version),
-    ]
 
 
 def resources(base_path: str = "") -> dict:
@@ -73,9 +42,10 @@ def build_defs(
     resource_defs: dict | None = None,
     executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
+    assets = build_assets(manifest_version)  # the one list (defs/assets); jobs derive from it
     return dg.Definitions(
-        assets=build_assets(manifest_version),
-        jobs=[scope_job, decode_job, live_replay_job, export_job, text_export_job],
+        assets=assets,
+        jobs=build_jobs(assets),
         sensors=[corpus_discovery_sensor, automation_sensor],
         schedules=[corpus_refresh_schedule],
         resources=resource_defs if resource_defs is not None else resources(),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from weka_assets.cluster import free_port
+from weka_assets_tests.cluster.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not dagster.yaml: the root's is the template the tests copy into their $DAGSTER_HOME; one in

@@ -349,7 +349,7 @@ def vllm_cpu_server(run_dir: Path, *start_args: str):
     """A real vLLM server started by `scripts/vllm-cpu-server start` on a free port (with these
     options) in its own run folder; yields its URL, stops it by PID. Skips the test where vLLM
     cannot be installed (exit 3), fails it where it does not start."""
-    from weka_assets.cluster import free_port
+    from weka_assets_tests.cluster.harness import free_port
 
     env = dict(os.environ, WEKA_VLLM_RUN=str(run_dir))
     try:

@@ -528,9 +528,9 @@ def test_the_capacity_asset_and_the_command_line_compute_one_curve(tmp_path):
     """`capacity_curve`'s figures and `weka-assets replay --capacity auto` are one function
     (`sizing.sized_report`): the same curve for the same dataset and budget."""
     from weka_assets.decoding.dataset import open_dataset
-    from weka_assets.defs.assets.replay import capacity_figures
     from weka_assets.defs.resources import ReplayOptions
     from weka_assets.pipeline import decode_corpus
+    from weka_assets.store_chain import capacity_figures
     from weka_assets_tests.corpora import synthetic
 
     ds_path = decode_corpus(synthetic("semianalysis", traces=6, seed=4), tmp_path / "ds").path

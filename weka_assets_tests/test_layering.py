@@ -4,6 +4,7 @@ on decoded datasets, not the other way round). Shared constants live at the bott
 (e.g. `weka_assets.parallel.SHARD_CALLS`)."""
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,49 @@ def test_the_check_sees_an_upward_import():
     assert forbidden("dagster_celery", FORBIDDEN["traces"])
     assert not forbidden("weka_assets.replayed", FORBIDDEN["decoding"])
     assert not forbidden("weka_assets.parallel", FORBIDDEN["decoding"])
+
+
+# --------------------------------------------------------------------------- private names
+
+ROOT = PACKAGE.parent
+# (importing file, module, name) still importing another module's private name, in code
+# owned by other work in progress: each to be made public (or moved) where it is defined, and
+# its line removed here. The test fails on any other; a line here that no longer holds is
+# only reported (those modules are being changed as this list is written).
+KNOWN_PRIVATE_IMPORTS = {
+    ("weka_assets/instance/launch.py", "weka_assets.instance.staleness", "_graphql"),
+    ("benchmarks/cluster.py", "weka_assets.instance.staleness", "_graphql"),
+    ("benchmarks/ui_latency.py", "weka_assets.instance.staleness", "_graphql"),
+}
+
+
+def private_imports(path: Path, root: Path = ROOT) -> set[tuple[str, str, str]]:
+    """(file, module, name) of every `from weka_assets... import _name` in a module (a
+    single leading underscore: dunders are not private)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weka_assets"):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    out.add((path.relative_to(root).as_posix(), node.module, alias.name))
+    return out
+
+
+def test_no_module_imports_another_modules_private_name():
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    found = set().union(*(private_imports(p) for p in files))
+    new = sorted(found - KNOWN_PRIVATE_IMPORTS)
+    assert not new, "private names imported across modules (make them public):\n" + "\n".join(
+        f"{f}: from {m} import {n}" for f, m, n in new
+    )
+    for f, m, n in sorted(KNOWN_PRIVATE_IMPORTS - found):
+        warnings.warn(
+            f"{f} no longer imports {m}.{n}: remove it from KNOWN_PRIVATE_IMPORTS", stacklevel=1
+        )
+
+
+def test_the_check_sees_a_private_import(tmp_path):
+    assert not private_imports(PACKAGE / "exports" / "formats.py")
+    path = tmp_path / "probe.py"
+    path.write_text("from weka_assets.pipeline import _since, __all__, write_json\n")
+    assert private_imports(path, tmp_path) == {("probe.py", "weka_assets.pipeline", "_since")}

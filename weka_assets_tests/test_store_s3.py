@@ -187,8 +187,8 @@ def _decode_as_a_machine(env, corpus, cache_dir, report_json, index, ready, firs
     os.environ.update(env)
     from weka_assets import store as store_module
     from weka_assets.decoding.settings import DecodeSettings
-    from weka_assets.defs.helpers import decode_in_store
     from weka_assets.defs.resources import WekaStore
+    from weka_assets.store_chain import decode_in_store
     from weka_assets.traces.scope import ScopeReport
     from weka_assets.versions import MANIFEST_VERSION
 

@@ -1,20 +1,15 @@
-"""Shared helpers of the asset modules: metadata tables, inline images, the `@dg.asset`
-arguments of every asset built on a decoded dataset, and decoding into the store."""
+"""Shared helpers of the asset modules: metadata tables, inline images, content data versions
+and the `@dg.asset` arguments of every asset built on a decoded dataset. What the chain reads
+and writes in the store is the core's (`weka_assets.store_chain`)."""
 
 import base64
-import dataclasses
 import hashlib
 
 import dagster as dg
 import orjson
 
-from weka_assets.decoding.dataset import read_manifest
-from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.defs.automation import rebuild_condition
 from weka_assets.defs.partitions import corpus_mapping, corpus_tokenizer_partitions
-from weka_assets.defs.resources import WekaStore
-from weka_assets.pipeline import Variant, decode_variants
-from weka_assets.traces.scope import ScopeReport
 
 _TYPES = {bool: "bool", int: "int", float: "float"}
 
@@ -101,69 +96,6 @@ def decoding_asset(
             # condition looks at direct dependencies only)
             kwargs["deps"] = [dg.AssetDep("trace_scope", partition_mapping=corpus_mapping)]
     return kwargs
-
-
-def decode_in_store(
-    store: WekaStore,
-    corpus_path,
-    settings: DecodeSettings,
-    report: ScopeReport,
-    manifest_version: int,
-    measure_drift: bool = True,
-    **kw,
-):
-    """`decode_variants_in_store` of one dataset."""
-    variant = Variant(settings, measure_drift)
-    return decode_variants_in_store(store, corpus_path, [variant], report, manifest_version, **kw)[
-        0
-    ]
-
-
-def decode_variants_in_store(
-    store: WekaStore,
-    corpus_path,
-    variants: list[Variant],
-    report: ScopeReport,
-    manifest_version: int,
-    **kw,
-) -> list:
-    """decode_variants into the store's datasets/ (one pass for every dataset not stored yet):
-    an existing key (also a remote one) is reused; a new dataset is published exclusively (its
-    manifest last, with conditional writes on S3), so of two machines decoding one key at
-    once, one publishes and the other adopts its dataset. Its provenance goes to
-    `provenance/datasets/<key>.json`, beside it."""
-
-    def fetch_existing(key: str) -> bool:
-        if store.exists(f"datasets/{key}/manifest.json"):
-            store.pull(f"datasets/{key}")
-            return True
-        return False
-
-    outs = decode_variants(
-        corpus_path, store.dir("datasets"), variants, report, manifest_version=manifest_version,
-        fetch_existing=fetch_existing, provenance_dir=store.dir("provenance/datasets"), **kw,
-    )  # fmt: skip
-    return [_stored(store, out) for out in outs]
-
-
-def _stored(store: WekaStore, out):
-    """A decode's outcome once its new dataset is published in the store (or adopted: another
-    machine's copy was there first)."""
-    if out.reused:
-        return out
-    record = f"provenance/datasets/{out.key}.json"
-    won = store.publish(f"datasets/{out.key}")
-    if won and out.published:
-        store.push(record)
-        return out
-    if not out.published:  # another process here published it first (out tells its dataset)
-        return out
-    # another machine published first: the local copy is now its dataset, and our provenance
-    # record describes a dataset that was never stored
-    store.local(record).unlink(missing_ok=True)
-    return dataclasses.replace(
-        out, manifest=read_manifest(out.path), published=False, provenance={}
-    )
 
 
 def content_version(figures) -> dg.DataVersion:

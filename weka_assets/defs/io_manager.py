@@ -13,9 +13,10 @@ import orjson
 import pyarrow as pa
 from pydantic import BaseModel
 
+from weka_assets import store_keys
 from weka_assets.defs.resources import WekaStore
 from weka_assets.env import host_name
-from weka_assets.store import StoreError, key
+from weka_assets.store import StoreError
 
 
 class DescriptorIOManager(dg.ConfigurableIOManager):
@@ -23,8 +24,7 @@ class DescriptorIOManager(dg.ConfigurableIOManager):
 
     @staticmethod
     def _key(asset_key: dg.AssetKey, partition: str | None) -> str:
-        name = (partition or "__all__").replace("|", "__")
-        return key("descriptors", *asset_key.path, f"{name}.json")
+        return store_keys.descriptor(asset_key.path, partition)
 
     @staticmethod
     def _partition(context) -> str | None:

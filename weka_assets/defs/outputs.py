@@ -21,7 +21,7 @@ def _store(store: "Store | None") -> "Store":
         return store
     from weka_assets.defs.resources import WekaStore
 
-    return WekaStore()._store()
+    return WekaStore().open_store()
 
 
 class RawCorpus(BaseModel):

@@ -51,7 +51,8 @@ class WekaStore(dg.ConfigurableResource):
         default="", description="S3 secret; pass dg.EnvVar, never a literal"
     )
 
-    def _store(self) -> Store:
+    def open_store(self) -> Store:
+        """The store this resource names (opened once per process and configuration)."""
         base = resolve_base_path(self.base_path)
         opts: dict = {}
         if base.startswith("s3://"):
@@ -69,40 +70,40 @@ class WekaStore(dg.ConfigurableResource):
     def check(self) -> None:
         """Fail now, with one line, when the store cannot be used (an S3 bucket that does not
         exist): before a run starts rather than in its first step."""
-        self._store().fs  # noqa: B018  (opens the S3 store: its bucket is looked up)
+        self.open_store().fs  # noqa: B018  (opens the S3 store: its bucket is looked up)
 
     def dir(self, name: str) -> Path:
-        return self._store().dir(name)
+        return self.open_store().dir(name)
 
     def local(self, key: str) -> Path:
-        return self._store().local(key)
+        return self.open_store().local(key)
 
     def relative(self, path: Path | str) -> str:
-        return self._store().relative(path)
+        return self.open_store().relative(path)
 
     def url(self, key: str) -> str:
-        return self._store().url(key)
+        return self.open_store().url(key)
 
     def pull(self, key: str) -> Path:
-        return self._store().pull(key)
+        return self.open_store().pull(key)
 
     def push(self, key: str) -> str:
-        return self._store().push(key)
+        return self.open_store().push(key)
 
     def publish(self, key: str) -> bool:
-        return self._store().publish(key)
+        return self.open_store().publish(key)
 
     def exists(self, key: str) -> bool:
-        return self._store().exists(key)
+        return self.open_store().exists(key)
 
     def write_bytes(self, key: str, data: bytes) -> str:
-        return self._store().write_bytes(key, data)
+        return self.open_store().write_bytes(key, data)
 
     def read_bytes(self, key: str) -> bytes:
-        return self._store().read_bytes(key)
+        return self.open_store().read_bytes(key)
 
     def manifests(self, prefix: str) -> dict[str, dict]:
-        return self._store().manifests(prefix)
+        return self.open_store().manifests(prefix)
 
 
 class CorpusCatalog(dg.ConfigurableResource):

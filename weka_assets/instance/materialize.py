@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from weka_assets.defs import jobs
 from weka_assets.defs.partitions import (
     configured_tokenizers,
     corpus_partitions,
@@ -16,7 +17,7 @@ from weka_assets.defs.partitions import (
     validate_key,
 )
 
-CORPUS_ASSETS = ["raw_traces", "trace_scope"]
+CORPUS_ASSETS = list(jobs.CORPUS_ASSETS)  # derived from the assets (defs/assets, MODULES)
 
 
 def check_compute_log_bucket(instance: dg.DagsterInstance) -> None:
@@ -92,15 +93,10 @@ def run_selection(
 
 def decode_assets(defs: dg.Definitions) -> list[str]:
     """The corpus x tokenizer assets of the chain, in definition order (not `live_replay`,
-    which needs a server, nor the exports: both run only on demand). Read from the asset
-    definitions, not the resolved graph, which would load instance-bound state."""
-    return [
-        key.to_user_string()
-        for a in defs.assets
-        for key in a.keys
-        if key.to_user_string() not in CORPUS_ASSETS
-        and a.group_names_by_key[key] not in ("live", "exports")
-    ]
+    which needs a server, nor the exports: both run only on demand; `jobs.chain_assets`).
+    Read from the asset definitions, not the resolved graph, which would load instance-bound
+    state."""
+    return list(jobs.chain_assets(list(defs.assets))[1])
 
 
 def materialize_corpus(

@@ -29,13 +29,13 @@ import httpx
 import pytest
 import s3fs
 
-from weka_assets import cluster as wc
 from weka_assets.decoding.dataset import verify_dataset
 from weka_assets.definitions import defs
 from weka_assets.defs.jobs import CORPUS_ASSETS, DECODE_ASSETS
 from weka_assets.defs.partitions import CORPUS_TAG, corpus_of, corpus_tokenizer_partitions
 from weka_assets.synthetic import iter_corpus, write_corpus
 from weka_assets.versions import MANIFEST_VERSION
+from weka_assets_tests.cluster import harness as wc
 from weka_assets_tests.dagster_dev import bump_manifest, copy_project
 
 # the phases share one deployment and run in file order, so one pytest worker runs them all:

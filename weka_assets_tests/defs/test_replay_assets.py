@@ -10,11 +10,11 @@ import pytest
 from weka_assets.decoding.dataset import open_dataset
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.definitions import build_defs, resources
-from weka_assets.defs.assets.replay import capacity_figures, policy_comparison
 from weka_assets.defs.resources import ReplayOptions
 from weka_assets.instance.materialize import materialize_corpus
 from weka_assets.pipeline import decode_corpus, replay
 from weka_assets.store import Store
+from weka_assets.store_chain import capacity_figures, policy_comparison
 
 pytestmark = pytest.mark.slow
 PARTITION = dg.MultiPartitionKey({"corpus": "sample", "tokenizer": "deepseek"})
@@ -88,8 +88,8 @@ def test_the_per_call_table_and_the_capacity_curve_load_as_dataframes(chain):
 
 
 def test_the_policy_sweep_is_the_cores_and_shows_in_the_ui(chain):
-    from weka_assets.defs.assets.replay import policy_report
     from weka_assets.sources import CorpusEntry
+    from weka_assets.store_chain import policy_report
 
     defs, instance, store = chain
     cap = load(chain, "capacity_curve")

@@ -16,8 +16,8 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config, dagster_instance_config_schema
 from dagster._serdes.config_class import ConfigurableClassData
 
-from weka_assets.cluster import free_port
 from weka_assets.defs.partitions import CORPUS_TAG
+from weka_assets_tests.cluster.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_YAML = ROOT / "deploy" / "dagster.yaml"

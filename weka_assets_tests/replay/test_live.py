@@ -26,7 +26,6 @@ import httpx
 import numpy as np
 import pytest
 
-from weka_assets.cluster import free_port
 from weka_assets.decoding.dataset import CALL_COLUMNS, DecodedDataset
 from weka_assets.replay.live import (
     EXPLANATIONS,
@@ -42,6 +41,7 @@ from weka_assets.replay.live import (
     run_live_replay,
 )
 from weka_assets.replay.live_options import LiveOptions
+from weka_assets_tests.cluster.harness import free_port
 
 # --------------------------------------------------------------------------- datasets
 

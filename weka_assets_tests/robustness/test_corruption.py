@@ -109,8 +109,8 @@ def _remote_digests(client, bucket: str, prefix: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_corrupted_copy_on_s3_is_never_served(reference, s3, monkeypatch, tmp_path, request):
-    from weka_assets.defs.helpers import decode_in_store
     from weka_assets.defs.resources import WekaStore
+    from weka_assets.store_chain import decode_in_store
 
     corpus, report, ref, ref_print = reference
     for k, v in s3.env.items():

@@ -4,15 +4,16 @@ parsed it (traces/parsed.py), else its JSON."""
 
 import dagster as dg
 
+from weka_assets import store_keys
 from weka_assets.decoding.drift import DEFINITION as DRIFT_DEFINITION
-from weka_assets.defs.helpers import decode_variants_in_store, decoding_asset, key_values
+from weka_assets.defs.helpers import decoding_asset, key_values
 from weka_assets.defs.outputs import DatasetRef, RawCorpus, ScopeGate
 from weka_assets.defs.resources import DecodeOptions, WekaStore
 from weka_assets.errors import WekaError
 from weka_assets.pipeline import DecodeOutcome, Variant
 from weka_assets.progress import dagster_progress
+from weka_assets.store_chain import decode_variants_in_store, kept_parse, read_scope_report
 from weka_assets.traces.reader import CorpusFormat
-from weka_assets.traces.scope import ScopeReport
 
 DESCRIPTIONS = {
     "decoded_dataset": "Hash ids decoded into synthetic tokens: each distinct (scope, id) block "
@@ -61,7 +62,7 @@ def build_decoded_datasets(manifest_version: int) -> dg.AssetsDefinition:
         keys = context.partition_key.keys_by_dimension
         corpus, tokenizer = keys["corpus"], keys["tokenizer"]
         names = [n for n in SCOPE_POLICIES if n in context.selected_output_names]
-        report = ScopeReport.model_validate_json(store.read_bytes(trace_scope.report_key))
+        report = read_scope_report(store, trace_scope.report_key)
         variants = [
             # the legacy dataset is a comparison: no drift measurement
             Variant(
@@ -84,7 +85,7 @@ def build_decoded_datasets(manifest_version: int) -> dg.AssetsDefinition:
                     digest=raw_traces.digest,  # verified by raw_traces: not hashed again
                     # as trace_scope read it (None, from before formats: detected)
                     fmt=CorpusFormat(trace_scope.format, trace_scope.block_size),
-                    parsed=_parse_kept(store, trace_scope),
+                    parsed=kept_parse(store, trace_scope.parsed_key),
                 )
         except WekaError as exc:
             raise dg.Failure(f"decoding {corpus!r} with {tokenizer!r}: {exc}") from None
@@ -92,14 +93,6 @@ def build_decoded_datasets(manifest_version: int) -> dg.AssetsDefinition:
             yield _output(context, name, out, corpus, tokenizer, store)
 
     return decoded_datasets
-
-
-def _parse_kept(store: WekaStore, gate: ScopeGate):
-    """The corpus as trace_scope parsed it, when it kept its parse (the decode checks that it
-    is this corpus's current one, else parses the JSON)."""
-    if gate.parsed_key is None or not store.exists(gate.parsed_key):
-        return None
-    return store.pull(gate.parsed_key)
 
 
 def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str, store):
@@ -112,7 +105,7 @@ def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str,
         DatasetRef(
             corpus=corpus,
             tokenizer=tokenizer,
-            key=f"datasets/{out.key}",
+            key=store_keys.dataset(out.key),
             decode_key=out.key,
             manifest_version=m["manifest_version"],
             reused=out.reused,
@@ -133,13 +126,17 @@ def _output(context, name: str, out: DecodeOutcome, corpus: str, tokenizer: str,
             "seconds": round(out.seconds, 3),
             # what a new dataset was decoded from: trace_scope's kept parse, or the JSON
             **({} if out.reused else {"decoded_from": "parse" if out.from_parse else "json"}),
-            "dataset_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}")),
-            "manifest_path": dg.MetadataValue.path(store.url(f"datasets/{out.key}/manifest.json")),
+            "dataset_path": dg.MetadataValue.path(store.url(store_keys.dataset(out.key))),
+            "manifest_path": dg.MetadataValue.path(store.url(store_keys.dataset_manifest(out.key))),
             "key_material": dg.MetadataValue.json(out.material),
             "provenance_path": dg.MetadataValue.path(
-                store.url(f"provenance/datasets/{out.key}.json")
+                store.url(store_keys.dataset_provenance(out.key))
             ),
             "retokenization_drift": key_values(m.get("retokenization_drift", {})),
             "retokenization_drift_definition": DRIFT_DEFINITION,
         },
     )
+
+
+def build(manifest_version: int) -> list[dg.AssetsDefinition]:
+    return [build_decoded_datasets(manifest_version)]

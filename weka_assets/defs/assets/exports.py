@@ -1,7 +1,7 @@
 """`mooncake_export`, `aiperf_payload_export`, `text_export`: a decoded dataset as the files
 other benchmark tools read (weka_assets/exports), stored at `exports/<decode key>/`.
 
-Thin assets: one `export_dataset` call, then the descriptor and metadata. They carry the
+Thin assets: one `export_in_store` call (`weka_assets.store_chain`), then the descriptor and metadata. They carry the
 manifest version in their code version like every asset built on a decoded dataset, so a bump
 makes them stale with the rest. They are on demand (no automation condition, not in
 `decode_job` nor `weka-assets materialize`): they copy what the dataset already holds into
@@ -17,7 +17,8 @@ import dagster as dg
 from weka_assets.defs.helpers import decoding_asset, key_values
 from weka_assets.defs.outputs import DatasetRef, ExportRef
 from weka_assets.defs.resources import WekaStore
-from weka_assets.exports import ExportError, export_dataset
+from weka_assets.exports import ExportError
+from weka_assets.store_chain import export_in_store
 
 EXPORTS = {  # asset name -> format
     "mooncake_export": "mooncake",
@@ -45,14 +46,12 @@ def _export_asset(name: str, fmt: str, manifest_version: int) -> dg.AssetsDefini
     def _asset(
         context: dg.AssetExecutionContext, decoded_dataset: DatasetRef, store: WekaStore
     ) -> dg.Output[ExportRef]:
-        key = f"exports/{decoded_dataset.decode_key}/{fmt}.jsonl"
-        meta_key = key + ".meta.json"
         try:
-            summary = export_dataset(store.pull(decoded_dataset.key), fmt, store.local(key))
+            summary, key, meta_key = export_in_store(
+                store, decoded_dataset.key, decoded_dataset.decode_key, fmt
+            )
         except ExportError as exc:
             raise dg.Failure(f"{name} of {decoded_dataset.decode_key}: {exc}") from None
-        store.push(key)
-        store.push(meta_key)  # the sidecar last: a reader that finds it finds the whole file
         context.log.info(f"{fmt}: {summary.lines} lines, {summary.bytes:,} bytes at {key}")
         meta = summary.meta
         extra = {
@@ -95,3 +94,19 @@ def _export_asset(name: str, fmt: str, manifest_version: int) -> dg.AssetsDefini
 def build_export_assets(manifest_version: int) -> list[dg.AssetsDefinition]:
     """The three export assets for one manifest version (injected, so tests can bump it)."""
     return [_export_asset(name, fmt, manifest_version) for name, fmt in EXPORTS.items()]
+
+
+build = build_export_assets
+
+JOBS = [
+    dg.define_asset_job(
+        "export_job",
+        selection=dg.AssetSelection.assets("mooncake_export", "aiperf_payload_export"),
+        description="Export a decoded corpus as Mooncake hash_ids lines and as aiperf token-id payloads (on demand).",
+    ),
+    dg.define_asset_job(
+        "text_export_job",
+        selection=dg.AssetSelection.assets("text_export"),
+        description="Export a decoded corpus as text prompts: a tokenizer decode of every call (on demand; slow on large corpora).",
+    ),
+]

@@ -1,17 +1,26 @@
 """`live_replay`: a decoded corpus replayed against a real inference server, measured cached
 tokens against the prediction for that server's block size. Materialized on demand (it needs
-a server), never by automation."""
+a server), never by automation: its own job, `live_replay_job`."""
 
 import dagster as dg
 
-from weka_assets.decoding.dataset import open_dataset
+from weka_assets import store_keys
 from weka_assets.defs.helpers import decoding_asset, table
 from weka_assets.defs.outputs import DatasetRef, LiveRef
 from weka_assets.defs.resources import LiveServer, WekaStore
 from weka_assets.progress import dagster_progress
-from weka_assets.replay.live import LiveReplayError, answered_calls, run_live_replay
+from weka_assets.replay.live import LiveReplayError
+from weka_assets.store_chain import live_replay_in_store
 
 LIVE_GROUP = "live"
+
+JOBS = [
+    dg.define_asset_job(
+        "live_replay_job",
+        selection=dg.AssetSelection.assets("live_replay"),
+        description="Replay a decoded corpus against the server configured in the live_server resource.",
+    )
+]
 
 
 def _percentile_rows(result) -> list[dict]:
@@ -20,6 +29,26 @@ def _percentile_rows(result) -> list[dict]:
         p = getattr(result.totals, name).model_dump()
         rows.append({"figure": name, **{k: v for k, v in p.items()}})
     return rows
+
+
+def live_metadata(result, live_server: LiveServer) -> dict:
+    """What the UI shows of a live replay: the summary, the counts, the percentiles, per call."""
+    t = result.totals
+    return {
+        "summary": dg.MetadataValue.md(result.summary()),
+        "server": live_server.url,
+        "model": live_server.model,
+        "dagster/row_count": t.sent,
+        "cached_tokens": t.cached_tokens,
+        "predicted_cached_tokens": t.predicted_cached_tokens,
+        "matched_calls": t.matched_calls,
+        "mismatched_calls": t.mismatched_calls,
+        "mismatches_by_explanation": dg.MetadataValue.json(t.mismatches_by_explanation),
+        "dropped_calls": t.dropped_calls,
+        "errors": t.errors,
+        "latency_and_ttft": table(_percentile_rows(result)),
+        "per_call": table([c.model_dump() for c in result.calls]),
+    }
 
 
 def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
@@ -38,55 +67,39 @@ def build_live_replay(manifest_version: int) -> dg.AssetsDefinition:
             raise dg.Failure(
                 "live_replay needs a server: set the live_server resource's url and model"
             )
-        options = live_server.options()
-        ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
-        out_key = f"live/{decoded_dataset.decode_key}/{context.run.run_id}"
-        out_path = store.dir(out_key) / "result.json"
+        ds, run_id = decoded_dataset, context.run.run_id
         progress = dagster_progress(context, interval=5.0)
-        on_call = answered_calls(progress, ds, options.max_context)
-
         try:
-            with progress:
-                result = run_live_replay(ds, options, out_path=out_path, progress=on_call)
+            result, result_key = live_replay_in_store(
+                store, ds.key, ds.decode_key, run_id, live_server.options(), progress
+            )
         except LiveReplayError as exc:
-            store.push(out_key)
+            partial = store.url(store_keys.live_result(ds.decode_key, run_id))
             raise dg.Failure(
-                f"live replay of {decoded_dataset.corpus!r} against {live_server.url}: {exc}",
-                metadata={
-                    "partial_result": dg.MetadataValue.path(store.url(f"{out_key}/result.json"))
-                },
+                f"live replay of {ds.corpus!r} against {live_server.url}: {exc}",
+                metadata={"partial_result": dg.MetadataValue.path(partial)},
             ) from None
-        store.push(out_key)
-        t = result.totals
         context.log.info(result.summary())
-        calls = [c.model_dump() for c in result.calls]
+        t = result.totals
         return dg.Output(
             LiveRef(
-                corpus=decoded_dataset.corpus,
-                tokenizer=decoded_dataset.tokenizer,
-                decode_key=decoded_dataset.decode_key,
-                result_key=f"{out_key}/result.json",
+                corpus=ds.corpus,
+                tokenizer=ds.tokenizer,
+                decode_key=ds.decode_key,
+                result_key=result_key,
                 matched_calls=t.matched_calls,
                 mismatched_calls=t.mismatched_calls,
             ),
             metadata={
-                "summary": dg.MetadataValue.md(result.summary()),
-                "server": live_server.url,
-                "model": live_server.model,
-                "dagster/row_count": t.sent,
-                "cached_tokens": t.cached_tokens,
-                "predicted_cached_tokens": t.predicted_cached_tokens,
-                "matched_calls": t.matched_calls,
-                "mismatched_calls": t.mismatched_calls,
-                "mismatches_by_explanation": dg.MetadataValue.json(t.mismatches_by_explanation),
-                "dropped_calls": t.dropped_calls,
-                "errors": t.errors,
-                "latency_and_ttft": table(_percentile_rows(result)),
-                "per_call": table(calls),
-                "decode_key": decoded_dataset.decode_key,
-                "manifest_version": decoded_dataset.manifest_version,
-                "result_path": dg.MetadataValue.path(store.url(f"{out_key}/result.json")),
+                **live_metadata(result, live_server),
+                "decode_key": ds.decode_key,
+                "manifest_version": ds.manifest_version,
+                "result_path": dg.MetadataValue.path(store.url(result_key)),
             },
         )
 
     return live_replay
+
+
+def build(manifest_version: int) -> list[dg.AssetsDefinition]:
+    return [build_live_replay(manifest_version)]

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from weka_assets import store_keys
 from weka_assets.defs.helpers import table
 from weka_assets.defs.outputs import RawCorpus
 from weka_assets.defs.partitions import corpus_partitions
@@ -35,13 +36,13 @@ def raw_traces(
     try:
         got = fetch(
             source,
-            store.dir("raw"),
+            store.dir(store_keys.RAW),
             token=catalog.hf_token or None,
             s3_options=catalog.s3_options(),
         )
     except (WekaError, OSError) as exc:
         raise dg.Failure(f"corpus {corpus!r} ({source}): {exc}") from None
-    snapshot = f"raw/{got.sha256}"
+    snapshot = store_keys.raw_snapshot(got.sha256)
     store.push(snapshot)
     files = [{"name": f.name, "sha256": f.sha256, "bytes": f.bytes} for f in got.files]
     context.log.info(
@@ -69,3 +70,8 @@ def raw_traces(
             "snapshot": dg.MetadataValue.path(store.url(snapshot)),
         },
     )
+
+
+def build(manifest_version: int) -> list[dg.AssetsDefinition]:
+    """`raw_traces` (no manifest version: a snapshot is the source's bytes)."""
+    return [raw_traces]

@@ -1,4 +1,5 @@
-"""The replay assets, each one core call then its output and metadata:
+"""The replay assets, each one core call (`weka_assets.store_chain`) then its output and
+metadata:
 
 - `legacy_scope_replay`: the unbounded replay of `legacy_scope_dataset` (the historic
   per-session scope bug), reused by its decode key like any replay;
@@ -8,93 +9,22 @@
 """
 
 import dagster as dg
-import numpy as np
-import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from weka_assets.atomic import atomic_write
-from weka_assets.decoding.dataset import open_dataset
 from weka_assets.defs.helpers import content_version, decoding_asset, markdown_image, pct, table
 from weka_assets.defs.outputs import CapacityRef, DatasetRef, ReplayRef
 from weka_assets.defs.resources import CorpusCatalog, ReplayOptions, WekaStore
 from weka_assets.errors import WekaError
-from weka_assets.pipeline import provenance, replay, write_json
 from weka_assets.progress import dagster_progress
-from weka_assets.replay.capacity import (
-    KV_PRESETS,
-    CapacityCurve,
-    plot_png,
+from weka_assets.replay.capacity import CapacityCurve
+from weka_assets.replay.sizing import CapacityReport
+from weka_assets.replay.unbounded import ReplayResult, headline
+from weka_assets.store_chain import (
+    ReplayInStore,
+    SizingError,
+    capacity_in_store,
+    compare_scope_policies_in_store,
+    replay_in_store,
 )
-from weka_assets.replay.sizing import CapacityReport, sized_report
-from weka_assets.replay.sizing import plot_png as sizing_plot_png
-from weka_assets.replay.unbounded import CallFigures, ReplayResult, headline
-
-
-def policy_comparison(correct: ReplayResult, legacy: ReplayResult) -> list[dict]:
-    """Token-replay hit rate per role under the contract's `trace` scope and the legacy `session` one."""
-    rows = []
-    for role, ok, bad in [("all", correct, legacy)] + [
-        (r, correct.per_role[r], legacy.per_role[r]) for r in correct.per_role
-    ]:
-        rows.append(
-            {
-                "role": role,
-                "calls": ok.calls,
-                "token_hit_rate_trace_scope": ok.token_replay_hit_rate,
-                "token_hit_rate_session_scope": bad.token_replay_hit_rate,
-                "hits_lost_by_session_scope": ok.token_hits - bad.token_hits,
-                "calls_that_lose_hits": bad.fidelity_mismatched_calls,
-            }
-        )
-    return rows
-
-
-# per_call.parquet column -> CallFigures field
-PER_CALL_FIGURES = {
-    "ids": "total",
-    "hits": "hits",
-    "full_blocks": "full_total",
-    "full_hits": "full_hits",
-    "token_blocks": "token_total",
-    "token_hits": "token_hits",
-}
-
-
-def _write_per_call(ds, cf, path) -> None:
-    c = {k: ds.column(k) for k in ("trace", "conv", "request", "inner", "role")}
-    per_call = pa.table(
-        {
-            "trace": c["trace"], "conv": c["conv"], "request": c["request"], "inner": c["inner"],
-            "role": c["role"], "ids": cf.total, "hits": cf.hits, "full_blocks": cf.full_total,
-            "full_hits": cf.full_hits, "token_blocks": cf.token_total, "token_hits": cf.token_hits,
-        }
-    )  # fmt: skip
-    with atomic_write(path) as fh:
-        pq.write_table(per_call, fh)
-
-
-def capacity_figures(ds, options: ReplayOptions) -> tuple[CapacityCurve, bytes, int]:
-    """The shared-LRU capacity sweep of a dataset (bounded by `capacity_max_blocks`), its plot,
-    and how many traces it covers: `sized_report`, the command line's `replay --capacity`,
-    with the LRU policy alone."""
-    try:
-        report, n = sized_report(
-            ds,
-            max_blocks=options.capacity_max_blocks,
-            arrival_mode=options.arrival,
-            time_scale=options.time_scale,
-            kv_model=options.kv_model or None,
-            kv_model_revision=options.kv_model_revision or None,
-            points=options.points,
-        )
-    except ValueError as exc:
-        raise dg.Failure(f"kv_model: {exc} (presets: {', '.join(KV_PRESETS)})") from None
-    curve = report.curve("lru")
-    # drawn here, once the sweep has freed its arrays: the run's process imports matplotlib
-    # (0.3 s, about 30 MB) once for this plot and the blast radius's, where a worker of its
-    # own imported it again for this one (0.5 s in all)
-    return curve, plot_png(curve), n
 
 
 def registry_entry(context, catalog: CorpusCatalog, corpus: str):
@@ -106,30 +36,6 @@ def registry_entry(context, catalog: CorpusCatalog, corpus: str):
     except (dg.Failure, WekaError) as exc:
         context.log.warning(f"sizing of {corpus!r} from replay_options: {exc}")
         return None
-
-
-def policy_report(
-    ds, options: ReplayOptions, entry, corpus: str
-) -> tuple[CapacityReport, int] | None:
-    """Every configured policy at the same capacities, and the tiers and fleet of the corpus's
-    sizing (registry entry, else `options`), over the leading traces up to
-    `policy_max_blocks`; None when only lru is asked and no tiers or fleet."""
-    sizing, model, revision = options.sizing(entry)
-    if sizing.policies == ["lru"] and not sizing.tiers and sizing.replicas == 1:
-        return None
-    try:
-        return sized_report(
-            ds,
-            max_blocks=options.policy_max_blocks,
-            arrival_mode=options.arrival,
-            time_scale=options.time_scale,
-            kv_model=model,
-            kv_model_revision=revision,
-            points=options.points,
-            options=sizing,
-        )
-    except ValueError as exc:
-        raise dg.Failure(f"capacity sizing of corpus {corpus!r}: {exc}") from None
 
 
 def policy_rows(report: CapacityReport) -> list[dict]:
@@ -268,53 +174,33 @@ def hit_rate_markdown(result: ReplayResult, legacy: ReplayResult) -> str:
     )
 
 
-def replay_in_store(context, store: WekaStore, dataset: DatasetRef, label: str = ""):
-    """The unbounded replay of a stored dataset, kept at `replay/<decode key>/` (result.json,
-    per_call.parquet) with its provenance beside: (result, dataset, folder, ReplayRef)."""
-    ds = open_dataset(store.pull(dataset.key), verify=True)
-    with dagster_progress(context, label=label) as progress:
-        result, cf = replay(ds, progress)
-    result_dir = f"replay/{dataset.decode_key}"
-    out_dir = store.dir(result_dir)
-    write_json(result, out_dir / "result.json")
-    _write_per_call(ds, cf, out_dir / "per_call.parquet")
-    store.push(f"{result_dir}/result.json")
-    store.push(f"{result_dir}/per_call.parquet")
-    # where and when, beside the results (their bytes depend on the dataset only)
-    record_key = f"provenance/{result_dir}.json"
-    store.write_bytes(record_key, orjson.dumps(provenance(out_dir), option=orjson.OPT_INDENT_2))
-    ref = ReplayRef(
+def replay_ref(dataset: DatasetRef, replayed: ReplayInStore) -> ReplayRef:
+    result = replayed.result
+    return ReplayRef(
         corpus=dataset.corpus,
         tokenizer=dataset.tokenizer,
         decode_key=dataset.decode_key,
-        result_key=f"{result_dir}/result.json",
-        per_call_key=f"{result_dir}/per_call.parquet",
+        result_key=replayed.result_key,
+        per_call_key=replayed.per_call_key,
         theoretical_hit_rate=result.theoretical_hit_rate,
         token_replay_hit_rate=result.token_replay_hit_rate,
         fidelity_mismatched_calls=result.fidelity_mismatched_calls,
     )
-    return result, ds, result_dir, ref
 
 
-def stored_replay(store: WekaStore, decode_key: str) -> tuple[ReplayResult, CallFigures] | None:
-    """The unbounded replay of a dataset as stored by `replay_in_store` (its result and per-call
-    figures), or None when it was never replayed into this store."""
-    result_dir = f"replay/{decode_key}"
-    if not (
-        store.exists(f"{result_dir}/result.json") and store.exists(f"{result_dir}/per_call.parquet")
-    ):
-        return None
-    result = ReplayResult.model_validate_json(store.read_bytes(f"{result_dir}/result.json"))
-    t = pq.read_table(store.pull(f"{result_dir}/per_call.parquet"))
-    cols = {name: t.column(name).to_numpy().astype(np.int64) for name in PER_CALL_FIGURES}
-    return result, CallFigures(**{field: cols[name] for name, field in PER_CALL_FIGURES.items()})
-
-
-def _paths(store: WekaStore, result_dir: str) -> dict:
+def _paths(store: WekaStore, replayed: ReplayInStore) -> dict:
     return {
-        "result_path": dg.MetadataValue.path(store.url(f"{result_dir}/result.json")),
-        "per_call_path": dg.MetadataValue.path(store.url(f"{result_dir}/per_call.parquet")),
-        "provenance_path": dg.MetadataValue.path(store.url(f"provenance/{result_dir}.json")),
+        "result_path": dg.MetadataValue.path(store.url(replayed.result_key)),
+        "per_call_path": dg.MetadataValue.path(store.url(replayed.per_call_key)),
+        "provenance_path": dg.MetadataValue.path(store.url(replayed.provenance_key)),
+    }
+
+
+def _dataset_metadata(dataset: DatasetRef) -> dict:
+    return {
+        "decode_key": dataset.decode_key,
+        "manifest_version": dataset.manifest_version,
+        "tokenizer": dataset.tokenizer,
     }
 
 
@@ -326,11 +212,12 @@ def build_legacy_scope_replay(manifest_version: int) -> dg.AssetsDefinition:
         """The unbounded replay of the corpus decoded with the legacy per-session scope: the
         hit rates the historic loader bug reported (its token replay loses the hits the bug
         destroyed; the calls that lose them are its fidelity mismatches)."""
-        result, _, result_dir, ref = replay_in_store(
-            context, store, legacy_scope_dataset, "legacy session scope: "
-        )
+        dataset = legacy_scope_dataset
+        progress = dagster_progress(context, label="legacy session scope: ")
+        replayed = replay_in_store(store, dataset.key, dataset.decode_key, progress)
+        result = replayed.result
         return dg.Output(
-            ref,
+            replay_ref(dataset, replayed),
             data_version=content_version(result.model_dump(mode="json", exclude={"dataset"})),
             metadata={
                 "token_replay_hit_rate": result.token_replay_hit_rate,
@@ -338,10 +225,8 @@ def build_legacy_scope_replay(manifest_version: int) -> dg.AssetsDefinition:
                 "calls_that_lose_hits": result.fidelity_mismatched_calls,
                 "dagster/row_count": result.calls,
                 "per_role": table([{"role": r, **headline(f)} for r, f in result.per_role.items()]),
-                "decode_key": legacy_scope_dataset.decode_key,
-                "manifest_version": legacy_scope_dataset.manifest_version,
-                "tokenizer": legacy_scope_dataset.tokenizer,
-                **_paths(store, result_dir),
+                **_dataset_metadata(dataset),
+                **_paths(store, replayed),
             },
         )
 
@@ -360,50 +245,73 @@ def build_capacity_curve(manifest_version: int) -> dg.AssetsDefinition:
         """Hit rate against KV-cache capacity: the corpus's sessions interleaved on one server
         timeline through a shared LRU prefix cache of each size (the figure capacity planning
         needs), bounded by `capacity_max_blocks` block accesses."""
-        ds = open_dataset(store.pull(decoded_dataset.key), verify=True)
-        curve, png, covered = capacity_figures(ds, replay_options)
-        entry = registry_entry(context, catalog, decoded_dataset.corpus)
-        sized = policy_report(ds, replay_options, entry, decoded_dataset.corpus)
-        result_dir = f"replay/{decoded_dataset.decode_key}"
-        out_dir = store.dir(result_dir)
-        write_json(curve, out_dir / "capacity_curve.json")
-        with atomic_write(out_dir / "capacity.png") as fh:
-            fh.write(png)
-        store.push(f"{result_dir}/capacity_curve.json")
-        store.push(f"{result_dir}/capacity.png")
-        if sized is not None:
-            write_json(sized[0], out_dir / "capacity_report.json")
-            with atomic_write(out_dir / "capacity_policies.png") as fh:
-                fh.write(sizing_plot_png(sized[0]))
-            store.push(f"{result_dir}/capacity_report.json")
-            store.push(f"{result_dir}/capacity_policies.png")
+        ds = decoded_dataset
+        entry = registry_entry(context, catalog, ds.corpus)
+        try:
+            cap = capacity_in_store(store, ds.key, ds.decode_key, replay_options, entry, ds.corpus)
+        except SizingError as exc:
+            raise dg.Failure(str(exc)) from None
         ref = CapacityRef(
-            corpus=decoded_dataset.corpus,
-            tokenizer=decoded_dataset.tokenizer,
-            decode_key=decoded_dataset.decode_key,
-            curve_key=f"{result_dir}/capacity_curve.json",
-            plot_key=f"{result_dir}/capacity.png",
-            traces=covered,
-            dataset_traces=len(ds.traces),
-            report_key=f"{result_dir}/capacity_report.json" if sized else None,
-            policy_plot_key=f"{result_dir}/capacity_policies.png" if sized else None,
-            report_traces=sized[1] if sized else None,
+            corpus=ds.corpus,
+            tokenizer=ds.tokenizer,
+            decode_key=ds.decode_key,
+            curve_key=cap.curve_key,
+            plot_key=cap.plot_key,
+            traces=cap.traces,
+            dataset_traces=cap.dataset_traces,
+            report_key=cap.report_key,
+            policy_plot_key=cap.policy_plot_key,
+            report_traces=cap.report_traces,
         )
         return dg.Output(
             ref,
-            data_version=content_version(curve.model_dump(mode="json")),
+            data_version=content_version(cap.curve.model_dump(mode="json")),
             metadata={
                 **capacity_metadata(store, ref, replay_options.capacity_max_blocks),
                 **policy_metadata(store, ref),
-                "dagster/row_count": len(curve.points),
-                "decode_key": decoded_dataset.decode_key,
-                "manifest_version": decoded_dataset.manifest_version,
-                "tokenizer": decoded_dataset.tokenizer,
+                "dagster/row_count": len(cap.curve.points),
+                **_dataset_metadata(ds),
                 "curve_path": dg.MetadataValue.path(store.url(ref.curve_key)),
             },
         )
 
     return capacity_curve_asset
+
+
+def benchmark_metadata(
+    store: WekaStore, replayed: ReplayInStore, legacy: ReplayResult, comparison: list[dict],
+    legacy_ref: ReplayRef, capacity: CapacityRef, options: ReplayOptions,
+) -> dict:  # fmt: skip
+    """What the UI shows on `replay_benchmark`: the page that sums the chain up."""
+    result = replayed.result
+    name, value, definition = result.headline_figure()
+    roles = [
+        {"role": "all", **headline(result)},
+        *({"role": r, **headline(f)} for r, f in result.per_role.items()),
+    ]
+    return {
+        "hit_rates": dg.MetadataValue.md(hit_rate_markdown(result, legacy)),
+        "headline_hit_rate": value,
+        "headline": f"{name}: {definition}",
+        "namespace": result.namespace,
+        "theoretical_hit_rate": result.theoretical_hit_rate,
+        "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
+        "token_replay_hit_rate": result.token_replay_hit_rate,
+        "token_replay_hit_rate_legacy_session_scope": legacy.token_replay_hit_rate,
+        # one seen-set for the whole corpus on its timeline (replay/corpus_wide.py)
+        "corpus_wide_theoretical_hit_rate": result.corpus_wide_theoretical_hit_rate,
+        "aiperf_analyze_trace_hit_rate": result.aiperf_analyze_trace_hit_rate,
+        "fidelity_mismatched_calls": result.fidelity_mismatched_calls,
+        "cross_trace_shared_blocks": result.cross_trace_shared_blocks,
+        "dagster/row_count": result.calls,
+        "blocks": result.blocks,
+        "per_role": table(roles),
+        "scope_policy_comparison": table(comparison),
+        "per_trace": table(result.per_trace),
+        **capacity_metadata(store, capacity, options.capacity_max_blocks),
+        "decode_key": replayed.decode_key,
+        "legacy_session_decode_key": legacy_ref.decode_key,
+    }
 
 
 def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
@@ -422,52 +330,39 @@ def build_replay_benchmark(manifest_version: int) -> dg.AssetsDefinition:
         and trace; the token replay's hits must equal the theoretical full-block hits call by
         call. Beside them, what the legacy per-session scope reported for the same corpus
         (`legacy_scope_replay`) and the KV-capacity curve (`capacity_curve`)."""
-        result, ds, result_dir, ref = replay_in_store(context, store, decoded_dataset)
-        legacy = ReplayResult.model_validate_json(store.read_bytes(legacy_scope_replay.result_key))
-        comparison = policy_comparison(result, legacy)
-        both = {"trace": result.model_dump(mode="json"), "session": legacy.model_dump(mode="json")}
-        write_json(
-            {**both, "rows": comparison}, store.dir(result_dir) / "scope_policy_comparison.json"
+        ds = decoded_dataset
+        replayed = replay_in_store(store, ds.key, ds.decode_key, dagster_progress(context))
+        legacy, comparison = compare_scope_policies_in_store(
+            store, replayed, legacy_scope_replay.result_key
         )
-        store.push(f"{result_dir}/scope_policy_comparison.json")
+        result = replayed.result
         context.log.info(
             f"theoretical {pct(result.theoretical_hit_rate)}, token replay {pct(result.token_replay_hit_rate)}, "
             f"{result.fidelity_mismatched_calls} fidelity mismatches over {result.calls} calls; "
             f"legacy session scope: {pct(legacy.token_replay_hit_rate)}"
         )
-        roles = [
-            {"role": "all", **headline(result)},
-            *({"role": r, **headline(f)} for r, f in result.per_role.items()),
-        ]
+        metadata = benchmark_metadata(
+            store, replayed, legacy, comparison, legacy_scope_replay, capacity_curve,
+            replay_options,
+        )  # fmt: skip
         return dg.Output(
-            ref,
+            replay_ref(ds, replayed),
             data_version=content_version(result.model_dump(mode="json", exclude={"dataset"})),
             metadata={
-                "hit_rates": dg.MetadataValue.md(hit_rate_markdown(result, legacy)),
-                "headline_hit_rate": result.headline_figure()[1],
-                "headline": f"{result.headline_figure()[0]}: {result.headline_figure()[2]}",
-                "namespace": result.namespace,
-                "theoretical_hit_rate": result.theoretical_hit_rate,
-                "theoretical_full_block_hit_rate": result.theoretical_full_block_hit_rate,
-                "token_replay_hit_rate": result.token_replay_hit_rate,
-                "token_replay_hit_rate_legacy_session_scope": legacy.token_replay_hit_rate,
-                # one seen-set for the whole corpus on its timeline (replay/corpus_wide.py)
-                "corpus_wide_theoretical_hit_rate": result.corpus_wide_theoretical_hit_rate,
-                "aiperf_analyze_trace_hit_rate": result.aiperf_analyze_trace_hit_rate,
-                "fidelity_mismatched_calls": result.fidelity_mismatched_calls,
-                "cross_trace_shared_blocks": result.cross_trace_shared_blocks,
-                "dagster/row_count": result.calls,
-                "blocks": result.blocks,
-                "per_role": table(roles),
-                "scope_policy_comparison": table(comparison),
-                "per_trace": table(result.per_trace),
-                **capacity_metadata(store, capacity_curve, replay_options.capacity_max_blocks),
-                "decode_key": decoded_dataset.decode_key,
-                "legacy_session_decode_key": legacy_scope_replay.decode_key,
-                "manifest_version": decoded_dataset.manifest_version,
-                "tokenizer": decoded_dataset.tokenizer,
-                **_paths(store, result_dir),
+                **metadata,
+                "manifest_version": ds.manifest_version,
+                "tokenizer": ds.tokenizer,
+                **_paths(store, replayed),
             },
         )
 
     return replay_benchmark
+
+
+def build(manifest_version: int) -> list[dg.AssetsDefinition]:
+    """The replay assets, in the chain's order."""
+    return [
+        build_legacy_scope_replay(manifest_version),
+        build_capacity_curve(manifest_version),
+        build_replay_benchmark(manifest_version),
+    ]

@@ -15,10 +15,8 @@ from weka_assets.defs.helpers import key_values, pct, table
 from weka_assets.defs.outputs import RawCorpus, ScopeGate
 from weka_assets.defs.partitions import corpus_partitions
 from weka_assets.defs.resources import CorpusCatalog, WekaStore
-from weka_assets.pipeline import scope_report
 from weka_assets.progress import dagster_progress
-from weka_assets.traces.parsed import keep_parse
-from weka_assets.traces.reader import detect_format
+from weka_assets.store_chain import ScopeInStore, scope_in_store
 from weka_assets.traces.scope import CONTRACT_FIGURES, CONTRACT_RULES, ScopeReport
 
 CHECK_SPECS = [
@@ -129,26 +127,59 @@ def trace_scope(
     """
     progress = dagster_progress(context)
     progress.expect("scope", raw_traces.records)
-    corpus = store.pull(raw_traces.key)
-    fmt = detect_format(corpus, catalog.corpus_format(raw_traces.corpus))
-    corpus_bs = fmt.corpus_block_size  # None: the traces state their own (Weka)
-    # then the report depends on the block size the registry gives, not only on the bytes
-    tag = f"-{fmt.format}{corpus_bs}" if corpus_bs else ""
-    # what this pass parses is kept for the decodes after it (one per tokenizer), which then
-    # never parse the JSON again
-    parsed_key = f"parsed/{raw_traces.digest}{tag}.parsed"
-    with progress, keep_parse(store.local(parsed_key), raw_traces.digest, fmt) as kept:
-        report = scope_report(corpus, catalog.policy(raw_traces.corpus), progress, fmt, kept)
-    if kept.written:
-        store.push(parsed_key)
-    report = report.relative_to(corpus)  # stored: the same bytes whichever machine wrote it
-    report_key = f"scope/{raw_traces.digest}{tag}-{report.policy}.json"
-    store.write_bytes(
-        report_key, orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
-    )
+    corpus = raw_traces.corpus
+    scoped = scope_in_store(
+        store, raw_traces.key, raw_traces.digest, catalog.policy(corpus),
+        catalog.corpus_format(corpus), progress,
+    )  # fmt: skip
+    report, metadata = scoped.report, scope_metadata(store, raw_traces, scoped)
     checks = list(check_results(report))
+    if not report.passed:
+        # the checks are recorded for this partition, then the step fails: nothing downstream runs
+        yield from checks
+        raise dg.Failure(
+            description=f"corpus {corpus!r} fails the scope contract: "
+            + "; ".join(report.failure_reasons),
+            metadata=metadata,
+        )
+    context.log.info(report.summary())
+    yield dg.Output(
+        scope_gate(raw_traces, scoped),
+        data_version=dg.DataVersion(report_version(report)),
+        metadata=metadata,
+    )
+    # after the output, so they target this materialization (blocking-check automation reads that)
+    yield from checks
+
+
+def scope_gate(raw_traces: RawCorpus, scoped: ScopeInStore) -> ScopeGate:
+    """What `trace_scope` hands on: where its report and kept parse are, and its verdict."""
+    report = scoped.report
+    return ScopeGate(
+        corpus=raw_traces.corpus,
+        digest=raw_traces.digest,
+        report_key=scoped.report_key,
+        policy=report.policy,
+        passed=report.passed,
+        excluded_traces=report.excluded_traces,
+        summary=report.summary(),
+        format=scoped.fmt.format,
+        block_size=scoped.fmt.corpus_block_size,  # None: the traces state their own (Weka)
+        parsed_key=scoped.parsed_key,
+    )
+
+
+def report_version(report: ScopeReport) -> str:
+    """The data version of a report: its content."""
+    body = orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()[:24]
+
+
+def scope_metadata(store: WekaStore, raw_traces: RawCorpus, scoped: ScopeInStore) -> dict:
+    """What the UI shows of a scope pass, passed or failed."""
+    report = scoped.report
     attention = attention_rows(report)
-    metadata = {
+    return {
         "verdict": dg.MetadataValue.md(verdict_markdown(report)),
         "dagster/row_count": report.traces,
         "passed": report.passed,
@@ -163,42 +194,21 @@ def trace_scope(
         "decode_scopes": report.decode_scopes,
         "inferred_scope_traces": report.inferred_scope_traces,
         **({"corpus_wide": key_values(report.corpus_wide)} if report.corpus_wide else {}),
-        "format": fmt.format,
-        "report_path": dg.MetadataValue.path(store.url(report_key)),
+        "format": scoped.fmt.format,
+        "report_path": dg.MetadataValue.path(store.url(scoped.report_key)),
         "snapshot_path": dg.MetadataValue.path(store.url(raw_traces.key)),
         # the parse the decodes read instead of the JSON (absent: a record did not parse)
-        **({"parsed_path": dg.MetadataValue.path(store.url(parsed_key))} if kept.written else {}),
-    }
-    if not report.passed:
-        # the checks are recorded for this partition, then the step fails: nothing downstream runs
-        yield from checks
-        raise dg.Failure(
-            description=f"corpus {raw_traces.corpus!r} fails the scope contract: "
-            + "; ".join(report.failure_reasons),
-            metadata=metadata,
-        )
-    version = hashlib.sha256(
-        orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()[:24]
-    context.log.info(report.summary())
-    yield dg.Output(
-        ScopeGate(
-            corpus=raw_traces.corpus,
-            digest=raw_traces.digest,
-            report_key=report_key,
-            policy=report.policy,
-            passed=report.passed,
-            excluded_traces=report.excluded_traces,
-            summary=report.summary(),
-            format=fmt.format,
-            block_size=corpus_bs,
-            parsed_key=parsed_key if kept.written else None,
+        **(
+            {"parsed_path": dg.MetadataValue.path(store.url(scoped.parsed_key))}
+            if scoped.parsed_key
+            else {}
         ),
-        data_version=dg.DataVersion(version),
-        metadata=metadata,
-    )
-    # after the output, so they target this materialization (blocking-check automation reads that)
-    yield from checks
+    }
+
+
+def build(manifest_version: int) -> list[dg.AssetsDefinition]:
+    """`trace_scope` (no manifest version: it reads the bytes only)."""
+    return [trace_scope]
 
 
 def check_results(report: ScopeReport):

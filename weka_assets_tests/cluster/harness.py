@@ -28,7 +28,7 @@ import httpx
 
 from weka_assets.atomic import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: weka_assets_tests/cluster/harness.py
 STATE = ".cluster"
 BUCKET = "weka-store"
 LOG_BUCKET = "dagster-logs"
