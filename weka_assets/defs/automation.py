@@ -129,6 +129,8 @@ class CorpusAutomationSensor(dg.AutomationConditionSensorDefinition):
         )
 
 
+AUTOMATION_INTERVAL_S = 5
+
 automation_sensor = CorpusAutomationSensor(
     "weka_automation_sensor",
     target=dg.AssetSelection.all(),
@@ -137,6 +139,8 @@ automation_sensor = CorpusAutomationSensor(
     default_status=dg.DefaultSensorStatus.STOPPED
     if env.get("WEKA_ASSETS_AUTOMATION") == "stopped"
     else dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    # the sensor daemon's own loop (5 s): a scope partition's children are requested within
+    # seconds of its materialization (30 s made every step of the chain wait up to 30)
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
     description="Requests new and stale partitions (after a manifest-version bump) whose upstream scope checks passed.",
 )

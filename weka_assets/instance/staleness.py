@@ -141,7 +141,7 @@ def webserver_reachable(url: str) -> bool:
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "FAILING"}
 
 
-def wait_backfill(url: str, backfill_id: str, timeout: float = 3600, poll: float = 2.0) -> dict:
+def wait_backfill(url: str, backfill_id: str, timeout: float = 3600, poll: float = 1.0) -> dict:
     """Poll until the backfill ends; returns its status and per-asset counts."""
     deadline = time.monotonic() + timeout
     while True:

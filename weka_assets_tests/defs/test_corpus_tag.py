@@ -110,6 +110,15 @@ def test_the_automation_sensor_keeps_its_class_in_the_definitions(repo):
     assert isinstance(sensor.with_attributes(metadata={"x": "y"}), CorpusAutomationSensor)
 
 
+def test_the_automation_sensor_ticks_with_the_sensor_daemon(repo):
+    """Every step of a corpus's chain that automation requests (a scope partition's children,
+    a manifest bump's stale partitions) waits for the next tick: at the sensor daemon's own
+    5 s, not 30 s, and the interval survives Definitions' copy of the sensor."""
+    sensor = repo.get_sensor_def("weka_automation_sensor")
+    assert sensor.minimum_interval_seconds == 5
+    assert sensor.with_attributes(metadata={"x": "y"}).minimum_interval_seconds == 5
+
+
 def test_automation_runs_of_either_partition_space_carry_their_corpus():
     run = with_corpus_tag(dg.RunRequest(partition_key="alpha", tags={"dagster/partition": "alpha"}))
     assert run.tags[CORPUS_TAG] == "alpha"

@@ -77,6 +77,9 @@ VERIFIED_CHART_PATHS = {
     f"{_CUSTOM}.module",
     f"{_CUSTOM}.class",
     f"{_CUSTOM}.config.max_concurrent_runs",
+    # CorpusRunCoordinator's own keys (QueuedRunCoordinator's, and backfill_interval_seconds)
+    f"{_CUSTOM}.config.dequeue_interval_seconds",
+    f"{_CUSTOM}.config.backfill_interval_seconds",
     f"{_CUSTOM}.config.tag_concurrency_limits[].key",
     f"{_CUSTOM}.config.tag_concurrency_limits[].value.applyLimitPerUniqueValue",
     f"{_CUSTOM}.config.tag_concurrency_limits[].limit",
@@ -192,6 +195,8 @@ def test_the_concurrency_limits_match_deploy_dagster_yaml(values):
     runs = instance["concurrency"]["runs"]
     assert queued["tag_concurrency_limits"] == runs["tag_concurrency_limits"]
     assert queued["max_concurrent_runs"] == runs["max_concurrent_runs"]
+    cadence = ("dequeue_interval_seconds", "backfill_interval_seconds")
+    assert {k: queued[k] for k in cadence} == {k: coordinator["config"][k] for k in cadence}
     retries = values["dagsterDaemon"]["runRetries"]
     assert retries == {
         "enabled": instance["run_retries"]["enabled"],

@@ -63,7 +63,11 @@ def env(monkeypatch):
     return ENV
 
 
-def test_deploy_instance_config_is_valid_and_resolves_the_environment(env, tmp_path):
+def test_deploy_instance_config_is_valid_and_resolves_the_environment(env, tmp_path, monkeypatch):
+    from dagster._daemon import controller
+
+    # building the coordinator sets the backfill loop's interval, process-wide: restore it
+    monkeypatch.setattr(controller, "DEFAULT_DAEMON_INTERVAL_SECONDS", 30)
     config = load(tmp_path)
     pg = config["storage"]["postgres"]["postgres_db"]
     assert pg == {
@@ -91,7 +95,10 @@ def test_deploy_instance_config_is_valid_and_resolves_the_environment(env, tmp_p
 
     from weka_assets.instance.coordinator import CorpusRunCoordinator
 
-    assert isinstance(component(config, "run_coordinator"), CorpusRunCoordinator)
+    coordinator = component(config, "run_coordinator")
+    assert isinstance(coordinator, CorpusRunCoordinator)
+    assert coordinator.dequeue_interval_seconds == 1
+    assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == coordinator.backfill_interval_seconds == 2
     logs = component(config, "compute_logs")
     assert isinstance(logs, S3ComputeLogManager)
     assert logs._s3_bucket == "dagster-logs"
