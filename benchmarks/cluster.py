@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from weka_assets.instance.launch import backfill_summary, launch_chain  # noqa: E402
-from weka_assets.instance.staleness import _graphql, backfill_failed, wait_backfill  # noqa: E402
+from weka_assets.instance.staleness import backfill_failed, graphql, wait_backfill  # noqa: E402
 from weka_assets.synthetic import iter_corpus, write_corpus  # noqa: E402
 from weka_assets_tests.cluster import harness as wc  # noqa: E402
 
@@ -41,9 +41,7 @@ def one(workers: int, registry: Path, corpora: list[str], tmp: Path) -> dict:
         wall = time.perf_counter() - t0
         summary = backfill_summary(url, backfill)
         assert not backfill_failed(status), status
-        runs = [
-            _graphql(url, RUN_TIMES, {"id": r["run_id"]})["runOrError"] for r in summary["runs"]
-        ]
+        runs = [graphql(url, RUN_TIMES, {"id": r["run_id"]})["runOrError"] for r in summary["runs"]]
         steps = sum(s["endTime"] - s["startTime"] for r in runs for s in r["stepStats"])
         span = max(r["endTime"] for r in runs) - min(r["startTime"] for r in runs)
         return {

@@ -47,7 +47,7 @@ import yaml  # noqa: E402
 from chain import chain_command, corpus, machine, measure  # noqa: E402
 
 from weka_assets.instance.launch import backfill_summary  # noqa: E402
-from weka_assets.instance.staleness import _graphql, backfill_failed, wait_backfill  # noqa: E402
+from weka_assets.instance.staleness import backfill_failed, graphql, wait_backfill  # noqa: E402
 from weka_assets_tests.dagster_dev import (  # noqa: E402
     bumped_copy,
     start_dagster_dev,
@@ -125,9 +125,9 @@ def _registry(work: Path, path: Path | None) -> Path:
 
 
 def _stop_discovery(url: str) -> None:
-    for sensor in _graphql(url, SENSORS, {})["sensorsOrError"]["results"]:
+    for sensor in graphql(url, SENSORS, {})["sensorsOrError"]["results"]:
         if sensor["name"] == "corpus_discovery_sensor":
-            _graphql(url, STOP_SENSOR, {"id": sensor["sensorState"]["id"]})
+            graphql(url, STOP_SENSOR, {"id": sensor["sensorState"]["id"]})
 
 
 BACKFILL_TIMES = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
@@ -140,8 +140,8 @@ def _runs(url: str, backfill_id: str) -> dict:
     each run created (submitted to the queue), started (its process has loaded the code),
     ended, then the backfill marked done."""
     summary = backfill_summary(url, backfill_id)
-    times = [_graphql(url, RUN_TIMES, {"id": r["run_id"]})["runOrError"] for r in summary["runs"]]
-    backfill = _graphql(url, BACKFILL_TIMES, {"id": backfill_id})["partitionBackfillOrError"]
+    times = [graphql(url, RUN_TIMES, {"id": r["run_id"]})["runOrError"] for r in summary["runs"]]
+    backfill = graphql(url, BACKFILL_TIMES, {"id": backfill_id})["partitionBackfillOrError"]
     t0 = backfill["timestamp"]
     timeline = [
         [round(t[k] - t0, 1) for k in ("creationTime", "startTime", "endTime")]
@@ -233,7 +233,7 @@ def case_ui(work: Path, path: Path, defaults: bool) -> dict:
     try:
         _stop_discovery(server.url)
         _registry(work, path)
-        _graphql(server.url, ADD_PARTITION, {"key": CORPUS})  # the UI's "Add partition"
+        graphql(server.url, ADD_PARTITION, {"key": CORPUS})  # the UI's "Add partition"
         params = {
             "tags": [],
             "assetSelection": [{"path": [a]} for a in UI_ASSETS],
@@ -241,7 +241,7 @@ def case_ui(work: Path, path: Path, defaults: bool) -> dict:
             "fromFailure": False,
         }
         t = time.perf_counter()
-        answer = _graphql(server.url, UI_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        answer = graphql(server.url, UI_BACKFILL, {"params": params})["launchPartitionBackfill"]
         assert answer["__typename"] == "LaunchBackfillSuccess", answer
         status = wait_backfill(server.url, answer["backfillId"], poll=0.5)
         wall = time.perf_counter() - t

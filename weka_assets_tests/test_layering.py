@@ -4,7 +4,6 @@ on decoded datasets, not the other way round). Shared constants live at the bott
 (e.g. `weka_assets.parallel.SHARD_CALLS`)."""
 
 import ast
-import warnings
 from pathlib import Path
 
 import pytest
@@ -60,15 +59,6 @@ def test_the_check_sees_an_upward_import():
 # --------------------------------------------------------------------------- private names
 
 ROOT = PACKAGE.parent
-# (importing file, module, name) still importing another module's private name, in code
-# owned by other work in progress: each to be made public (or moved) where it is defined, and
-# its line removed here. The test fails on any other; a line here that no longer holds is
-# only reported (those modules are being changed as this list is written).
-KNOWN_PRIVATE_IMPORTS = {
-    ("weka_assets/instance/launch.py", "weka_assets.instance.staleness", "_graphql"),
-    ("benchmarks/cluster.py", "weka_assets.instance.staleness", "_graphql"),
-    ("benchmarks/ui_latency.py", "weka_assets.instance.staleness", "_graphql"),
-}
 
 
 def private_imports(path: Path, root: Path = ROOT) -> set[tuple[str, str, str]]:
@@ -85,15 +75,10 @@ def private_imports(path: Path, root: Path = ROOT) -> set[tuple[str, str, str]]:
 
 def test_no_module_imports_another_modules_private_name():
     files = [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
-    found = set().union(*(private_imports(p) for p in files))
-    new = sorted(found - KNOWN_PRIVATE_IMPORTS)
-    assert not new, "private names imported across modules (make them public):\n" + "\n".join(
-        f"{f}: from {m} import {n}" for f, m, n in new
+    found = sorted(set().union(*(private_imports(p) for p in files)))
+    assert not found, "private names imported across modules (make them public):\n" + "\n".join(
+        f"{f}: from {m} import {n}" for f, m, n in found
     )
-    for f, m, n in sorted(KNOWN_PRIVATE_IMPORTS - found):
-        warnings.warn(
-            f"{f} no longer imports {m}.{n}: remove it from KNOWN_PRIVATE_IMPORTS", stacklevel=1
-        )
 
 
 def test_the_check_sees_a_private_import(tmp_path):

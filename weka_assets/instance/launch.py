@@ -15,8 +15,8 @@ from weka_assets.instance.staleness import (
     LAUNCH,
     StalePartition,
     WebserverError,
-    _graphql,
     backfill_failed,
+    graphql,
     wait_backfill,
 )
 
@@ -51,7 +51,7 @@ query($id: String!) {
 
 
 def _repository(url: str) -> dict:
-    data = _graphql(url, REPOSITORIES, {})["repositoriesOrError"]
+    data = graphql(url, REPOSITORIES, {})["repositoriesOrError"]
     nodes = data.get("nodes") or []
     if data["__typename"] != "RepositoryConnection" or not nodes:
         raise WebserverError(f"no code location is loaded at {url}: {data.get('message', '')}")
@@ -121,7 +121,7 @@ def backfills_by_corpus(parts: list[StalePartition], title: str, trigger: str) -
 
 def launch_params(url: str, params: dict) -> str:
     """Launch one backfill (backfill_params); its id."""
-    data = _graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    data = graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
     if data["__typename"] != "LaunchBackfillSuccess":
         raise WebserverError(f"{data['__typename']}: {data.get('message') or data}")
     return data["backfillId"]
@@ -143,7 +143,7 @@ def launch_chain(url: str, corpora: list[str], tokenizer: str) -> str:
     params = chain_backfill(corpora, tokenizer)
     repo = _repository(url)
     for corpus in corpora:
-        added = _graphql(url, ADD_PARTITION, {"repo": repo, "key": corpus})["addDynamicPartition"]
+        added = graphql(url, ADD_PARTITION, {"repo": repo, "key": corpus})["addDynamicPartition"]
         if added["__typename"] not in (
             "AddDynamicPartitionSuccess",
             "DuplicateDynamicPartitionError",
@@ -155,7 +155,7 @@ def launch_chain(url: str, corpora: list[str], tokenizer: str) -> str:
 def backfill_summary(url: str, backfill_id: str) -> dict:
     """The backfill's runs (id, status) and how many steps each machine ran (from the `host`
     that every materialization records; a step counted once, whatever it materialized)."""
-    data = _graphql(url, RUNS, {"id": backfill_id})["partitionBackfillOrError"]
+    data = graphql(url, RUNS, {"id": backfill_id})["partitionBackfillOrError"]
     if data["__typename"] != "PartitionBackfill":
         raise WebserverError(f"backfill {backfill_id}: {data.get('message') or data['__typename']}")
     runs, steps = [], {}  # (run, step) -> the host that materialized its assets

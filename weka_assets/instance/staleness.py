@@ -120,7 +120,7 @@ class WebserverError(RuntimeError):
     """The webserver answered, but not with what we asked for."""
 
 
-def _graphql(url: str, query: str, variables: dict, timeout: float = 30) -> dict:
+def graphql(url: str, query: str, variables: dict, timeout: float = 30) -> dict:
     resp = httpx.post(
         f"{url.rstrip('/')}/graphql", json={"query": query, "variables": variables}, timeout=timeout
     )
@@ -145,7 +145,7 @@ def wait_backfill(url: str, backfill_id: str, timeout: float = 3600, poll: float
     """Poll until the backfill ends; returns its status and per-asset counts."""
     deadline = time.monotonic() + timeout
     while True:
-        data = _graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        data = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         if data["__typename"] != "PartitionBackfill":
             raise WebserverError(
                 f"backfill {backfill_id}: {data.get('message') or data['__typename']}"

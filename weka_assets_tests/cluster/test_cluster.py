@@ -50,7 +50,7 @@ STEPS_PER_CORPUS = len(
 CORPORA = ("sample", "kvt", "big", "dup-a", "dup-b")
 
 
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     body = httpx.post(
         f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30
     ).json()
@@ -127,7 +127,7 @@ ENGINE = """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { 
 def _celery_workers_of(url: str, run_id: str, step: str) -> list[str]:
     """The workers (w1, w2) that started `step` in the run, in order: Dagster-celery records an
     engine event naming the Celery worker whenever a task starts executing."""
-    events = _graphql(url, ENGINE, {"id": run_id})["logsForRun"]["events"]
+    events = graphql(url, ENGINE, {"id": run_id})["logsForRun"]["events"]
     out = []
     for e in events:
         if e["__typename"] == "EngineEvent" and f"Executing steps {step} in" in e["message"]:
@@ -149,7 +149,7 @@ def _kill_the_decoding_worker(d: dict, partition: str, found: dict, stop: thread
 
 def _watch(url: str, pids: dict, partition: str, found: dict, stop: threading.Event) -> None:
     while not stop.is_set():
-        runs = _graphql(url, RUNS_OF, {"p": partition})["runsOrError"]["results"]
+        runs = graphql(url, RUNS_OF, {"p": partition})["runsOrError"]["results"]
         for run in runs:
             workers = _celery_workers_of(url, run["runId"], DECODE_STEP)
             if workers:
@@ -197,7 +197,7 @@ def test_corpora_launched_at_once_run_on_both_workers_and_survive_a_killed_worke
     workers = _celery_workers_of(d["url"], killed["run_id"], DECODE_STEP)
     assert workers[0] == killed["killed"] and killed["killed"] not in workers[1:], workers
     assert len(workers) == 2, workers
-    run = _graphql(
+    run = graphql(
         d["url"], "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
         {"id": killed["run_id"]},
     )["runOrError"]  # fmt: skip
@@ -288,7 +288,7 @@ def _submit(url: str, job: str, partition: str) -> str:
         },
         "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
     }
-    launched = _graphql(url, LAUNCH_RUN, {"p": params})["launchRun"]
+    launched = graphql(url, LAUNCH_RUN, {"p": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
 
@@ -314,7 +314,7 @@ def test_runs_of_one_corpus_never_overlap_whatever_partitions_they_cover(deploym
         submitted[(corpus, "decode_job")] = _submit(url, "decode_job", f"{corpus}|deepseek")
     deadline = time.monotonic() + 900
     while True:
-        runs = _graphql(url, RUN_TIMES, {"ids": list(submitted.values())})["runsOrError"]
+        runs = graphql(url, RUN_TIMES, {"ids": list(submitted.values())})["runsOrError"]
         by_id = {r["runId"]: r for r in runs["results"]}
         if all(r["status"] in TERMINAL_RUN for r in by_id.values()):
             break
@@ -336,7 +336,7 @@ def test_runs_of_one_corpus_never_overlap_whatever_partitions_they_cover(deploym
 
     # and every run this deployment has run so far (the launch backfills' too) carries the
     # corpus tag of its partition, the corpus-only ones included
-    for r in _graphql(url, ALL_RUNS)["runsOrError"]["results"]:
+    for r in graphql(url, ALL_RUNS)["runsOrError"]["results"]:
         tags = {t["key"]: t["value"] for t in r["tags"]}
         if "dagster/partition" in tags:
             assert tags.get(CORPUS_TAG) == corpus_of(tags["dagster/partition"]), tags
