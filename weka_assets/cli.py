@@ -341,7 +341,7 @@ def _add_decode(p: argparse.ArgumentParser) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from weka_assets.decoding.settings import DecodeSettings
-    from weka_assets.pipeline import decode_corpus, scope_report
+    from weka_assets.pipeline import HeldTable, decode_corpus, scope_report
     from weka_assets.progress import cli_progress
 
     path = corpus_path(args.path)
@@ -352,7 +352,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     with cli_progress() as progress:
         # the report first, so the decode stage knows how many traces it will read
         fmt = _corpus_format(args)
-        report = scope_report(path, args.policy, progress, fmt)
+        held = HeldTable()  # a one-file Mooncake or Bailian corpus: read once, not twice
+        report = scope_report(path, args.policy, progress, fmt, hold=held)
         progress.finish()
         progress.expect("decode", report.traces)
         outcome = decode_corpus(
@@ -363,6 +364,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             policy=args.policy,
             progress=progress,
             fmt=fmt,
+            held=held,
         )
     m = outcome.manifest
     excluded = outcome.material.get("excluded_traces") or []

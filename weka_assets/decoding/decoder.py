@@ -298,7 +298,8 @@ def decode_record(
     """Worker task: parse one raw record once (or rebuild it from the scope pass's parse) and
     decode it for each (settings, filler size) of `targets`, in their order (None when the
     trace is excluded)."""
-    rec = raw.record() if isinstance(raw, ParsedRecord) else parse_record(raw)
+    # a frame of the kept parse, or a record the scope pass held (`pipeline.HeldRecord`)
+    rec = raw.record() if hasattr(raw, "record") else parse_record(raw)
     if rec.error is not None:
         return rec.error
     if rec.trace.id in excluded:

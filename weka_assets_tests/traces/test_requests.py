@@ -259,3 +259,42 @@ def test_the_synthetic_production_trace_scales_by_copies(tmp_path, copies):
     assert table.n_requests == copies * base.n_requests
     assert np.unique(table.ids).size == copies * np.unique(base.ids).size  # disjoint copies
     assert analyse_requests(table).perfect
+
+
+def _tree(root) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".provenance" not in p.parts and ".filler-cache" not in p.parts
+    }
+
+
+def test_the_command_lines_decode_reads_a_one_file_corpus_once(tmp_path, monkeypatch):
+    """`weka-assets decode` of a one-file Mooncake corpus reads the file in its scope pass
+    and decodes what that pass read (`pipeline.HeldTable`): the same dataset, byte for byte,
+    as a decode that reads the file again; a file changed in between is read again."""
+    from weka_assets import pipeline
+    from weka_assets.traces.formats import mooncake
+    from weka_assets_tests.test_cli import cli
+
+    path = write_mooncake(tmp_path / "mc.jsonl", mooncake_requests(30, seed=4))
+    reads = []
+    real = mooncake.read_request_table
+    monkeypatch.setattr(
+        mooncake, "read_request_table", lambda *a, **k: reads.append(a[0]) or real(*a, **k)
+    )
+    run = cli("decode", path, "--out", tmp_path / "cli")
+    assert run.rc == 0, run.err
+    assert reads == [str(path)]  # once: the scope pass's read is decoded
+    reads.clear()
+    again = pipeline.decode_corpus(path, tmp_path / "again", report=pipeline.scope_report(path))
+    assert len(reads) == 2  # without it: the scope pass and the decode each read the file
+    assert run.last.endswith(again.key)
+    assert _tree(tmp_path / "cli") == _tree(tmp_path / "again")
+    # a file that changes between the scope pass and the decode is read again
+    held = pipeline.HeldTable()
+    pipeline.scope_report(path, hold=held)
+    path.write_text(path.read_text() + json.dumps(GOOD) + "\n")
+    assert held.take(path) is None
