@@ -340,20 +340,37 @@ def _add_decode(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
+
     from weka_assets.decoding.settings import DecodeSettings
     from weka_assets.pipeline import HeldTable, decode_corpus, scope_report
     from weka_assets.progress import cli_progress
+    from weka_assets.traces.parsed import keep_parse
+    from weka_assets.traces.reader import corpus_digest, detect_format, file_digests
 
     path = corpus_path(args.path)
     fields = {"scope_policy": args.scope_policy, "seed": args.seed}
     if args.tokenizer is not None:
         fields["tokenizer"] = args.tokenizer
     settings = DecodeSettings(**fields)
-    with cli_progress() as progress:
-        # the report first, so the decode stage knows how many traces it will read
-        fmt = _corpus_format(args)
-        held = HeldTable()  # a one-file Mooncake or Bailian corpus: read once, not twice
-        report = scope_report(path, args.policy, progress, fmt, hold=held)
+    with (
+        cli_progress() as progress,
+        ThreadPoolExecutor(1) as hashing,
+        tempfile.TemporaryDirectory(prefix="weka-assets-parse-") as tmp,
+    ):
+        # the report first, so the decode stage knows how many traces it will read; what it
+        # parsed is what the decode reads: a one-file Mooncake or Bailian corpus's columns
+        # held in memory, else the traces kept in a file (`keep_parse`, a few % of the JSON;
+        # 0.5 s more for the scope pass, 1.3 s less for the decode on the benchmark corpus)
+        fmt = detect_format(path, _corpus_format(args))
+        digest = hashing.submit(lambda: corpus_digest(file_digests(path)))
+        held, kept_path = HeldTable(), Path(tmp) / "corpus.parsed"
+        holds = held.holds_for(path, fmt)
+        keeping = nullcontext() if holds else keep_parse(kept_path, digest.result, fmt)
+        with keeping as kept:
+            report = scope_report(path, args.policy, progress, fmt, keep=kept, hold=held)
         progress.finish()
         progress.expect("decode", report.traces)
         outcome = decode_corpus(
@@ -364,7 +381,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
             policy=args.policy,
             progress=progress,
             fmt=fmt,
+            digest=digest.result(),
             held=held,
+            parsed=kept_path if kept is not None and kept.written else None,
         )
     m = outcome.manifest
     excluded = outcome.material.get("excluded_traces") or []

@@ -220,6 +220,7 @@ def decode_corpus(
     provenance_dir: Path | str | None = None,
     fmt: CorpusFormat | None = None,
     held: HeldTable | None = None,
+    parsed: Path | str | None = None,
 ) -> DecodeOutcome:
     """Decode the corpus at `path` into `root/<decode key>/`, or reuse it when it exists.
 
@@ -235,7 +236,8 @@ def decode_corpus(
     `fmt`: the corpus format (None: detected); a dataset's manifest says what its format
     wants said (`TraceFormat.manifest_fields`: `corpus_format: mooncake`, nothing for Weka).
     `held`: what the scope pass that made `report` held of the corpus (`HeldTable`), read
-    instead of the file when it is still this corpus's.
+    instead of the file when it is still this corpus's; `parsed`: what it kept
+    (`keep_parse`), read instead of the JSON when it is this corpus's current parse.
     """
     common = dict(
         manifest_version=manifest_version,
@@ -247,7 +249,7 @@ def decode_corpus(
     if report is not None:
         variant = Variant(settings, measure_drift)
         return decode_variants(
-            path, root, [variant], report, progress=progress, held=held, **common
+            path, root, [variant], report, progress=progress, held=held, parsed=parsed, **common
         )[0]
     run = _Decoding(path, root, **common)
     build = run.build(Variant(settings, measure_drift))

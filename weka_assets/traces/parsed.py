@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,9 +257,10 @@ class ParsedWriter:
 
 
 @contextmanager
-def keep_parse(path: Path | str, corpus_digest: str, fmt: CorpusFormat):
+def keep_parse(path: Path | str, corpus_digest: "str | Callable[[], str]", fmt: CorpusFormat):
     """Write the frames a scope pass `tee`s through the yielded `ParsedWriter` to `path`
-    (aside, renamed into place on a clean exit when every record parsed; else nothing)."""
+    (aside, renamed into place on a clean exit when every record parsed; else nothing).
+    `corpus_digest` may be a function, asked at the end (a digest computed beside the pass)."""
     try:
         with atomic_write(path) as fh:
             writer = ParsedWriter(fh)
@@ -270,7 +271,9 @@ def keep_parse(path: Path | str, corpus_digest: str, fmt: CorpusFormat):
                 _Trailer(
                     format=FORMAT,
                     fingerprint=fingerprint(fmt),
-                    corpus_digest=corpus_digest,
+                    corpus_digest=corpus_digest
+                    if isinstance(corpus_digest, str)
+                    else corpus_digest(),
                     traces=writer.traces,
                     total_bytes=writer.total,
                     frames_sha256=writer.hash.hexdigest(),

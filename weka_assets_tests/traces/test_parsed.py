@@ -240,3 +240,29 @@ def test_a_weka_parse_kept_under_the_registrys_block_size_is_the_decodes(tmp_pat
         corpus, tmp_path / "ds", [Variant(DecodeSettings())], report, fmt=decode_fmt, parsed=kept
     )
     assert out.from_parse
+
+
+def test_the_command_lines_decode_reads_its_scope_pass_parse(tmp_path, monkeypatch):
+    """`weka-assets decode` keeps what its scope pass parsed (a file in a temporary folder,
+    gone after) and decodes from it: no trace is parsed from the JSON a second time, and the
+    dataset is the one a decode from the JSON writes."""
+    from weka_assets.decoding import decoder
+    from weka_assets_tests.test_cli import cli
+
+    monkeypatch.setenv("WEKA_ASSETS_WORKERS", "1")  # in process: the count below sees it
+    corpus = synthetic("semianalysis", 6)
+    parsed_in_decode = []
+    real = decoder.parse_record
+    monkeypatch.setattr(
+        decoder, "parse_record", lambda raw: parsed_in_decode.append(1) or real(raw)
+    )
+    run = cli("decode", corpus, "--out", tmp_path / "cli")
+    assert run.rc == 0, run.err
+    assert parsed_in_decode == []  # every trace came from the kept parse
+    monkeypatch.setattr(decoder, "parse_record", real)
+    want = decode_corpus(corpus, tmp_path / "json", report=scope_report(corpus))
+    assert run.last.endswith(want.key)
+    got = tmp_path / "cli" / want.key
+    names = sorted(p.name for p in want.path.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(want.path, got, names, shallow=False)
+    assert match == names and not mismatch and not errors
