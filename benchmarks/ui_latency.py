@@ -46,6 +46,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 from chain import chain_command, corpus, machine, measure  # noqa: E402
 
+from weka_assets.defs.jobs import CORPUS_ASSETS, DECODE_ASSETS  # noqa: E402
 from weka_assets.instance.launch import backfill_summary  # noqa: E402
 from weka_assets.instance.staleness import backfill_failed, graphql, wait_backfill  # noqa: E402
 from weka_assets_tests.dagster_dev import (  # noqa: E402
@@ -59,16 +60,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "ui_latency.jsonl"
 CORPUS = "bench"
 TOKENIZER = "deepseek"
 # what the lineage filter `not group:live and not group:exports` leaves: the chain
-UI_ASSETS = [
-    "raw_traces",
-    "trace_scope",
-    "decoded_dataset",
-    "legacy_scope_dataset",
-    "legacy_scope_replay",
-    "capacity_curve",
-    "replay_benchmark",
-    "manifest_blast_radius",
-]
+UI_ASSETS = [*CORPUS_ASSETS, *DECODE_ASSETS]
 # The instance settings before issue 27: Dagster's own queue cadence and backfill loop.
 DAGSTER_DEFAULTS_YAML = """telemetry:
   enabled: false
