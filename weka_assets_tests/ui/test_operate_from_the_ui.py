@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from weka_assets.defs.jobs import DECODE_ASSETS
+from weka_assets.instance.staleness import STATUS
 from weka_assets.versions import MANIFEST_VERSION
 from weka_assets_tests.dagster_dev import DagsterDev, bump_manifest
 
@@ -84,12 +85,17 @@ def wait_for(server: DagsterDev, what: str, check: Callable[[], bool], timeout: 
 
 
 def backfill_succeeded(server: DagsterDev, backfill_id: str, expected_runs: int) -> bool:
-    """True once the backfill launched `expected_runs` runs and all succeeded; fails at once
-    on a failed or canceled run."""
+    """True once the backfill itself says it completed, with at least `expected_runs` runs,
+    all succeeded; fails at once on a failed or canceled run. The backfill's status, not a
+    count of runs: how many runs it launches depends on the daemon's cadence (with a 2 s
+    loop it launches a step's runs as soon as their parents are done: more, smaller runs)."""
     runs = server.graphql(BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
     bad = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
     assert not bad, f"backfill {backfill_id}: runs {bad} failed"
-    return len(runs) >= expected_runs and all(r["status"] == "SUCCESS" for r in runs)
+    backfill = server.graphql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+    assert backfill.get("status") not in ("FAILED", "COMPLETED_FAILED", "CANCELED"), backfill
+    done = backfill.get("status") in ("COMPLETED", "COMPLETED_SUCCESS")
+    return done and len(runs) >= expected_runs and all(r["status"] == "SUCCESS" for r in runs)
 
 
 def latest_metadata(server: DagsterDev, asset: str, partition: str) -> dict:
