@@ -89,7 +89,8 @@ class HeldTable:
     it over once."""
 
     def __init__(self):
-        self._held: tuple | None = None  # (file, size, mtime_ns, done, total, Record)
+        # (the file, its (size, mtime_ns) when read, its record)
+        self._held: tuple[str, tuple[int, int], HeldRecord] | None = None
 
     @staticmethod
     def _stamp(file: str) -> tuple[int, int]:
@@ -102,7 +103,7 @@ class HeldTable:
 
     def keep(self, raw: RawRecord, rec: Record) -> None:
         if rec.error is None:
-            self._held = (raw.file, *self._stamp(raw.file), raw.done, raw.total, rec)
+            self._held = (raw.file, self._stamp(raw.file), HeldRecord(rec, raw.done, raw.total))
 
     def take(self, path: Path | str) -> "HeldRecord | None":
         """The held record when it is the corpus at `path`'s (one file, unchanged), else None."""
@@ -110,9 +111,7 @@ class HeldTable:
         files = corpus_files(path)
         if held is None or len(files) != 1 or str(files[0]) != held[0]:
             return None
-        if self._stamp(held[0]) != held[1:3]:
-            return None
-        return HeldRecord(held[5], held[3], held[4])
+        return held[2] if self._stamp(held[0]) == held[1] else None
 
 
 @dataclass
