@@ -6,6 +6,9 @@ largest part of a decode's CPU. So the scope pass can keep what it parsed (`keep
 a decode reads that instead (`read_parsed`). Within a conversation a call's hash_ids almost
 always extend the previous call's, so a frame keeps only the ids each call adds: on the
 391-trace benchmark corpus, 22 MB holding 2.6 M ids, against 337 MB of JSON holding 72 M.
+A file of requests (Mooncake, Bailian: one `RequestTable`) is kept as its columns, written
+and read back as raw arrays (`encode_table`), so its decode reads them instead of running
+Arrow's JSON reader over the file again.
 
 The file is a cache of the parse, never a source of truth:
 - a trace rebuilt from it equals the one parsing gives, field by field (tested on every real
@@ -17,8 +20,10 @@ The file is a cache of the parse, never a source of truth:
   (or the file damaged) says why and the decode parses the JSON instead.
 
 Layout (`FORMAT`): frames, each a header (its length, and the corpus bytes read when its record
-was and in all, for progress: three little-endian 64-bit integers) and a msgpack `_Frame`; then
-the msgpack `_Trailer`, its 8-byte length, and `MAGIC`. Every field is written in a fixed
+was and in all, for progress: three little-endian 64-bit integers) and a msgpack `_Frame`, or
+for a table of requests `TABLE` (0xc1, a byte msgpack never writes first), the 8-byte length
+of a msgpack `_TableHead`, the head, and its columns' bytes, each padded to 8; then the
+msgpack `_Trailer`, its 8-byte length, and `MAGIC`. Every field is written in a fixed
 byte order, so the same corpus gives the same bytes on every machine (file names are kept
 relative to the corpus, never as this machine's paths).
 """
@@ -36,14 +41,15 @@ import msgspec
 import numpy as np
 
 from weka_assets.atomic import atomic_write
-from weka_assets.traces import fastparse, formats, reader, records, schema
+from weka_assets.traces import fastparse, formats, reader, records, requests, schema
 from weka_assets.traces.reader import CorpusFormat, RawRecord, Record, parse_record
+from weka_assets.traces.requests import RequestTable
 from weka_assets.traces.schema import Call, Subagent, Trace
 from weka_assets.traces.scope import AnalysedRecord, analyse_parsed
 
 log = logging.getLogger(__name__)
 
-FORMAT = "weka-assets parsed corpus 1"
+FORMAT = "weka-assets parsed corpus 2"
 MAGIC = b"WKPARSE1"
 _LEN = struct.Struct("<Q")
 _HEAD = struct.Struct("<QQQ")  # a frame's length, and the corpus bytes done and in all then
@@ -117,7 +123,7 @@ def fingerprint(fmt: CorpusFormat) -> str:
     Weka's, whatever block size the registry gives, so the scope pass, which reads the corpus
     with the registry's format, and the decode, which reads it with the gate's, agree)."""
     h = hashlib.sha256(FORMAT.encode())
-    modules = [Path(m.__file__) for m in (reader, records, fastparse, schema)]
+    modules = [Path(m.__file__) for m in (reader, records, requests, fastparse, schema)]
     modules += sorted(Path(formats.__file__).parent.glob("*.py"))
     for module in modules:
         h.update(module.read_bytes())
@@ -198,29 +204,102 @@ def decode_frame(data: bytes, root: Path) -> Trace:
     )
 
 
+TABLE = b"\xc1"  # the first byte of a table's frame (msgpack never begins a value with it)
+_TABLE_COLUMNS = (
+    "line", "t", "tokens_in", "tokens_out", "offsets", "ids", "session", "position",
+    "session_roots",
+)  # fmt: skip
+
+
+class _TableHead(msgspec.Struct, array_like=True):
+    id: str
+    file: str  # relative to the corpus folder, as a trace's
+    block_size: int
+    scope: str
+    null_keys_dropped: int
+    columns: list[tuple[str, str, int]]  # (name, dtype, length) of each column present, in order
+
+
+def _pad(n: int) -> int:
+    return -n % 8
+
+
+def encode_table(table: RequestTable, nulls: int, root: Path) -> list:
+    """A table of requests as a frame: `TABLE`, its head's length, the head, then every column
+    as raw bytes (each padded to 8), as a list of buffers written one after the other (the
+    columns are not copied; a production file's ids are hundreds of MB)."""
+    arrays = [(n, a) for n in _TABLE_COLUMNS if (a := getattr(table, n)) is not None]
+    head = msgspec.msgpack.encode(
+        _TableHead(
+            id=table.id,
+            file=Path(table.file).relative_to(root).as_posix(),
+            block_size=table.block_size,
+            scope=table.scope,
+            null_keys_dropped=nulls,
+            columns=[(n, a.dtype.str, int(a.size)) for n, a in arrays],
+        )
+    )
+    out = [TABLE + _LEN.pack(len(head)) + head + bytes(_pad(1 + _LEN.size + len(head)))]
+    for _, a in arrays:
+        out.append(memoryview(np.ascontiguousarray(a)).cast("B"))
+        if pad := _pad(a.nbytes):
+            out.append(bytes(pad))
+    return out
+
+
+def decode_table(data, root: Path) -> Record:
+    """The record a table's frame holds, rebuilt as parsing builds it (its columns are views
+    of `data`, which must be writable to give writable arrays, as parsing's are)."""
+    (n,) = _LEN.unpack_from(data, 1)
+    start = 1 + _LEN.size
+    head = msgspec.msgpack.decode(memoryview(data)[start : start + n], type=_TableHead)
+    pos = start + n + _pad(start + n)
+    columns = {}
+    for name, dtype, length in head.columns:
+        a = np.frombuffer(data, dtype=np.dtype(dtype), count=length, offset=pos)
+        columns[name] = a
+        pos += a.nbytes + _pad(a.nbytes)
+    table = RequestTable(
+        id=head.id, file=str(root / head.file), block_size=head.block_size, scope=head.scope,
+        **columns,
+    )  # fmt: skip
+    return Record(
+        table.file, None, trace=table, declared_scope=table.scope,
+        null_keys_dropped=head.null_keys_dropped,
+    )  # fmt: skip
+
+
+def frame_size(frame) -> int:
+    return len(frame) if isinstance(frame, bytes) else sum(memoryview(b).nbytes for b in frame)
+
+
 @dataclass(slots=True)
 class ParsedRecord:
     """One trace's frame, read from a parsed corpus: what a decoding worker gets instead of a
     `RawRecord` (a few percent of its bytes), and turns into the same `Record`."""
 
-    data: bytes
+    data: bytes | bytearray
     root: str
     done: int = 0
     total: int = 0
 
     def record(self) -> Record:
+        if self.data[:1] == TABLE:
+            return decode_table(self.data, Path(self.root))
         trace = decode_frame(self.data, Path(self.root))
         return Record(trace.file, trace.line, trace=trace)
 
 
-def analyse_and_encode(raw: RawRecord, root: str) -> tuple[AnalysedRecord, bytes | None]:
+def analyse_and_encode(raw: RawRecord, root: str) -> tuple[AnalysedRecord, bytes | list | None]:
     """Worker task of a scope pass that keeps its parse: the record's analysis, and its frame
-    (None when it did not parse, or is a file of requests: columns that parse at tens of MB/s,
-    never kept)."""
+    (None when it did not parse). A table's frame refers to its columns (a file of requests is
+    read in process, never by a worker: nothing is pickled)."""
     rec = parse_record(raw)
     frame = None
     if isinstance(rec.trace, Trace):  # encoded before the analysis, exactly as parsed
         frame = encode_trace(rec.trace, Path(root))
+    elif isinstance(rec.trace, RequestTable):
+        frame = encode_table(rec.trace, rec.null_keys_dropped, Path(root))
     return analyse_parsed(rec, raw), frame
 
 
@@ -242,15 +321,14 @@ class ParsedWriter:
     def __post_init__(self):
         self.hash = hashlib.sha256()
 
-    def tee(self, results: Iterator[tuple[AnalysedRecord, bytes | None]]):
+    def tee(self, results: Iterator[tuple[AnalysedRecord, bytes | list | None]]):
         for analysed, frame in results:
             self.complete = self.complete and frame is not None
             if self.complete:
-                head = _HEAD.pack(len(frame), analysed.done, analysed.total)
-                self.fh.write(head)
-                self.fh.write(frame)
-                self.hash.update(head)
-                self.hash.update(frame)
+                head = _HEAD.pack(frame_size(frame), analysed.done, analysed.total)
+                for part in (head, frame) if isinstance(frame, bytes) else (head, *frame):
+                    self.fh.write(part)
+                    self.hash.update(part)
                 self.traces += 1
             self.total = analysed.total
             yield analysed
@@ -360,5 +438,7 @@ def _records(fh, end: int, root: str) -> Iterator[ParsedRecord]:
         pos = 0
         while pos < end:
             size, done, total = _HEAD.unpack(fh.read(_HEAD.size))
-            yield ParsedRecord(fh.read(size), root, done, total)
+            data = bytearray(size)  # writable: a table's columns are views of it
+            fh.readinto(data)
+            yield ParsedRecord(data, root, done, total)
             pos += _HEAD.size + size

@@ -36,6 +36,7 @@ def test_registry_format_bailian_reaches_the_assets(tmp_path):
         assert "bailian16" in scope.metadata["report_path"].value
         key = dg.MultiPartitionKey({"corpus": "bl", "tokenizer": "deepseek"})
         dec = _latest(instance, "decoded_dataset", key)
+        assert dec.metadata["decoded_from"].value == "parse"  # trace_scope's columns (issue 27)
         material = dec.metadata["key_material"].value
         assert material["block_sizes"] == [16] and material["corpus_format"] == "bailian/requests"
         decode_key = dec.metadata["decode_key"].value

@@ -1,6 +1,6 @@
 """A Mooncake corpus in the registry: its format and block size reach trace_scope and
-decoded_dataset (the file one trace of its requests, no parse kept), and replay_benchmark's
-capacity sweep runs on the recorded timestamps."""
+decoded_dataset (the file one trace of its requests, whose columns trace_scope keeps and the
+decode reads), and replay_benchmark's capacity sweep runs on the recorded timestamps."""
 
 import json
 
@@ -44,13 +44,15 @@ def test_registry_format_and_block_size_reach_the_assets(tmp_path):
             assert all(s.success for s in steps), [s for s in steps if not s.success]
             scope = _latest(instance, "trace_scope", corpus)
             assert scope.metadata["format"].value == "mooncake"
-            # the file is one trace (of 20 requests); a table of requests keeps no parse
+            # the file is one trace (of 20 requests), its columns kept for the decode
             assert "PASS: 1/1" in scope.metadata["summary"].value
             assert scope.metadata["dagster/row_count"].value == 1
-            assert "parsed_path" not in scope.metadata
+            assert scope.metadata["parsed_path"].value.endswith(".parsed")
             assert f"mooncake{block_size}" in scope.metadata["report_path"].value
             key = dg.MultiPartitionKey({"corpus": corpus, "tokenizer": "deepseek"})
             dec = _latest(instance, "decoded_dataset", key)
+            # read from what trace_scope parsed, not from the JSON again (issue 27)
+            assert dec.metadata["decoded_from"].value == "parse"
             material = dec.metadata["key_material"].value
             assert material["block_sizes"] == [block_size]
             assert material["corpus_format"] == "mooncake"  # in the key: the layout changed
@@ -69,4 +71,4 @@ def test_registry_format_and_block_size_reach_the_assets(tmp_path):
             assert bench["headline"].value.startswith("corpus-wide theoretical hit rate")
             assert bench["hit_rates"].value.startswith("**Corpus-wide theoretical hit rate")
         assert keys["mc"] != keys["mc-detected"]  # the block size is in the decode key
-        assert not list((tmp_path / "store").glob("parsed/*"))
+        assert len(list((tmp_path / "store").glob("parsed/*"))) == 2  # one per block size

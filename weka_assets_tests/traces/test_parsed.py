@@ -13,6 +13,7 @@ import pytest
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.pipeline import Variant, decode_corpus, decode_variants, scope_report
 from weka_assets.traces.parsed import (
+    ParsedRecord,
     analyse_and_encode,
     corpus_root,
     decode_frame,
@@ -29,6 +30,8 @@ from weka_assets.traces.reader import (
     parse_record,
 )
 from weka_assets_tests.corpora import REAL_SAMPLE, synthetic, truncated
+from weka_assets_tests import bailian
+from weka_assets_tests.bailian import bailian_requests, write_bailian
 from weka_assets_tests.mooncake import mooncake_requests, write_mooncake
 
 
@@ -73,28 +76,58 @@ def test_a_rebuilt_trace_equals_the_parsed_one(corpus):
     assert n > 0
 
 
-def test_a_mooncake_corpus_keeps_no_parse_and_decodes_from_the_json(tmp_path):
-    """A Mooncake file is one table of requests, never encoded: a scope pass that keeps its
-    parse writes nothing for it, and the decode parses the JSON, to the same dataset."""
-    path = write_mooncake(tmp_path / "c" / "m.jsonl", mooncake_requests(40))
-    fmt = detect_format(path, CorpusFormat("mooncake", 512))
+def _requests_corpus(kind, folder):
+    if kind == "mooncake":
+        return write_mooncake(folder / "m.jsonl", mooncake_requests(40)), CorpusFormat(kind, 512)
+    path = write_bailian(folder / "b.jsonl", bailian_requests(9, turns=(1, 6), seed=5))
+    return path, CorpusFormat(kind, bailian.BLOCK)
+
+
+@pytest.mark.parametrize("kind", ["mooncake", "bailian"])
+def test_a_file_of_requests_keeps_its_columns_and_decodes_from_them(kind, tmp_path, monkeypatch):
+    """A Mooncake or Bailian file is one table of requests: the scope pass keeps its columns,
+    the table rebuilt from them equals the parsed one column by column, and the decode reads
+    them instead of the JSON (issue 27: the Dagster path read such a file twice), to the very
+    dataset a decode from the JSON writes."""
+    from weka_assets.decoding import decoder
+
+    path, fmt = _requests_corpus(kind, tmp_path / "c")
+    fmt = detect_format(path, fmt)
     (raw,) = list(iter_raw_records(path, fmt=fmt))
+    rec = parse_record(raw)
     analysed, frame = analyse_and_encode(raw, str(corpus_root(path)))
-    assert frame is None and analysed.done == analysed.total == path.stat().st_size
+    assert analysed.done == analysed.total == path.stat().st_size
+    back = ParsedRecord(bytearray(b"".join(bytes(b) for b in frame)), str(path.parent)).record()
+    assert_equal(rec.trace, back.trace, kind)
+    assert back.null_keys_dropped == rec.null_keys_dropped and back.error is None
+    assert back.trace.ids.flags.writeable  # as parsing's columns are
     dest = tmp_path / "m.parsed"
-    report, writer, digest, fmt = kept(path, dest, CorpusFormat("mooncake", 512))
-    assert report.passed and report.traces == 1 and report.calls == 40
-    assert not writer.written and not dest.exists() and writer.traces == 0
-    assert not list(tmp_path.glob("*.parsed*"))  # nothing aside left either
+    report, writer, digest, fmt = kept(path, dest, fmt)
+    assert report.passed and report.traces == 1 and writer.written and writer.traces == 1
     assert report == scope_report(path, fmt=fmt)  # keeping the parse changes no figure
+    assert read_parsed(dest, digest, fmt, path) is not None
     variants = [Variant(DecodeSettings(), False)]
-    (out,) = decode_variants(path, tmp_path / "ds", variants, report, digest=digest, fmt=fmt)
-    assert not out.from_parse and out.manifest["calls"] == 40
+    parsed_in_decode = []
+    real = decoder.parse_record
+    monkeypatch.setattr(
+        decoder, "parse_record", lambda raw: parsed_in_decode.append(1) or real(raw)
+    )
+    (out,) = decode_variants(
+        path, tmp_path / "ds", variants, report, digest=digest, fmt=fmt, parsed=dest
+    )
+    assert out.from_parse and parsed_in_decode == []  # the JSON was not read again
+    monkeypatch.setattr(decoder, "parse_record", real)
     alone = decode_corpus(path, tmp_path / "alone", fmt=fmt, measure_drift=False)
     assert alone.key == out.key
     names = sorted(p.name for p in out.path.iterdir())
     match, mismatch, errors = filecmp.cmpfiles(out.path, alone.path, names, shallow=False)
     assert match == names and not mismatch and not errors
+    # kept elsewhere, the same bytes (the file is named relative to the corpus folder)
+    elsewhere = tmp_path / "deep" / "folder" / path.name
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copyfile(path, elsewhere)
+    kept(elsewhere, tmp_path / "m2.parsed", fmt)
+    assert (tmp_path / "m2.parsed").read_bytes() == dest.read_bytes()
 
 
 def kept(corpus, dest, fmt=None):
