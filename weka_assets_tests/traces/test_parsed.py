@@ -29,9 +29,9 @@ from weka_assets.traces.reader import (
     iter_raw_records,
     parse_record,
 )
-from weka_assets_tests.corpora import REAL_SAMPLE, synthetic, truncated
 from weka_assets_tests import bailian
 from weka_assets_tests.bailian import bailian_requests, write_bailian
+from weka_assets_tests.corpora import REAL_SAMPLE, synthetic, truncated
 from weka_assets_tests.mooncake import mooncake_requests, write_mooncake
 
 
