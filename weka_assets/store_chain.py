@@ -19,6 +19,7 @@ from weka_assets import store_keys as keys
 from weka_assets.decoding.dataset import DecodedDataset, open_dataset, read_manifest
 from weka_assets.decoding.settings import DecodeSettings
 from weka_assets.errors import WekaError
+from weka_assets.parallel import in_worker
 from weka_assets.pipeline import (
     DecodeOutcome,
     ProgressFn,
@@ -316,23 +317,32 @@ def policy_report(ds: DecodedDataset, options, entry, corpus: str) -> tuple | No
     """Every configured policy at the same capacities, and the tiers and fleet of the corpus's
     sizing (registry entry, else `options.sizing`), over the leading traces up to
     `policy_max_blocks`: (CapacityReport, traces covered); None when only lru is asked and no
-    tiers or fleet."""
-    from weka_assets.replay.sizing import sized_report
+    tiers or fleet.
 
+    A stored dataset's sweep runs in a worker process of its own (`parallel.in_worker`): the
+    vllm and opt policies compile with numba, whose compiler and LLVM stay loaded in the
+    process that imports them (about 150 MB measured after the sweep, the dataset freed), and a
+    Dagster run executes every later step in this one."""
     sizing, model, revision = options.sizing(entry)
     if sizing.policies == ["lru"] and not sizing.tiers and sizing.replicas == 1:
         return None
+    kw = dict(
+        max_blocks=options.policy_max_blocks,
+        arrival_mode=options.arrival,
+        time_scale=options.time_scale,
+        kv_model=model,
+        kv_model_revision=revision,
+        points=options.points,
+        options=sizing,
+    )
     try:
-        return sized_report(
-            ds,
-            max_blocks=options.policy_max_blocks,
-            arrival_mode=options.arrival,
-            time_scale=options.time_scale,
-            kv_model=model,
-            kv_model_revision=revision,
-            points=options.points,
-            options=sizing,
-        )
+        if ds.path is None:  # in memory: here
+            from weka_assets.replay.sizing import sized_report
+
+            return sized_report(ds, **kw)
+        from weka_assets.replay.sizing import sized_report_at
+
+        return in_worker(sized_report_at, str(ds.path), kw)
     except ValueError as exc:
         raise SizingError(f"capacity sizing of corpus {corpus!r}: {exc}") from None
 
@@ -358,8 +368,10 @@ def capacity_in_store(
     from weka_assets.replay.sizing import plot_png as sizing_plot_png
 
     ds = open_stored_dataset(store, dataset_key)
-    curve, png, covered = capacity_figures(ds, options)
+    # the policy sweep's worker first, while this process holds least (the LRU sweep's arrays
+    # and matplotlib come after): the two processes' peaks do not add up
     sized = policy_report(ds, options, entry, corpus)
+    curve, png, covered = capacity_figures(ds, options)
     out_dir = store.dir(keys.replay_dir(decode_key))
     write_json(curve, out_dir / keys.CAPACITY_CURVE)
     with atomic_write(out_dir / keys.CAPACITY_PLOT) as fh:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from pydantic import BaseModel, Field
 
-from weka_assets.decoding.dataset import ROLES, DecodedDataset
+from weka_assets.decoding.dataset import ROLES, DecodedDataset, open_dataset
 from weka_assets.replay.accesses import Timeline, timeline
 from weka_assets.replay.block_pool import ServiceModel, vllm_curve_hits
 from weka_assets.replay.capacity import (
@@ -258,6 +258,12 @@ def sized_report(
         options=options,
     )
     return report, n
+
+
+def sized_report_at(path: str, kw: dict) -> tuple[CapacityReport, int]:
+    """`sized_report(**kw)` of the dataset stored at `path`: a worker process's task, the
+    dataset memory-mapped there (the caller verified it)."""
+    return sized_report(open_dataset(path), **kw)
 
 
 def plot_png(report: CapacityReport) -> bytes:

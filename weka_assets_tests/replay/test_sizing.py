@@ -438,3 +438,49 @@ def test_cli_bad_input_is_one_line(ds, tmp_path, extra, fragment):
     assert fragment in lines[0], stderr
     assert "Traceback" not in stderr and stdout == ""
     assert not out.exists()
+
+
+# The capacity asset's policy sweep, from a process that has not imported numba: it runs in a
+# worker process, and the same report comes back.
+_POLICY_CHILD = """
+import json, sys
+if __name__ == "__main__":
+    from weka_assets.decoding.dataset import open_dataset
+    from weka_assets.defs.resources import ReplayOptions
+    from weka_assets.store_chain import policy_report
+
+    ds = open_dataset(sys.argv[1])
+    options = ReplayOptions(policies=["lru", "opt", "vllm"], policy_max_blocks=0)
+    report, n = policy_report(ds, options, None, "c")
+    print(json.dumps({"numba": "numba" in sys.modules, "traces": n,
+                      "report": report.model_dump(mode="json")}))
+"""
+
+
+def test_the_policy_sweep_leaves_numba_in_its_worker(ds, tmp_path):
+    """numba's compiler and LLVM stay loaded in the process that imports them (about 150 MB):
+    the asset's policy sweep (vllm and opt compile with it) runs in a worker of its own, so a
+    Dagster run's process, which executes every later step, never holds them; the report is
+    the one `sized_report` gives in process."""
+    import subprocess
+    import sys
+
+    from weka_assets.defs.resources import ReplayOptions
+
+    script = tmp_path / "child.py"
+    script.write_text(_POLICY_CHILD)
+    env = {**__import__("os").environ, "WEKA_ASSETS_WORKERS": "2"}
+    run = subprocess.run(
+        [sys.executable, str(script), str(ds.path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["numba"] is False
+    options = ReplayOptions(policies=["lru", "opt", "vllm"], policy_max_blocks=0)
+    sizing, model, _ = options.sizing(None)
+    want, n = sized_report(
+        ds, max_blocks=0, arrival_mode="", kv_model=model, points=options.points, options=sizing
+    )
+    assert out["traces"] == n == len(ds.traces)
+    assert out["report"] == json.loads(want.model_dump_json())
+    assert {c["policy"] for c in out["report"]["curves"]} == {"lru", "opt", "vllm"}
