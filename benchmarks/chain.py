@@ -336,10 +336,14 @@ if __name__ == "__main__":
     from weka_assets.decoding.dataset import open_dataset
     from weka_assets.decoding.settings import DecodeSettings
     from weka_assets.pipeline import Variant, decode_variants, replay, scope_report
-    from weka_assets.replay.blast_radius import blast_radius
-    from weka_assets.replay.capacity import KV_PRESETS, capacity_curve, capacity_traces
-    from weka_assets.replay.schedule import arrival_for
-    from weka_assets.traces.reader import corpus_digest, file_digests
+    from weka_assets.replay.blast_radius import blast_radius, blast_radius_png
+    from weka_assets.replay.block_pool import ServiceModel
+    from weka_assets.replay.capacity import plot_png
+    from weka_assets.replay.sizing import SizingOptions, plot_png as sizing_png, sized_report
+    from weka_assets.parallel import in_worker
+    from weka_assets.replay.sizing import sized_report_at
+    from weka_assets.traces.parsed import keep_parse
+    from weka_assets.traces.reader import CorpusFormat, corpus_digest, detect_format, file_digests
 
     corpus, work = Path(sys.argv[1]), Path(sys.argv[2])
     times, t = {}, time.perf_counter()
@@ -353,31 +357,40 @@ if __name__ == "__main__":
     shutil.copyfile(corpus, snap)
     digest = corpus_digest(file_digests(snap))
     step("raw_traces")
-    report = scope_report(snap)
+    fmt = detect_format(snap, CorpusFormat(None, 64))  # as the registry's entry reads it
+    with keep_parse(work / "kept.parsed", digest, fmt) as kept:
+        report = scope_report(snap, fmt=fmt, keep=kept)
     step("trace_scope")
     out, legacy = decode_variants(
         snap, work / "datasets",
         [Variant(DecodeSettings()), Variant(DecodeSettings(scope_policy="session"), False)],
-        report, digest=digest,
+        report, digest=digest, fmt=CorpusFormat("weka", None), parsed=work / "kept.parsed",
     )
+    assert out.from_parse
     step("decoded_datasets")
     ds = open_dataset(out.path, verify=True)
-    part = ds.head(capacity_traces(ds, 8_000_000))
-    capacity_curve(part, None, arrival_for(part, ""), 1.0, KV_PRESETS["llama-3.1-8b"], points=12)
+    kw = dict(arrival_mode="", time_scale=1.0, kv_model="llama-3.1-8b", kv_model_revision=None,
+              points=12)
+    policies = SizingOptions(policies=["lru", "opt", "vllm"], service=ServiceModel())
+    sized, _ = in_worker(sized_report_at, str(ds.path), dict(kw, max_blocks=500_000, options=policies))
+    lru, _ = sized_report(ds, max_blocks=8_000_000, **kw)
+    plot_png(lru.curve("lru")), sizing_png(sized)
     step("capacity_curve")
-    replay(legacy.path)
+    replay(open_dataset(legacy.path, verify=True))
     step("legacy_scope_replay")
-    result = replay(ds)
+    replayed = replay(ds)  # (result, per-call figures)
     step("replay_benchmark")
-    blast_radius(ds, None, current_replay=result)
+    br, _ = blast_radius(ds, None, current_replay=replayed)
+    blast_radius_png(br)
     step("manifest_blast_radius")
     print(json.dumps(times))
 """
 
 
 def core_stages(path: Path, work: Path) -> dict:
-    """The graph's work through the core in one process (no Dagster): what each asset costs
-    without the orchestration around it."""
+    """The graph's work through the core in one process (no Dagster), as the assets do it (the
+    scope pass keeps its parse and the decodes read it; the policy sweep in a worker; the
+    plots): what each asset costs without the orchestration around it."""
     script = work / "core_child.py"
     script.write_text(CORE_CHILD)
     (work / "core").mkdir(exist_ok=True)
