@@ -9,8 +9,9 @@ as a memory-mapped dataset, count once per process) and peak PSS (shared pages s
 the processes that map them: the memory actually used),
 and throughput in calls, hash ids and prompt tokens per second. Then the same corpus through
 a Dagster materialization (in process, a fresh instance): every asset's step time from the
-event log, and the re-materialization of the unchanged `decoded_dataset` partition; the same
-work through the core in one process, without Dagster; and the two runs as `execute_job` runs
+event log, the whole process from its start to the end of its two runs (loading included), and
+the re-materialization of the unchanged `decoded_dataset` partition; the same work through the
+core in one process, as the assets do it, without Dagster; and the two runs as `execute_job` runs
 them with the code location's own executor, as a run launched from the UI does
 (`WEKA_ASSETS_EXECUTOR`: `in_process` by default; `multiprocess` for a process per step).
 
