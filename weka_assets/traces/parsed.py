@@ -226,9 +226,13 @@ def _pad(n: int) -> int:
 
 def encode_table(table: RequestTable, nulls: int, root: Path) -> list:
     """A table of requests as a frame: `TABLE`, its head's length, the head, then every column
-    as raw bytes (each padded to 8), as a list of buffers written one after the other (the
-    columns are not copied; a production file's ids are hundreds of MB)."""
-    arrays = [(n, a) for n in _TABLE_COLUMNS if (a := getattr(table, n)) is not None]
+    as raw little-endian bytes (each padded to 8), as a list of buffers written one after the
+    other (the columns are not copied; a production file's ids are hundreds of MB)."""
+    arrays = [
+        (n, np.ascontiguousarray(a, a.dtype.newbyteorder("<")))  # no copy on little-endian
+        for n in _TABLE_COLUMNS
+        if (a := getattr(table, n)) is not None
+    ]
     head = msgspec.msgpack.encode(
         _TableHead(
             id=table.id,
@@ -241,7 +245,7 @@ def encode_table(table: RequestTable, nulls: int, root: Path) -> list:
     )
     out = [TABLE + _LEN.pack(len(head)) + head + bytes(_pad(1 + _LEN.size + len(head)))]
     for _, a in arrays:
-        out.append(memoryview(np.ascontiguousarray(a)).cast("B"))
+        out.append(memoryview(a).cast("B"))
         if pad := _pad(a.nbytes):
             out.append(bytes(pad))
     return out
