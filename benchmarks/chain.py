@@ -341,8 +341,8 @@ if __name__ == "__main__":
     from weka_assets.replay.block_pool import ServiceModel
     from weka_assets.replay.capacity import plot_png
     from weka_assets.replay.sizing import SizingOptions, plot_png as sizing_png, sized_report
-    from weka_assets.parallel import in_worker
     from weka_assets.replay.sizing import sized_report_at
+    from weka_assets.parallel import in_worker
     from weka_assets.traces.parsed import keep_parse
     from weka_assets.traces.reader import CorpusFormat, corpus_digest, detect_format, file_digests
 
@@ -375,7 +375,8 @@ if __name__ == "__main__":
     policies = SizingOptions(policies=["lru", "opt", "vllm"], service=ServiceModel())
     sized, _ = in_worker(sized_report_at, str(ds.path), dict(kw, max_blocks=500_000, options=policies))
     lru, _ = sized_report(ds, max_blocks=8_000_000, **kw)
-    plot_png(lru.curve("lru")), sizing_png(sized)
+    plot_png(lru.curve("lru"))
+    sizing_png(sized)
     step("capacity_curve")
     replay(open_dataset(legacy.path, verify=True))
     step("legacy_scope_replay")

@@ -462,6 +462,7 @@ def test_the_policy_sweep_leaves_numba_in_its_worker(ds, tmp_path):
     the asset's policy sweep (vllm and opt compile with it) runs in a worker of its own, so a
     Dagster run's process, which executes every later step, never holds them; the report is
     the one `sized_report` gives in process."""
+    import os
     import subprocess
     import sys
 
@@ -469,7 +470,7 @@ def test_the_policy_sweep_leaves_numba_in_its_worker(ds, tmp_path):
 
     script = tmp_path / "child.py"
     script.write_text(_POLICY_CHILD)
-    env = {**__import__("os").environ, "WEKA_ASSETS_WORKERS": "2"}
+    env = {**os.environ, "WEKA_ASSETS_WORKERS": "2"}
     run = subprocess.run(
         [sys.executable, str(script), str(ds.path)], capture_output=True, text=True, env=env
     )
